@@ -1,0 +1,1 @@
+//! Shared pieces of the `kv-server` and `kv-cli` binaries.
