@@ -5,13 +5,13 @@
 //! only includes what `build.rs` generates from them.
 
 /// Peer RPC, log entries, hard state and snapshots.
-#[allow(missing_docs)]
+#[allow(missing_docs, clippy::all)]
 pub mod raft {
     include!(concat!(env!("OUT_DIR"), "/kv.raft.rs"));
 }
 
 /// Commands of the key-value state machine.
-#[allow(missing_docs)]
+#[allow(missing_docs, clippy::module_inception)]
 pub mod command {
     include!(concat!(env!("OUT_DIR"), "/kv.command.rs"));
 }

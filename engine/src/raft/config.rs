@@ -1,0 +1,104 @@
+//! Static configuration of one Raft core.
+
+use thiserror::Error;
+
+/// Everything a core needs to start; fixed for its lifetime.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id (non-zero).
+    pub id: u64,
+    /// Ids of all voters, this node included. Membership never changes.
+    pub voters: Vec<u64>,
+    /// Minimum election timeout in ticks; each timeout is drawn from
+    /// `[election_ticks, 2 * election_ticks)`.
+    pub election_ticks: u64,
+    /// A leader sends heartbeats every this many ticks.
+    pub heartbeat_ticks: u64,
+    /// Seed of the core's random generator (election timeouts).
+    pub seed: u64,
+    /// Run a pre-vote round before a real election (thesis §9.6), so a node
+    /// rejoining from a partition does not disrupt a healthy leader.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a majority within an election
+    /// timeout steps down (thesis §6.2), so clients are not held forever.
+    pub check_quorum: bool,
+    /// At most this many appends in flight to one follower.
+    pub max_inflight_appends: usize,
+    /// At most this many entries in one append.
+    pub max_append_entries: usize,
+    /// Payload bytes above which an append is cut (it holds at least one entry).
+    pub max_append_bytes: usize,
+    /// Proposals are refused while this many entries wait to be committed.
+    pub max_uncommitted_entries: u64,
+    /// Payload bytes of committed entries handed out in one `Ready`.
+    pub max_apply_bytes: usize,
+    /// Size of one `InstallSnapshot` chunk.
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl Config {
+    /// A configuration with sensible defaults for node `id` among `voters`.
+    pub fn new(id: u64, voters: Vec<u64>) -> Self {
+        Config {
+            id,
+            voters,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            seed: id,
+            pre_vote: true,
+            check_quorum: true,
+            max_inflight_appends: 64,
+            max_append_entries: 4096,
+            max_append_bytes: 1 << 20,
+            max_uncommitted_entries: 1 << 16,
+            max_apply_bytes: 4 << 20,
+            snapshot_chunk_bytes: 256 << 10,
+        }
+    }
+
+    /// Checks the configuration for values that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::ZeroId);
+        }
+        if !self.voters.contains(&self.id) {
+            return Err(ConfigError::NotAVoter(self.id));
+        }
+        let mut sorted = self.voters.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != self.voters.len() || sorted.contains(&0) {
+            return Err(ConfigError::BadVoters);
+        }
+        if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
+            return Err(ConfigError::Timing);
+        }
+        if self.max_inflight_appends == 0
+            || self.max_append_entries == 0
+            || self.snapshot_chunk_bytes == 0
+        {
+            return Err(ConfigError::ZeroLimit);
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`Config`] was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Node ids start at 1; 0 means "nobody".
+    #[error("node id must not be 0")]
+    ZeroId,
+    /// The node must be one of the voters.
+    #[error("node {0} is not among the voters")]
+    NotAVoter(u64),
+    /// Voter ids must be distinct and non-zero.
+    #[error("voter ids must be distinct and non-zero")]
+    BadVoters,
+    /// Heartbeats must be more frequent than elections.
+    #[error("heartbeat_ticks must be > 0 and < election_ticks")]
+    Timing,
+    /// A limit set to zero would stall replication.
+    #[error("replication limits must be > 0")]
+    ZeroLimit,
+}

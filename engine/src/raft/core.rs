@@ -1,0 +1,464 @@
+//! The Raft state machine: the struct, its public inputs, term handling
+//! (Figure 2, "Rules for Servers: All Servers") and the `Ready` it produces.
+//!
+//! Elections live in `election.rs`, the leader's side of replication in
+//! `replication.rs`, the follower's side in `follower.rs`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kv_proto::raft::{
+    message::Body, AppendEntriesResponse, Entry, HardState, Message, RequestVoteResponse, Snapshot,
+    SnapshotMeta,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::config::{Config, ConfigError};
+use super::log::RaftLog;
+use super::progress::Progress;
+use super::read_index::ReadIndex;
+use super::ready::{ProposeError, Proposed, ReadState, Ready, Role, SoftState};
+
+/// The durable state a core restarts from (what storage recovered).
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// Term, vote and commit index last persisted.
+    pub hard_state: HardState,
+    /// The latest snapshot, if any.
+    pub snapshot: Option<Snapshot>,
+    /// The durable entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+/// A snapshot being received from the leader, chunk by chunk.
+#[derive(Debug)]
+pub(super) struct IncomingSnapshot {
+    pub(super) meta: SnapshotMeta,
+    pub(super) data: Vec<u8>,
+}
+
+/// One Raft node's consensus state. Pure: no I/O, no clock, seeded randomness.
+#[derive(Debug)]
+pub struct RaftCore {
+    pub(super) cfg: Config,
+    /// Voters other than this node.
+    pub(super) peers: Vec<u64>,
+    pub(super) term: u64,
+    pub(super) vote: u64,
+    pub(super) role: Role,
+    pub(super) leader: Option<u64>,
+    pub(super) log: RaftLog,
+    rng: ChaCha8Rng,
+    /// Ticks since the last election reset (heard from a leader, granted a
+    /// vote, started an election; for a leader: since the last quorum check).
+    pub(super) election_elapsed: u64,
+    pub(super) heartbeat_elapsed: u64,
+    randomized_election_ticks: u64,
+    /// Votes received in the current (pre-)election.
+    pub(super) votes: BTreeMap<u64, bool>,
+    /// Per-follower replication state; only a leader has it.
+    pub(super) progress: BTreeMap<u64, Progress>,
+    pub(super) reads: ReadIndex,
+    /// The latest snapshot, kept to send to followers that need it.
+    pub(super) snapshot: Option<Snapshot>,
+    pub(super) incoming_snapshot: Option<IncomingSnapshot>,
+    pub(super) snapshot_to_install: Option<Snapshot>,
+    /// New entries wait to be sent to followers (sent once per `ready()`, so
+    /// many proposals share one append).
+    pub(super) needs_broadcast: bool,
+    msgs: Vec<Message>,
+    persisted_msgs: Vec<Message>,
+    last_soft: SoftState,
+    last_hard: HardState,
+    /// Reused buffer for commit-index arithmetic.
+    pub(super) match_scratch: Vec<u64>,
+}
+
+impl RaftCore {
+    /// A core starting from `restored` durable state (use `Restored::default()`
+    /// for a brand-new node).
+    pub fn new(cfg: Config, restored: Restored) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let (snap_index, snap_term) = restored
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.meta.as_ref())
+            .map_or((0, 0), |m| (m.index, m.term));
+        let log = RaftLog::restore(
+            snap_index,
+            snap_term,
+            restored.entries,
+            restored.hard_state.commit,
+        );
+        let peers = cfg
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != cfg.id)
+            .collect();
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let hard = restored.hard_state;
+        let mut core = RaftCore {
+            peers,
+            term: hard.term,
+            vote: hard.vote,
+            role: Role::Follower,
+            leader: None,
+            log,
+            rng,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_ticks: cfg.election_ticks,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            reads: ReadIndex::default(),
+            snapshot: restored.snapshot,
+            incoming_snapshot: None,
+            snapshot_to_install: None,
+            needs_broadcast: false,
+            msgs: Vec::new(),
+            persisted_msgs: Vec::new(),
+            last_soft: SoftState {
+                role: Role::Follower,
+                term: hard.term,
+                leader: None,
+            },
+            last_hard: hard,
+            match_scratch: Vec::with_capacity(cfg.voters.len()),
+            cfg,
+        };
+        core.last_hard.commit = core.log.committed();
+        core.reset_election_timer();
+        Ok(core)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.cfg.id
+    }
+
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The leader of the current term, if known.
+    pub fn leader(&self) -> Option<u64> {
+        self.leader
+    }
+
+    /// Who this node voted for in the current term (0 = nobody).
+    pub fn vote(&self) -> u64 {
+        self.vote
+    }
+
+    /// The in-memory log (read-only).
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+
+    /// The configuration this core runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.election_elapsed += 1;
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else if self.election_elapsed >= self.randomized_election_ticks {
+            self.campaign();
+        }
+    }
+
+    /// Proposes `data` as a new log entry. Only a leader accepts.
+    pub fn propose(&mut self, data: Bytes) -> Result<Proposed, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if data.is_empty() {
+            // Empty data marks the leader's no-op entry.
+            return Err(ProposeError::Empty);
+        }
+        if self.log.last_index() - self.log.committed() >= self.cfg.max_uncommitted_entries {
+            return Err(ProposeError::Overloaded);
+        }
+        let index = self.log.last_index() + 1;
+        self.log.push(Entry {
+            term: self.term,
+            index,
+            data,
+        });
+        self.needs_broadcast = true;
+        Ok(Proposed {
+            index,
+            term: self.term,
+        })
+    }
+
+    /// Asks for a linearizable read with the driver's `id`; it comes back in
+    /// `Ready::read_states` once a quorum has confirmed this leadership, or
+    /// in `Ready::failed_reads` if leadership is lost first.
+    pub fn read_index(&mut self, id: u64) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        let committed_in_term = self.log.term(self.log.committed()) == Some(self.term);
+        self.reads
+            .request(id, self.log.committed(), committed_in_term);
+        if self.peers.is_empty() {
+            self.reads.confirm_up_to(u64::MAX);
+        }
+        Ok(())
+    }
+
+    /// Storage reports that the log up to `(index, term)` is durable.
+    pub fn on_persisted(&mut self, index: u64, term: u64) {
+        self.log.on_persisted(index, term);
+        if self.role == Role::Leader {
+            // The leader counts itself toward a commit only once durable.
+            self.maybe_commit();
+        }
+    }
+
+    /// The driver saved `snapshot` (covering applied entries); the log before
+    /// it can go.
+    pub fn compact(&mut self, snapshot: Snapshot) {
+        let Some(meta) = snapshot.meta.as_ref() else {
+            return;
+        };
+        if meta.index <= self.log.snapshot_index() {
+            return;
+        }
+        assert!(
+            meta.index <= self.log.applied(),
+            "a snapshot covers only applied entries"
+        );
+        assert_eq!(
+            self.log.term(meta.index),
+            Some(meta.term),
+            "snapshot term matches the log"
+        );
+        self.log.compact(meta.index);
+        self.snapshot = Some(snapshot);
+    }
+
+    /// Handles a message from a peer (Figure 2, "All Servers": a higher term
+    /// makes any node a follower; stale terms are refused).
+    pub fn step(&mut self, m: Message) {
+        if m.to != self.cfg.id || m.from == self.cfg.id || !self.peers.contains(&m.from) {
+            tracing::warn!(
+                node = self.cfg.id,
+                term = self.term,
+                from = m.from,
+                to = m.to,
+                "dropping misaddressed message"
+            );
+            return;
+        }
+        let Some(body) = m.body else { return };
+        if m.term > self.term && !self.step_higher_term(m.from, m.term, &body) {
+            return;
+        }
+        if m.term < self.term {
+            self.step_lower_term(m.from, &body);
+            return;
+        }
+        match body {
+            Body::RequestVote(rv) => self.handle_vote_request(m.from, m.term, rv),
+            Body::RequestVoteResponse(r) => self.handle_vote_response(m.from, m.term, r),
+            Body::AppendEntries(ae) => self.handle_append(m.from, ae),
+            Body::AppendEntriesResponse(r) => self.handle_append_response(m.from, r),
+            Body::InstallSnapshot(is) => self.handle_snapshot_chunk(m.from, is),
+            Body::InstallSnapshotResponse(r) => self.handle_snapshot_response(m.from, r),
+        }
+    }
+
+    /// A message from a higher term. Returns false if it is to be ignored.
+    fn step_higher_term(&mut self, from: u64, term: u64, body: &Body) -> bool {
+        match body {
+            Body::RequestVote(rv) => {
+                // Thesis §4.2.3: while we hear from a leader, a vote request
+                // (real or pre-vote) from a higher term is not worth a term change.
+                let in_lease = self.cfg.check_quorum
+                    && self.leader.is_some()
+                    && self.election_elapsed < self.cfg.election_ticks;
+                if in_lease {
+                    tracing::debug!(
+                        node = self.cfg.id,
+                        term = self.term,
+                        from,
+                        "ignoring vote request within leader lease"
+                    );
+                    return false;
+                }
+                if !rv.pre_vote {
+                    self.become_follower(term, None);
+                }
+            }
+            // A granted pre-vote comes back in the term we would run for.
+            Body::RequestVoteResponse(r) if r.pre_vote && r.granted => {}
+            Body::AppendEntries(_) | Body::InstallSnapshot(_) => {
+                self.become_follower(term, Some(from))
+            }
+            _ => self.become_follower(term, None),
+        }
+        true
+    }
+
+    /// A message from a lower term: tell a stale leader or pre-candidate the
+    /// current term so it steps down; ignore the rest.
+    fn step_lower_term(&mut self, from: u64, body: &Body) {
+        match body {
+            Body::AppendEntries(_) | Body::InstallSnapshot(_) => {
+                let resp = AppendEntriesResponse {
+                    success: false,
+                    ..Default::default()
+                };
+                self.send(from, Body::AppendEntriesResponse(resp));
+            }
+            Body::RequestVote(rv) if rv.pre_vote => {
+                let resp = RequestVoteResponse {
+                    pre_vote: true,
+                    granted: false,
+                };
+                self.send(from, Body::RequestVoteResponse(resp));
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues a message in the current term; whether it may go before the
+    /// current writes are durable depends on what it says.
+    pub(super) fn send(&mut self, to: u64, body: Body) {
+        let term = self.term;
+        self.send_with_term(to, term, body);
+    }
+
+    /// As `send`, with an explicit term (pre-vote traffic uses term + 1).
+    pub(super) fn send_with_term(&mut self, to: u64, term: u64, body: Body) {
+        let needs_durable = match &body {
+            // A leader may send entries before its own fsync (it counts
+            // itself only once durable); pre-votes change no state.
+            Body::AppendEntries(_) | Body::InstallSnapshot(_) => false,
+            Body::RequestVote(rv) => !rv.pre_vote,
+            Body::RequestVoteResponse(r) => !r.pre_vote,
+            // Acknowledgements claim durable entries and a durable term.
+            Body::AppendEntriesResponse(_) | Body::InstallSnapshotResponse(_) => true,
+        };
+        let m = Message {
+            from: self.cfg.id,
+            to,
+            term,
+            body: Some(body),
+        };
+        if needs_durable {
+            self.persisted_msgs.push(m);
+        } else {
+            self.msgs.push(m);
+        }
+    }
+
+    /// Becomes a follower in `term` (never lower than the current one).
+    pub(super) fn become_follower(&mut self, term: u64, leader: Option<u64>) {
+        assert!(
+            term >= self.term,
+            "terms never go back ({} -> {term})",
+            self.term
+        );
+        if term > self.term {
+            self.term = term;
+            self.vote = 0;
+        }
+        if self.role == Role::Leader {
+            self.reads.fail_all();
+            tracing::info!(node = self.cfg.id, term = self.term, "leader stepping down");
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        self.progress.clear();
+        self.needs_broadcast = false;
+        self.reset_election_timer();
+    }
+
+    /// Restarts the election timer with a fresh random timeout.
+    pub(super) fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.randomized_election_ticks =
+            self.cfg.election_ticks + self.rng.random_range(0..self.cfg.election_ticks);
+    }
+
+    /// True if anything waits for `ready()`.
+    pub fn has_ready(&self) -> bool {
+        !self.msgs.is_empty()
+            || !self.persisted_msgs.is_empty()
+            || self.needs_broadcast
+            || self.reads.has_output()
+            || self.log.has_unstable()
+            || self.log.has_committed()
+            || self.snapshot_to_install.is_some()
+            || self.soft_state() != self.last_soft
+            || self.hard_state() != self.last_hard
+    }
+
+    fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+        }
+    }
+
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed(),
+        }
+    }
+
+    /// Collects everything produced since the last call. See `ready.rs` for
+    /// how the driver must handle it.
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            if self.reads.needs_round() {
+                let round = self.reads.start_round();
+                self.broadcast_heartbeat(round);
+            }
+            if self.needs_broadcast {
+                self.needs_broadcast = false;
+                self.broadcast_append();
+            }
+        }
+        let soft = self.soft_state();
+        let hard = self.hard_state();
+        let soft_state = (soft != self.last_soft).then_some(soft);
+        let hard_state = (hard != self.last_hard).then_some(hard);
+        self.last_soft = soft;
+        self.last_hard = hard;
+        let (read_states, failed_reads): (Vec<ReadState>, Vec<u64>) = self.reads.take_output();
+        Ready {
+            soft_state,
+            hard_state,
+            snapshot: self.snapshot_to_install.take(),
+            entries: self.log.take_unstable(),
+            messages: std::mem::take(&mut self.msgs),
+            persisted_messages: std::mem::take(&mut self.persisted_msgs),
+            committed_entries: self.log.take_committed(self.cfg.max_apply_bytes),
+            read_states,
+            failed_reads,
+        }
+    }
+}

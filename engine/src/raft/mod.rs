@@ -1,0 +1,29 @@
+//! The Raft consensus core, after the paper's Figure 2.
+//!
+//! | file | what |
+//! |---|---|
+//! | `core.rs` | the state machine, its inputs, term rules, `ready()` |
+//! | `election.rs` | pre-vote, RequestVote, becoming leader |
+//! | `replication.rs` | the leader: appends, commit rule, heartbeats, snapshots out |
+//! | `follower.rs` | the follower: AppendEntries and InstallSnapshot receivers |
+//! | `log.rs` | the in-memory log and its watermarks |
+//! | `progress.rs` | per-follower replication state and in-flight window |
+//! | `quorum.rs` | majority arithmetic |
+//! | `read_index.rs` | linearizable reads (ReadIndex) |
+//! | `ready.rs` | the output contract |
+
+mod config;
+mod core;
+mod election;
+mod follower;
+mod log;
+mod progress;
+mod quorum;
+mod read_index;
+mod ready;
+mod replication;
+
+pub use self::config::{Config, ConfigError};
+pub use self::core::{RaftCore, Restored};
+pub use self::log::RaftLog;
+pub use self::ready::{ProposeError, Proposed, ReadState, Ready, Role, SoftState};

@@ -1,0 +1,170 @@
+//! What a leader knows about one follower's log, and how much it may send.
+
+use std::collections::VecDeque;
+
+use kv_proto::raft::Snapshot;
+
+/// How the leader is currently replicating to a follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicationState {
+    /// Finding where the logs agree: one append per heartbeat or response.
+    Probe,
+    /// Logs agree up to `match_index`: appends are pipelined, bounded by the
+    /// in-flight window.
+    Replicate,
+    /// The follower needs compacted entries: a snapshot is being sent in chunks.
+    Snapshot,
+}
+
+/// A snapshot being sent to one follower, chunk by chunk.
+#[derive(Debug, Clone)]
+pub struct SnapshotTransfer {
+    /// The snapshot (its data is shared, not copied).
+    pub snapshot: Snapshot,
+    /// The offset of the chunk to send next.
+    pub offset: u64,
+    /// Heartbeat intervals since the follower last answered; a lost chunk is
+    /// resent after one.
+    pub idle_heartbeats: u32,
+}
+
+/// The leader's view of one follower.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Highest index known to be replicated (durably) on the follower.
+    pub match_index: u64,
+    /// Next index to send.
+    pub next_index: u64,
+    /// Current replication mode.
+    pub state: ReplicationState,
+    /// In `Probe`: an append is outstanding; wait for its answer or a heartbeat.
+    pub probe_sent: bool,
+    /// In `Replicate`: the last index of each append in flight.
+    pub inflight: VecDeque<u64>,
+    /// Heartbeats since `match_index` last moved while appends were in flight.
+    pub stalled_heartbeats: u32,
+    /// In `Snapshot`: the transfer in progress.
+    pub transfer: Option<SnapshotTransfer>,
+    /// The follower answered since the last quorum check.
+    pub recent_active: bool,
+    /// Highest read round the follower has acknowledged in this term.
+    pub acked_round: u64,
+}
+
+impl Progress {
+    /// A fresh view at the start of a term: probe from the leader's last index.
+    pub fn new(next_index: u64) -> Self {
+        Progress {
+            match_index: 0,
+            next_index,
+            state: ReplicationState::Probe,
+            probe_sent: false,
+            inflight: VecDeque::new(),
+            stalled_heartbeats: 0,
+            transfer: None,
+            recent_active: false,
+            acked_round: 0,
+        }
+    }
+
+    /// Whether another append may go now.
+    pub fn can_send(&self, max_inflight: usize) -> bool {
+        match self.state {
+            ReplicationState::Probe => !self.probe_sent,
+            ReplicationState::Replicate => self.inflight.len() < max_inflight,
+            ReplicationState::Snapshot => false,
+        }
+    }
+
+    /// Records that an append ending at `last_index` was sent.
+    pub fn on_append_sent(&mut self, last_index: u64, had_entries: bool) {
+        match self.state {
+            ReplicationState::Probe => self.probe_sent = true,
+            ReplicationState::Replicate if had_entries => {
+                self.next_index = last_index + 1;
+                self.inflight.push_back(last_index);
+            }
+            _ => {}
+        }
+    }
+
+    /// The follower holds everything up to `index`. Returns true if that is news.
+    pub fn on_match(&mut self, index: u64) -> bool {
+        let advanced = index > self.match_index;
+        if advanced {
+            self.match_index = index;
+            self.stalled_heartbeats = 0;
+        }
+        self.next_index = self.next_index.max(index + 1);
+        while self.inflight.front().is_some_and(|&last| last <= index) {
+            self.inflight.pop_front();
+        }
+        // A heartbeat at an old match index does not answer the probe.
+        if self.state == ReplicationState::Probe && index + 1 >= self.next_index {
+            self.become_replicate();
+        }
+        advanced
+    }
+
+    /// Switches to pipelined replication right after the match index.
+    pub fn become_replicate(&mut self) {
+        self.state = ReplicationState::Replicate;
+        self.probe_sent = false;
+        self.next_index = self.next_index.max(self.match_index + 1);
+        self.transfer = None;
+    }
+
+    /// Switches to probing from `next_index` (never at or below the match).
+    pub fn become_probe(&mut self, next_index: u64) {
+        self.state = ReplicationState::Probe;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.stalled_heartbeats = 0;
+        self.transfer = None;
+        self.next_index = next_index.max(self.match_index + 1);
+    }
+
+    /// Starts sending `snapshot` from its first byte.
+    pub fn become_snapshot(&mut self, snapshot: Snapshot) {
+        self.state = ReplicationState::Snapshot;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.transfer = Some(SnapshotTransfer {
+            snapshot,
+            offset: 0,
+            idle_heartbeats: 0,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicate_window_bounds_inflight_appends() {
+        let mut p = Progress::new(1);
+        p.on_match(0);
+        assert_eq!(p.state, ReplicationState::Replicate);
+        for last in 1..=3 {
+            assert!(p.can_send(3));
+            p.on_append_sent(last, true);
+        }
+        assert!(!p.can_send(3));
+        p.on_match(2);
+        assert_eq!(p.inflight.len(), 1);
+        assert!(p.can_send(3));
+        assert_eq!(p.next_index, 4);
+    }
+
+    #[test]
+    fn probe_never_goes_below_the_match() {
+        let mut p = Progress::new(10);
+        p.on_match(5);
+        p.become_probe(2);
+        assert_eq!(p.next_index, 6);
+        assert!(p.can_send(1));
+        p.on_append_sent(9, true);
+        assert!(!p.can_send(1));
+    }
+}

@@ -1,0 +1,334 @@
+//! The leader's side of log replication (§5.3), the commit rule (§5.4.2,
+//! Figure 8), heartbeats, the quorum check, and snapshot transfer (§7).
+
+use kv_proto::raft::{
+    message::Body, AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse,
+};
+
+use super::core::RaftCore;
+use super::progress::ReplicationState;
+use super::quorum::{committed_index, majority};
+use super::ready::Role;
+
+/// After this many heartbeats without progress, in-flight appends are taken
+/// as lost and replication falls back to probing.
+const STALLED_HEARTBEATS_MAX: u32 = 2;
+
+impl RaftCore {
+    pub(super) fn tick_leader(&mut self) {
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum && !self.quorum_active() {
+                tracing::warn!(
+                    node = self.cfg.id,
+                    term = self.term,
+                    "lost contact with a quorum"
+                );
+                self.become_follower(self.term, None);
+                return;
+            }
+        }
+        self.heartbeat_elapsed += 1;
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.on_heartbeat_timeout();
+        }
+    }
+
+    /// Thesis §6.2: did a majority answer during the last election timeout?
+    /// Resets the activity marks for the next period.
+    fn quorum_active(&mut self) -> bool {
+        let mut active = 1; // the leader itself
+        for p in self.progress.values_mut() {
+            if p.recent_active {
+                active += 1;
+            }
+            p.recent_active = false;
+        }
+        active >= majority(self.cfg.voters.len())
+    }
+
+    /// Heartbeat interval: keep followers' timers quiet, retry probes, and
+    /// resend what looks lost.
+    fn on_heartbeat_timeout(&mut self) {
+        let round = self.reads.current_round();
+        for peer in self.peers.clone() {
+            let Some(p) = self.progress.get_mut(&peer) else {
+                continue;
+            };
+            match p.state {
+                ReplicationState::Probe => p.probe_sent = false,
+                ReplicationState::Replicate if !p.inflight.is_empty() => {
+                    p.stalled_heartbeats += 1;
+                    if p.stalled_heartbeats >= STALLED_HEARTBEATS_MAX {
+                        let next = p.match_index + 1;
+                        p.become_probe(next);
+                    }
+                }
+                ReplicationState::Replicate => {}
+                ReplicationState::Snapshot => {
+                    if let Some(t) = p.transfer.as_mut() {
+                        t.idle_heartbeats += 1;
+                        if t.idle_heartbeats >= STALLED_HEARTBEATS_MAX {
+                            t.idle_heartbeats = 0;
+                            self.send_snapshot_chunk(peer);
+                        }
+                    }
+                }
+            }
+            self.send_heartbeat(peer, round);
+            self.send_appends(peer);
+        }
+    }
+
+    /// An empty append at the follower's match index: it always passes the
+    /// consistency check, carries the commit index and the read round.
+    fn send_heartbeat(&mut self, peer: u64, round: u64) {
+        let Some(p) = self.progress.get(&peer) else {
+            return;
+        };
+        let (prev_log_index, prev_log_term) = match self.log.term(p.match_index) {
+            Some(term) => (p.match_index, term),
+            // The match point was compacted away: index 0 always matches.
+            None => (0, 0),
+        };
+        let ae = AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries: Vec::new(),
+            leader_commit: self.log.committed().min(prev_log_index),
+            round,
+        };
+        self.send(peer, Body::AppendEntries(ae));
+    }
+
+    /// Sends a heartbeat carrying `round` to every follower (ReadIndex).
+    pub(super) fn broadcast_heartbeat(&mut self, round: u64) {
+        for peer in self.peers.clone() {
+            self.send_heartbeat(peer, round);
+        }
+    }
+
+    /// Sends new entries to every follower that may receive them.
+    pub(super) fn broadcast_append(&mut self) {
+        for peer in self.peers.clone() {
+            self.send_appends(peer);
+        }
+    }
+
+    /// Sends as many appends to `peer` as its window allows.
+    fn send_appends(&mut self, peer: u64) {
+        while self.send_append(peer) {}
+    }
+
+    /// Sends one append to `peer` if allowed and useful. Returns true if
+    /// another one might follow.
+    fn send_append(&mut self, peer: u64) -> bool {
+        let Some(p) = self.progress.get(&peer) else {
+            return false;
+        };
+        if !p.can_send(self.cfg.max_inflight_appends) {
+            return false;
+        }
+        let prev_log_index = p.next_index - 1;
+        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+            // §7: the entries this follower needs were compacted.
+            self.start_snapshot_transfer(peer);
+            return false;
+        };
+        let entries = self.log.slice(
+            p.next_index,
+            self.cfg.max_append_entries,
+            self.cfg.max_append_bytes,
+        );
+        if entries.is_empty() && p.state == ReplicationState::Replicate {
+            return false;
+        }
+        let last = prev_log_index + entries.len() as u64;
+        let had_entries = !entries.is_empty();
+        let ae = AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: self.log.committed(),
+            round: self.reads.current_round(),
+        };
+        if let Some(p) = self.progress.get_mut(&peer) {
+            p.on_append_sent(last, had_entries);
+        }
+        self.send(peer, Body::AppendEntries(ae));
+        had_entries
+    }
+
+    /// A follower answered an append in our term.
+    pub(super) fn handle_append_response(&mut self, from: u64, r: AppendEntriesResponse) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        p.recent_active = true;
+        p.acked_round = p.acked_round.max(r.round);
+        if r.success {
+            let advanced = p.on_match(r.match_index);
+            if p.state == ReplicationState::Snapshot
+                && p.transfer
+                    .as_ref()
+                    .and_then(|t| t.snapshot.meta.as_ref())
+                    .is_some_and(|m| p.match_index >= m.index)
+            {
+                p.become_replicate();
+            }
+            if advanced {
+                self.maybe_commit();
+            }
+        } else if !self.on_append_rejected(from, &r) {
+            self.confirm_reads();
+            return;
+        }
+        self.send_appends(from);
+        self.confirm_reads();
+    }
+
+    /// §5.3: "If AppendEntries fails because of log inconsistency: decrement
+    /// nextIndex and retry", using the follower's conflict hint to skip a
+    /// whole term at a time. Returns false for a stale rejection.
+    fn on_append_rejected(&mut self, from: u64, r: &AppendEntriesResponse) -> bool {
+        let Some(p) = self.progress.get(&from) else {
+            return false;
+        };
+        let stale = match p.state {
+            ReplicationState::Snapshot => true,
+            // Only the answer to the outstanding probe counts.
+            ReplicationState::Probe => r.rejected_index != p.next_index - 1,
+            // Below the match index the follower already agreed with us.
+            ReplicationState::Replicate => r.rejected_index < p.match_index,
+        };
+        if stale {
+            return false;
+        }
+        let mut next = r.conflict_index;
+        if r.conflict_term > 0 {
+            if let Some(last) = self.log.last_index_of_term(r.conflict_term) {
+                next = last + 1;
+            }
+        }
+        let next = next.min(r.rejected_index).max(1);
+        tracing::debug!(
+            node = self.cfg.id,
+            term = self.term,
+            peer = from,
+            rejected = r.rejected_index,
+            next,
+            "append rejected"
+        );
+        if let Some(p) = self.progress.get_mut(&from) {
+            p.become_probe(next);
+        }
+        true
+    }
+
+    /// §5.3, §5.4.2: the commit index is the highest index stored on a
+    /// majority, but only if that entry is of the current term; entries of
+    /// earlier terms are committed indirectly (Figure 8).
+    pub(super) fn maybe_commit(&mut self) {
+        self.match_scratch.clear();
+        self.match_scratch.push(self.log.persisted());
+        self.match_scratch
+            .extend(self.progress.values().map(|p| p.match_index));
+        let index = committed_index(&mut self.match_scratch);
+        if index <= self.log.committed() || self.log.term(index) != Some(self.term) {
+            return;
+        }
+        let first_in_term = self.log.term(self.log.committed()) != Some(self.term);
+        self.log.commit_to(index);
+        if first_in_term {
+            self.reads.on_term_commit(index);
+            if self.peers.is_empty() {
+                self.reads.confirm_up_to(u64::MAX);
+            }
+        }
+    }
+
+    /// Confirms the reads whose round a majority has acknowledged.
+    fn confirm_reads(&mut self) {
+        self.match_scratch.clear();
+        self.match_scratch.push(u64::MAX); // the leader acknowledges every round
+        self.match_scratch
+            .extend(self.progress.values().map(|p| p.acked_round));
+        let round = committed_index(&mut self.match_scratch);
+        self.reads.confirm_up_to(round);
+    }
+
+    fn start_snapshot_transfer(&mut self, peer: u64) {
+        let Some(snapshot) = self.snapshot.clone() else {
+            // Unreachable by construction: entries are compacted only after a
+            // snapshot covering them was handed to `compact`.
+            tracing::error!(
+                node = self.cfg.id,
+                term = self.term,
+                peer,
+                "log compacted without a snapshot"
+            );
+            return;
+        };
+        if let Some(p) = self.progress.get_mut(&peer) {
+            tracing::info!(
+                node = self.cfg.id,
+                term = self.term,
+                peer,
+                "sending snapshot"
+            );
+            p.become_snapshot(snapshot);
+        }
+        self.send_snapshot_chunk(peer);
+    }
+
+    /// Sends the chunk at the transfer's current offset.
+    pub(super) fn send_snapshot_chunk(&mut self, peer: u64) {
+        let Some(t) = self.progress.get(&peer).and_then(|p| p.transfer.as_ref()) else {
+            return;
+        };
+        let len = t.snapshot.data.len() as u64;
+        let start = t.offset.min(len);
+        let end = (start + self.cfg.snapshot_chunk_bytes as u64).min(len);
+        let chunk = InstallSnapshot {
+            meta: t.snapshot.meta,
+            offset: start,
+            data: t.snapshot.data.slice(start as usize..end as usize),
+            done: end == len,
+            round: self.reads.current_round(),
+        };
+        self.send(peer, Body::InstallSnapshot(chunk));
+    }
+
+    /// A follower answered a snapshot chunk.
+    pub(super) fn handle_snapshot_response(&mut self, from: u64, r: InstallSnapshotResponse) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        p.recent_active = true;
+        p.acked_round = p.acked_round.max(r.round);
+        let current = p.transfer.as_ref().map(|t| t.snapshot.meta);
+        if p.state != ReplicationState::Snapshot || current != Some(r.meta) {
+            self.confirm_reads();
+            return;
+        }
+        if r.done {
+            let index = r.meta.map_or(0, |m| m.index);
+            p.on_match(index);
+            p.become_replicate();
+            self.maybe_commit();
+            self.send_appends(from);
+        } else if let Some(t) = p.transfer.as_mut() {
+            t.offset = r.next_offset;
+            t.idle_heartbeats = 0;
+            self.send_snapshot_chunk(from);
+        }
+        self.confirm_reads();
+    }
+}
