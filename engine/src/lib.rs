@@ -4,4 +4,5 @@
 //! randomness: the same configuration, seed and inputs give the same outputs.
 //! The runtime in `kv-net` (or the simulation in `kv-sim`) drives it.
 
+pub mod kv;
 pub mod raft;
