@@ -68,7 +68,9 @@ impl KvStore {
                     self.map.insert(cas.key.clone(), cas.new.clone());
                     CommandResult::Ok
                 }
-                current => CommandResult::CasFailed { current: current.cloned() },
+                current => CommandResult::CasFailed {
+                    current: current.cloned(),
+                },
             },
             // Decoding refuses these; a no-op keeps apply total.
             None => CommandResult::Ok,
@@ -102,7 +104,10 @@ impl KvStore {
         let size: usize = self.map.iter().map(|(k, v)| k.len() + v.len() + 12).sum();
         let mut out = BytesMut::with_capacity(size);
         for (key, value) in &self.map {
-            let pair = Pair { key: key.clone(), value: value.clone() };
+            let pair = Pair {
+                key: key.clone(),
+                value: value.clone(),
+            };
             // Writing into a BytesMut that grows cannot fail.
             let _ = pair.encode_length_delimited(&mut out);
         }
@@ -116,8 +121,11 @@ impl KvStore {
         let total = buf.len();
         while !buf.is_empty() {
             let offset = total - buf.len();
-            let pair = Pair::decode_length_delimited(&mut buf)
-                .map_err(|e| KvError::BadSnapshot { offset, reason: e.to_string() })?;
+            let pair =
+                Pair::decode_length_delimited(&mut buf).map_err(|e| KvError::BadSnapshot {
+                    offset,
+                    reason: e.to_string(),
+                })?;
             map.insert(pair.key, pair.value);
         }
         Ok(KvStore { map })
@@ -166,15 +174,28 @@ mod tests {
     }
 
     fn set(k: &str, v: &str) -> Command {
-        Command { op: Some(Op::Set(Set { key: b(k), value: b(v) })) }
+        Command {
+            op: Some(Op::Set(Set {
+                key: b(k),
+                value: b(v),
+            })),
+        }
     }
 
     fn del(k: &str) -> Command {
-        Command { op: Some(Op::Del(Del { key: b(k) })) }
+        Command {
+            op: Some(Op::Del(Del { key: b(k) })),
+        }
     }
 
     fn cas(k: &str, e: &str, n: &str) -> Command {
-        Command { op: Some(Op::Cas(Cas { key: b(k), expected: b(e), new: b(n) })) }
+        Command {
+            op: Some(Op::Cas(Cas {
+                key: b(k),
+                expected: b(e),
+                new: b(n),
+            })),
+        }
     }
 
     #[test]
@@ -198,9 +219,17 @@ mod tests {
     #[test]
     fn cas_writes_only_on_match_and_reports_the_current_value() {
         let mut kv = KvStore::new();
-        assert_eq!(kv.apply(&cas("a", "x", "y")), CommandResult::CasFailed { current: None });
+        assert_eq!(
+            kv.apply(&cas("a", "x", "y")),
+            CommandResult::CasFailed { current: None }
+        );
         kv.apply(&set("a", "1"));
-        assert_eq!(kv.apply(&cas("a", "2", "3")), CommandResult::CasFailed { current: Some(b("1")) });
+        assert_eq!(
+            kv.apply(&cas("a", "2", "3")),
+            CommandResult::CasFailed {
+                current: Some(b("1"))
+            }
+        );
         assert_eq!(kv.apply(&cas("a", "1", "3")), CommandResult::Ok);
         assert_eq!(kv.get(b"a"), Some(&b("3")));
     }
@@ -215,7 +244,11 @@ mod tests {
         for (k, v) in [("m", "3"), ("z", "1"), ("a", "")] {
             b2.apply(&set(k, v));
         }
-        assert_eq!(a.snapshot(), b2.snapshot(), "insertion order must not matter");
+        assert_eq!(
+            a.snapshot(),
+            b2.snapshot(),
+            "insertion order must not matter"
+        );
         assert_eq!(a.digest(), b2.digest());
         let restored = KvStore::restore(&a.snapshot()).unwrap();
         assert_eq!(restored, a);
@@ -236,7 +269,10 @@ mod tests {
         let cmd = cas("k", "old", "new");
         assert_eq!(decode_command(&encode_command(&cmd)).unwrap(), cmd);
         assert_eq!(decode_command(&[]), Err(KvError::EmptyCommand));
-        assert!(matches!(decode_command(&[0xff, 0xff, 0xff]), Err(KvError::BadCommand(_))));
+        assert!(matches!(
+            decode_command(&[0xff, 0xff, 0xff]),
+            Err(KvError::BadCommand(_))
+        ));
         let mut kv = KvStore::new();
         assert!(kv.apply_entry_data(&[0x0a, 0x05, 0x01]).is_err());
         assert!(KvStore::restore(&[0x05, 0x01]).is_err());

@@ -6,3 +6,4 @@
 
 pub mod kv;
 pub mod raft;
+pub mod storage;

@@ -1,2 +1,18 @@
 //! The node runtime: one tokio task owns the sans-IO core and everything
 //! reaches it through channels.
+//!
+//! | module | what |
+//! |---|---|
+//! | `node` | the node: core task, storage task, wiring |
+//! | `client` | the text protocol and the client listener |
+//! | `transport` | peer connections (framed protobuf), fault injection |
+//! | `frame` | length-prefixed frames |
+//! | `storage` | WAL segments, snapshots, recovery |
+//! | `fs` | the file-system trait, real and in-memory |
+
+pub mod client;
+pub mod frame;
+pub mod fs;
+pub mod node;
+pub mod storage;
+pub mod transport;

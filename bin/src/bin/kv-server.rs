@@ -1,0 +1,245 @@
+//! `kv-server`: runs one node of the store, or (`--dev`) a whole local
+//! three-node cluster on loopback for trying it out.
+
+// A binary talks to its user on the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use kv_bin::members::parse_members;
+use kv_net::fs::StdFs;
+use kv_net::node::{Member, Node, NodeConfig};
+
+/// One node of a Raft-replicated key-value store.
+///
+/// Clients speak a line protocol on the client port: SET k v, GET k, DEL k,
+/// CAS k expected new, PING. Followers answer REDIRECT <leader>.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Start a whole local cluster on 127.0.0.1 in this process (data under --data-dir).
+    #[arg(long, env = "KV_DEV")]
+    dev: bool,
+
+    /// Number of nodes of the --dev cluster.
+    #[arg(long, env = "KV_DEV_NODES", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    dev_nodes: u64,
+
+    /// First client port of the --dev cluster (peers use this + 100).
+    #[arg(long, env = "KV_DEV_PORT", default_value_t = 7001)]
+    dev_port: u16,
+
+    /// This node's id (one of --members).
+    #[arg(long, env = "KV_ID", required_unless_present = "dev")]
+    id: Option<u64>,
+
+    /// All members as ID=PEER_ADDR/CLIENT_ADDR, comma-separated, e.g.
+    /// 1=10.0.0.1:7100/10.0.0.1:7000,2=...,3=...
+    #[arg(
+        long,
+        env = "KV_MEMBERS",
+        value_delimiter = ',',
+        required_unless_present = "dev"
+    )]
+    members: Vec<String>,
+
+    /// Directory of the WAL and snapshots (with --dev: of all nodes, one subdirectory each).
+    #[arg(long, env = "KV_DATA_DIR", default_value = "kv-data")]
+    data_dir: PathBuf,
+
+    /// Cluster id; peer frames with another id are refused.
+    #[arg(long, env = "KV_CLUSTER_ID", default_value_t = 1)]
+    cluster_id: u64,
+
+    /// Length of one Raft tick, in milliseconds.
+    #[arg(long, env = "KV_TICK_MS", default_value_t = 10)]
+    tick_ms: u64,
+
+    /// Election timeout in ticks (randomised up to twice this).
+    #[arg(long, env = "KV_ELECTION_TICKS", default_value_t = 15)]
+    election_ticks: u64,
+
+    /// Heartbeat interval in ticks.
+    #[arg(long, env = "KV_HEARTBEAT_TICKS", default_value_t = 3)]
+    heartbeat_ticks: u64,
+
+    /// Snapshot after this many applied entries.
+    #[arg(long, env = "KV_SNAPSHOT_ENTRIES", default_value_t = 100_000)]
+    snapshot_entries: u64,
+
+    /// Longest request line accepted; a longer one gets ERR and the connection closes.
+    #[arg(long, env = "KV_MAX_LINE_BYTES", default_value_t = 1 << 20)]
+    max_line_bytes: usize,
+
+    /// Longest key accepted.
+    #[arg(long, env = "KV_MAX_KEY_BYTES", default_value_t = 1024)]
+    max_key_bytes: usize,
+
+    /// Longest value accepted.
+    #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value_t = 512 * 1024)]
+    max_value_bytes: usize,
+
+    /// Client connections beyond this are refused.
+    #[arg(long, env = "KV_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+
+    /// Close a client connection silent for this many seconds.
+    #[arg(long, env = "KV_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    idle_timeout_secs: u64,
+
+    /// Answer ERR timeout to a request not done in this many milliseconds.
+    #[arg(long, env = "KV_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    request_timeout_ms: u64,
+}
+
+impl Args {
+    fn node_config(
+        &self,
+        id: u64,
+        members: BTreeMap<u64, Member>,
+        data_dir: PathBuf,
+    ) -> NodeConfig {
+        let mut cfg = NodeConfig::new(id, members, data_dir);
+        cfg.cluster_id = self.cluster_id;
+        cfg.tick = Duration::from_millis(self.tick_ms);
+        cfg.election_ticks = self.election_ticks;
+        cfg.heartbeat_ticks = self.heartbeat_ticks;
+        cfg.snapshot_entries = self.snapshot_entries;
+        cfg.client.text.max_line_bytes = self.max_line_bytes;
+        cfg.client.text.max_key_bytes = self.max_key_bytes;
+        cfg.client.text.max_value_bytes = self.max_value_bytes;
+        cfg.client.max_connections = self.max_connections;
+        cfg.client.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
+        cfg.client.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        cfg
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    kv_bin::logging::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        if args.dev {
+            run_dev(&args).await
+        } else {
+            run_one(&args).await
+        }
+    })
+}
+
+async fn run_one(args: &Args) -> Result<()> {
+    let members = parse_members(&args.members).context("parsing --members")?;
+    let id = args.id.context("--id is required")?;
+    if !members.contains_key(&id) {
+        bail!(
+            "--id {id} is not one of the --members ({})",
+            members
+                .keys()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let cfg = args.node_config(id, members, args.data_dir.clone());
+    let node = Node::start(cfg, StdFs::new()).await.with_context(|| {
+        format!(
+            "starting node {id} with data in {}",
+            args.data_dir.display()
+        )
+    })?;
+    tracing::info!(node = id, client_addr = %node.client_addr(), "serving clients");
+    let stopper = node.stopper();
+    let stopped = node.wait();
+    tokio::pin!(stopped);
+    tokio::select! {
+        result = &mut stopped => return result.with_context(|| format!("node {id} stopped with an error")),
+        () = signal() => stopper.stop(),
+    }
+    stopped
+        .await
+        .with_context(|| format!("node {id} stopped with an error"))
+}
+
+async fn run_dev(args: &Args) -> Result<()> {
+    let members: BTreeMap<u64, Member> = (1..=args.dev_nodes)
+        .map(|id| {
+            let client_port = args.dev_port + id as u16 - 1;
+            let member = Member {
+                peer_addr: SocketAddr::from(([127, 0, 0, 1], client_port + 100)),
+                client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
+            };
+            (id, member)
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for &id in members.keys() {
+        let dir = args.data_dir.join(format!("node{id}"));
+        let cfg = args.node_config(id, members.clone(), dir.clone());
+        let node = Node::start(cfg, StdFs::new())
+            .await
+            .with_context(|| format!("starting dev node {id} (data in {})", dir.display()))?;
+        nodes.push(node);
+    }
+    let addrs: Vec<String> = members
+        .values()
+        .map(|m| m.client_addr.to_string())
+        .collect();
+    println!(
+        "kv-server: local cluster of {} nodes is up; data under {}",
+        nodes.len(),
+        args.data_dir.display()
+    );
+    for (id, m) in &members {
+        println!(
+            "  node {id}: clients at {}  peers at {}",
+            m.client_addr, m.peer_addr
+        );
+    }
+    println!(
+        "connect with:  cargo run --bin kv-cli -- --addr {}",
+        addrs.join(",")
+    );
+    println!("stop with Ctrl-C");
+    signal().await;
+    for node in &nodes {
+        node.shutdown();
+    }
+    for node in nodes {
+        node.wait()
+            .await
+            .context("a dev node stopped with an error")?;
+    }
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT: stopping"),
+        _ = term => tracing::info!("SIGTERM: stopping"),
+    }
+}

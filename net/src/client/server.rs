@@ -1,0 +1,165 @@
+//! The client listener: accepts connections, speaks the text protocol, and
+//! hands operations to the node's core task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use super::text::{encode_response, parse_request, LineError, LineReader, Request, Response};
+use super::ClientLimits;
+use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle};
+
+/// A bound client listener, ready to `run`.
+pub struct ClientServer {
+    listener: TcpListener,
+    limits: ClientLimits,
+    node: NodeHandle,
+    shutdown: watch::Receiver<bool>,
+    connections: Arc<Semaphore>,
+}
+
+impl ClientServer {
+    /// Binds the client port.
+    pub async fn bind(
+        addr: SocketAddr,
+        limits: ClientLimits,
+        node: NodeHandle,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
+        Ok(ClientServer {
+            listener,
+            limits,
+            node,
+            shutdown,
+            connections,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
+    }
+
+    /// Accepts connections until shutdown.
+    pub async fn run(mut self) {
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = self.shutdown.changed() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = self.limits.max_connections, "refusing client: too many connections");
+                tokio::spawn(refuse(stream));
+                continue;
+            };
+            let limits = self.limits.clone();
+            let node = self.node.clone();
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                let (reader, writer) = tokio::io::split(stream);
+                serve_text(reader, writer, &limits, &node, shutdown).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream.write_all(b"ERR too many connections\n").await;
+    let _ = stream.flush().await;
+}
+
+/// Serves one text-protocol connection until EOF, an over-long line, an
+/// idle timeout, a write error or shutdown.
+pub async fn serve_text<R, W>(
+    reader: R,
+    mut writer: W,
+    limits: &ClientLimits,
+    node: &NodeHandle,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut lines = LineReader::new(reader, limits.text.max_line_bytes);
+    let mut out = Vec::with_capacity(256);
+    loop {
+        let next = tokio::select! {
+            n = tokio::time::timeout(limits.idle_timeout, lines.next_line()) => n,
+            _ = shutdown.changed() => return,
+        };
+        let (response, close) = match next {
+            Err(_) => (Response::Err("idle timeout".into()), true),
+            Ok(Ok(None)) => return,
+            Ok(Err(LineError::TooLong { .. })) => (
+                Response::Err(format!(
+                    "line too long (max {} bytes)",
+                    limits.text.max_line_bytes
+                )),
+                true,
+            ),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "client read failed");
+                return;
+            }
+            Ok(Ok(Some(line))) => (answer(&line, limits, node).await, false),
+        };
+        out.clear();
+        encode_response(&response, &mut out);
+        if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Parses one request line and gets its answer.
+async fn answer(line: &[u8], limits: &ClientLimits, node: &NodeHandle) -> Response {
+    let op = match parse_request(line, &limits.text) {
+        Err(e) => return Response::Err(e.to_string()),
+        Ok(Request::Ping) => return Response::Pong,
+        Ok(Request::Get { key }) => ClientOp::Get { key },
+        Ok(Request::Set { key, value }) => ClientOp::Set { key, value },
+        Ok(Request::Del { key }) => ClientOp::Del { key },
+        Ok(Request::Cas { key, expected, new }) => ClientOp::Cas { key, expected, new },
+    };
+    match tokio::time::timeout(limits.request_timeout, node.call(op)).await {
+        Ok(reply) => reply_to_text(reply),
+        Err(_) => Response::Err("timeout: outcome unknown".into()),
+    }
+}
+
+/// The text protocol's rendering of a node's reply.
+pub fn reply_to_text(reply: ClientReply) -> Response {
+    match reply {
+        ClientReply::Ok => Response::Ok,
+        ClientReply::Value(v) => Response::Value(v),
+        ClientReply::NotFound => Response::NotFound,
+        ClientReply::CasFailed(current) => Response::Fail(current),
+        ClientReply::Redirect(addr) => Response::Redirect(addr.to_string()),
+        ClientReply::NoLeader => Response::Err("no leader".into()),
+        ClientReply::Failed(kind) => Response::Err(
+            match kind {
+                FailKind::NotApplied => "not applied: leader changed, safe to retry",
+                FailKind::Unknown => "outcome unknown: leadership lost",
+                FailKind::Overloaded => "overloaded, retry later",
+                FailKind::Timeout => "timeout: outcome unknown",
+                FailKind::ShuttingDown => "shutting down: outcome unknown",
+            }
+            .into(),
+        ),
+    }
+}

@@ -1,0 +1,579 @@
+//! The client text protocol, one request per line (DESIGN.md, Protocols):
+//!
+//! ```text
+//! SET <key> <value>          -> OK
+//! GET <key>                  -> VALUE <value> | NOT_FOUND
+//! DEL <key>                  -> OK | NOT_FOUND
+//! CAS <key> <expected> <new> -> OK | FAIL <current> | FAIL NOT_FOUND
+//! PING                       -> PONG
+//! (follower)                 -> REDIRECT <host:port>
+//! (no leader)                -> ERR no leader
+//! (malformed)                -> ERR <reason>
+//! ```
+//!
+//! Lines end in `\n` (a trailing `\r` is tolerated); tokens are separated by
+//! one or more spaces; command names are case-insensitive. Keys and values
+//! are any bytes except space, tab, CR, LF and NUL (use the binary protocol
+//! for those). This module is a pure codec plus a bounded line reader.
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Size limits of the text protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextLimits {
+    /// Longest line accepted (without its newline).
+    pub max_line_bytes: usize,
+    /// Longest key accepted.
+    pub max_key_bytes: usize,
+    /// Longest value accepted.
+    pub max_value_bytes: usize,
+}
+
+impl Default for TextLimits {
+    fn default() -> Self {
+        TextLimits {
+            max_line_bytes: 1 << 20,
+            max_key_bytes: 1024,
+            max_value_bytes: 512 * 1024,
+        }
+    }
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `GET key`
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// `SET key value`
+    Set {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// `DEL key`
+    Del {
+        /// The key.
+        key: Bytes,
+    },
+    /// `CAS key expected new`
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The value it must hold.
+        expected: Bytes,
+        /// The value to write.
+        new: Bytes,
+    },
+    /// `PING`
+    Ping,
+}
+
+/// A response line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// `OK`
+    Ok,
+    /// `VALUE <value>`
+    Value(Bytes),
+    /// `NOT_FOUND`
+    NotFound,
+    /// `FAIL <current>` or `FAIL NOT_FOUND` (None)
+    Fail(Option<Bytes>),
+    /// `PONG`
+    Pong,
+    /// `REDIRECT <host:port>`
+    Redirect(String),
+    /// `ERR <reason>`
+    Err(String),
+}
+
+/// Why a line is not a valid request or response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Nothing but spaces.
+    #[error("empty request")]
+    Empty,
+    /// The first token is no known command.
+    #[error("unknown command '{0}'")]
+    UnknownCommand(String),
+    /// Too many or too few arguments.
+    #[error("wrong number of arguments for {command} (expected {expected})")]
+    Arity {
+        /// The command.
+        command: &'static str,
+        /// What it takes.
+        expected: &'static str,
+    },
+    /// A key over the limit.
+    #[error("key too long ({len} > {max} bytes)")]
+    KeyTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value over the limit.
+    #[error("value too long ({len} > {max} bytes)")]
+    ValueTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A NUL or other control byte the text protocol cannot carry.
+    #[error("invalid byte 0x{0:02x} in request (use the binary protocol)")]
+    InvalidByte(u8),
+    /// A line over the limit.
+    #[error("line too long (max {max} bytes)")]
+    LineTooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// A response line that is not one of the forms above.
+    #[error("unrecognised response '{0}'")]
+    BadResponse(String),
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn is_separator(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Splits a request line into tokens, refusing bytes the protocol cannot carry.
+fn tokens(line: &[u8]) -> Result<Vec<&[u8]>, ParseError> {
+    if let Some(&bad) = line.iter().find(|&&b| b == 0 || b == b'\r' || b == b'\n') {
+        return Err(ParseError::InvalidByte(bad));
+    }
+    Ok(line
+        .split(|&b| is_separator(b))
+        .filter(|t| !t.is_empty())
+        .collect())
+}
+
+/// Parses one request line (without its `\n`).
+pub fn parse_request(line: &[u8], limits: &TextLimits) -> Result<Request, ParseError> {
+    let line = strip_cr(line);
+    if line.len() > limits.max_line_bytes {
+        return Err(ParseError::LineTooLong {
+            max: limits.max_line_bytes,
+        });
+    }
+    let toks = tokens(line)?;
+    let Some((&name, args)) = toks.split_first() else {
+        return Err(ParseError::Empty);
+    };
+    let key = |t: &[u8]| -> Result<Bytes, ParseError> {
+        if t.len() > limits.max_key_bytes {
+            return Err(ParseError::KeyTooLong {
+                len: t.len(),
+                max: limits.max_key_bytes,
+            });
+        }
+        Ok(Bytes::copy_from_slice(t))
+    };
+    let value = |t: &[u8]| -> Result<Bytes, ParseError> {
+        if t.len() > limits.max_value_bytes {
+            return Err(ParseError::ValueTooLong {
+                len: t.len(),
+                max: limits.max_value_bytes,
+            });
+        }
+        Ok(Bytes::copy_from_slice(t))
+    };
+    let upper = name.to_ascii_uppercase();
+    match (upper.as_slice(), args) {
+        (b"GET", [k]) => Ok(Request::Get { key: key(k)? }),
+        (b"GET", _) => Err(ParseError::Arity {
+            command: "GET",
+            expected: "GET <key>",
+        }),
+        (b"SET", [k, v]) => Ok(Request::Set {
+            key: key(k)?,
+            value: value(v)?,
+        }),
+        (b"SET", _) => Err(ParseError::Arity {
+            command: "SET",
+            expected: "SET <key> <value>",
+        }),
+        (b"DEL", [k]) => Ok(Request::Del { key: key(k)? }),
+        (b"DEL", _) => Err(ParseError::Arity {
+            command: "DEL",
+            expected: "DEL <key>",
+        }),
+        (b"CAS", [k, e, n]) => Ok(Request::Cas {
+            key: key(k)?,
+            expected: value(e)?,
+            new: value(n)?,
+        }),
+        (b"CAS", _) => Err(ParseError::Arity {
+            command: "CAS",
+            expected: "CAS <key> <expected> <new>",
+        }),
+        (b"PING", []) => Ok(Request::Ping),
+        (b"PING", _) => Err(ParseError::Arity {
+            command: "PING",
+            expected: "PING",
+        }),
+        _ => {
+            let shown: String = String::from_utf8_lossy(&name[..name.len().min(32)]).into_owned();
+            Err(ParseError::UnknownCommand(shown))
+        }
+    }
+}
+
+/// Encodes a request as one line (for clients).
+pub fn encode_request(req: &Request, out: &mut Vec<u8>) {
+    let (name, args): (&[u8], Vec<&Bytes>) = match req {
+        Request::Get { key } => (b"GET", vec![key]),
+        Request::Set { key, value } => (b"SET", vec![key, value]),
+        Request::Del { key } => (b"DEL", vec![key]),
+        Request::Cas { key, expected, new } => (b"CAS", vec![key, expected, new]),
+        Request::Ping => (b"PING", vec![]),
+    };
+    out.extend_from_slice(name);
+    for arg in args {
+        out.push(b' ');
+        out.extend_from_slice(arg);
+    }
+    out.push(b'\n');
+}
+
+/// Encodes a response as one line ending in `\n`.
+pub fn encode_response(resp: &Response, out: &mut Vec<u8>) {
+    match resp {
+        Response::Ok => out.extend_from_slice(b"OK"),
+        Response::Value(v) => {
+            out.extend_from_slice(b"VALUE ");
+            out.extend_from_slice(v);
+        }
+        Response::NotFound => out.extend_from_slice(b"NOT_FOUND"),
+        Response::Fail(Some(v)) => {
+            out.extend_from_slice(b"FAIL ");
+            out.extend_from_slice(v);
+        }
+        Response::Fail(None) => out.extend_from_slice(b"FAIL NOT_FOUND"),
+        Response::Pong => out.extend_from_slice(b"PONG"),
+        Response::Redirect(addr) => {
+            out.extend_from_slice(b"REDIRECT ");
+            out.extend_from_slice(addr.as_bytes());
+        }
+        Response::Err(reason) => {
+            out.extend_from_slice(b"ERR ");
+            // A reason never breaks the line.
+            out.extend(
+                reason
+                    .bytes()
+                    .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+            );
+        }
+    }
+    out.push(b'\n');
+}
+
+/// Parses a response line (without its `\n`), for clients and tests.
+pub fn parse_response(line: &[u8]) -> Result<Response, ParseError> {
+    let line = strip_cr(line);
+    let (head, rest) = match line.iter().position(|&b| b == b' ') {
+        Some(i) => (&line[..i], Some(&line[i + 1..])),
+        None => (line, None),
+    };
+    let bad = || {
+        ParseError::BadResponse(String::from_utf8_lossy(&line[..line.len().min(64)]).into_owned())
+    };
+    match (head, rest) {
+        (b"OK", None) => Ok(Response::Ok),
+        (b"NOT_FOUND", None) => Ok(Response::NotFound),
+        (b"PONG", None) => Ok(Response::Pong),
+        (b"VALUE", Some(v)) => Ok(Response::Value(Bytes::copy_from_slice(v))),
+        (b"FAIL", Some(b"NOT_FOUND")) => Ok(Response::Fail(None)),
+        (b"FAIL", Some(v)) => Ok(Response::Fail(Some(Bytes::copy_from_slice(v)))),
+        (b"REDIRECT", Some(a)) => Ok(Response::Redirect(String::from_utf8_lossy(a).into_owned())),
+        (b"ERR", r) => Ok(Response::Err(
+            String::from_utf8_lossy(r.unwrap_or_default()).into_owned(),
+        )),
+        _ => Err(bad()),
+    }
+}
+
+/// Why the line reader stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// A line exceeded the limit; the connection should be answered and closed.
+    #[error("line too long (max {max} bytes)")]
+    TooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// The peer closed the connection in the middle of a line.
+    #[error("connection closed mid-line")]
+    Truncated,
+    /// A read failed.
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads `\n`-terminated lines with a bounded buffer.
+pub struct LineReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a newline.
+    scanned: usize,
+    /// Start of the unread part of `buf`.
+    start: usize,
+    max_line: usize,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    /// A reader refusing lines longer than `max_line` bytes.
+    pub fn new(inner: R, max_line: usize) -> Self {
+        LineReader {
+            inner,
+            buf: Vec::with_capacity(4096),
+            scanned: 0,
+            start: 0,
+            max_line,
+        }
+    }
+
+    /// The next line without its `\n`; `None` at a clean end of stream.
+    pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, LineError> {
+        loop {
+            if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let end = self.scanned + pos;
+                if end - self.start > self.max_line + 1 {
+                    return Err(LineError::TooLong { max: self.max_line });
+                }
+                let line = self.buf[self.start..end].to_vec();
+                self.start = end + 1;
+                self.scanned = self.start;
+                return Ok(Some(line));
+            }
+            self.scanned = self.buf.len();
+            // +1 leaves room for a trailing '\r'.
+            if self.buf.len() - self.start > self.max_line + 1 {
+                return Err(LineError::TooLong { max: self.max_line });
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.scanned -= self.start;
+                self.start = 0;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.inner.read(&mut chunk).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(LineError::Truncated)
+                };
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Returns true if a complete line is already buffered (no read needed).
+    pub fn has_buffered_line(&self) -> bool {
+        self.buf[self.start..].contains(&b'\n')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> TextLimits {
+        TextLimits {
+            max_line_bytes: 64,
+            max_key_bytes: 8,
+            max_value_bytes: 16,
+        }
+    }
+
+    fn parse(s: &str) -> Result<Request, ParseError> {
+        parse_request(s.as_bytes(), &limits())
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(
+            parse("SET a 1"),
+            Ok(Request::Set {
+                key: b("a"),
+                value: b("1")
+            })
+        );
+        assert_eq!(parse("get a"), Ok(Request::Get { key: b("a") }));
+        assert_eq!(parse("Del a\r"), Ok(Request::Del { key: b("a") }));
+        assert_eq!(
+            parse("CAS a 1 2"),
+            Ok(Request::Cas {
+                key: b("a"),
+                expected: b("1"),
+                new: b("2")
+            })
+        );
+        assert_eq!(parse("  PING  "), Ok(Request::Ping));
+        assert_eq!(
+            parse("SET  a   1"),
+            Ok(Request::Set {
+                key: b("a"),
+                value: b("1")
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_requests_with_a_reason() {
+        assert_eq!(parse(""), Err(ParseError::Empty));
+        assert_eq!(parse("   "), Err(ParseError::Empty));
+        assert_eq!(
+            parse("FLY a"),
+            Err(ParseError::UnknownCommand("FLY".into()))
+        );
+        assert!(matches!(
+            parse("SET a"),
+            Err(ParseError::Arity { command: "SET", .. })
+        ));
+        assert!(matches!(
+            parse("SET a 1 2"),
+            Err(ParseError::Arity { command: "SET", .. })
+        ));
+        assert!(matches!(
+            parse("GET"),
+            Err(ParseError::Arity { command: "GET", .. })
+        ));
+        assert!(matches!(
+            parse("CAS a 1"),
+            Err(ParseError::Arity { command: "CAS", .. })
+        ));
+        assert!(matches!(
+            parse("PING x"),
+            Err(ParseError::Arity {
+                command: "PING",
+                ..
+            })
+        ));
+        assert_eq!(
+            parse("GET 123456789"),
+            Err(ParseError::KeyTooLong { len: 9, max: 8 })
+        );
+        assert_eq!(
+            parse("SET k 12345678901234567"),
+            Err(ParseError::ValueTooLong { len: 17, max: 16 })
+        );
+        assert_eq!(parse("GET a\0b"), Err(ParseError::InvalidByte(0)));
+        assert_eq!(parse("GET a\rb"), Err(ParseError::InvalidByte(b'\r')));
+        let long = format!("GET {}", "x".repeat(70));
+        assert_eq!(parse(&long), Err(ParseError::LineTooLong { max: 64 }));
+        // Non-UTF-8 bytes are fine in keys and values.
+        assert_eq!(
+            parse_request(b"SET \xff\xfe v", &limits()),
+            Ok(Request::Set {
+                key: Bytes::from_static(b"\xff\xfe"),
+                value: b("v")
+            })
+        );
+        let msg = parse("SET a").unwrap_err().to_string();
+        assert!(msg.contains("SET <key> <value>"), "{msg}");
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        for resp in [
+            Response::Ok,
+            Response::Value(b("v1")),
+            Response::NotFound,
+            Response::Fail(Some(b("cur"))),
+            Response::Fail(None),
+            Response::Pong,
+            Response::Redirect("127.0.0.1:7002".into()),
+            Response::Err("no leader".into()),
+        ] {
+            let mut out = Vec::new();
+            encode_response(&resp, &mut out);
+            assert_eq!(out.last(), Some(&b'\n'));
+            assert_eq!(parse_response(&out[..out.len() - 1]), Ok(resp));
+        }
+        let mut out = Vec::new();
+        encode_response(&Response::Err("two\nlines".into()), &mut out);
+        assert_eq!(out, b"ERR two lines\n");
+        assert!(parse_response(b"WHAT").is_err());
+    }
+
+    #[test]
+    fn requests_encode_to_parseable_lines() {
+        let req = Request::Cas {
+            key: b("k"),
+            expected: b("a"),
+            new: b("b"),
+        };
+        let mut out = Vec::new();
+        encode_request(&req, &mut out);
+        assert_eq!(out, b"CAS k a b\n");
+        assert_eq!(parse_request(&out[..out.len() - 1], &limits()), Ok(req));
+    }
+
+    /// A reader that hands out its data in fixed-size pieces.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.1.min(self.0.len()).min(buf.remaining());
+            let piece: Vec<u8> = self.0.drain(..n).collect();
+            buf.put_slice(&piece);
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn line_reader_joins_pieces_and_splits_lines() {
+        block_on(async {
+            let mut r = LineReader::new(Trickle(b"PING\r\nGET a\nSET b 2\n".to_vec(), 3), 64);
+            assert_eq!(r.next_line().await.unwrap().unwrap(), b"PING\r");
+            assert_eq!(r.next_line().await.unwrap().unwrap(), b"GET a");
+            assert_eq!(r.next_line().await.unwrap().unwrap(), b"SET b 2");
+            assert!(r.next_line().await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn line_reader_refuses_an_over_long_line_and_a_truncated_one() {
+        block_on(async {
+            let mut r = LineReader::new(Trickle(vec![b'x'; 200], 7), 64);
+            assert!(matches!(
+                r.next_line().await,
+                Err(LineError::TooLong { max: 64 })
+            ));
+            let mut r = LineReader::new(Trickle(b"GET a".to_vec(), 100), 64);
+            assert!(matches!(r.next_line().await, Err(LineError::Truncated)));
+            // Exactly at the limit is fine.
+            let mut line = vec![b'y'; 64];
+            line.push(b'\n');
+            let mut r = LineReader::new(Trickle(line, 5), 64);
+            assert_eq!(r.next_line().await.unwrap().unwrap().len(), 64);
+        });
+    }
+}

@@ -1,0 +1,185 @@
+//! Length-prefixed frames: a big-endian u32 length, then that many bytes
+//! (a prost-encoded message). Used on peer connections and by the binary
+//! client protocol.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The announced length is over the limit; the stream cannot be trusted.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("connection closed inside a frame")]
+    Truncated,
+    /// A read failed.
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Appends `msg` as one frame to `out`.
+pub fn encode_frame(msg: &impl prost::Message, out: &mut Vec<u8>) {
+    let len = msg.encoded_len();
+    out.reserve(4 + len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    // Encoding into a Vec with enough room cannot fail.
+    let _ = msg.encode(out);
+}
+
+/// Reads frames from a stream with a reusable buffer.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader refusing frames over `max` bytes.
+    pub fn new(inner: R, max: usize) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(64 * 1024),
+            max,
+        }
+    }
+
+    /// The next frame's payload; `None` at a clean end of stream.
+    pub async fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                if len > self.max {
+                    return Err(FrameError::TooLarge { len, max: self.max });
+                }
+                if self.buf.len() >= 4 + len {
+                    let mut frame = self.buf.split_to(4 + len);
+                    let payload = frame.split_off(4);
+                    return Ok(Some(payload.freeze()));
+                }
+                self.buf.reserve(4 + len - self.buf.len());
+            } else {
+                self.buf.reserve(4096);
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// True if a whole frame is already buffered.
+    pub fn has_buffered_frame(&self) -> bool {
+        self.buf.len() >= 4 && {
+            let len =
+                u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+            self.buf.len() >= 4 + len
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_proto::raft::{Entry, HardState};
+    use prost::Message as _;
+
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn frames_round_trip_even_when_read_byte_by_byte() {
+        let mut wire = Vec::new();
+        let a = HardState {
+            term: 3,
+            vote: 2,
+            commit: 9,
+        };
+        let b = Entry {
+            term: 1,
+            index: 2,
+            data: Bytes::from_static(b"hello"),
+        };
+        encode_frame(&a, &mut wire);
+        encode_frame(&b, &mut wire);
+        encode_frame(&HardState::default(), &mut wire); // an empty payload
+        block_on(async {
+            let reader = tokio_test_reader(wire, 1);
+            let mut r = FrameReader::new(reader, 1024);
+            assert_eq!(
+                HardState::decode(r.next_frame().await.unwrap().unwrap()).unwrap(),
+                a
+            );
+            assert_eq!(
+                Entry::decode(r.next_frame().await.unwrap().unwrap()).unwrap(),
+                b
+            );
+            assert_eq!(r.next_frame().await.unwrap().unwrap().len(), 0);
+            assert!(r.next_frame().await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn oversize_and_truncated_frames_are_errors() {
+        block_on(async {
+            let mut wire = Vec::new();
+            wire.extend_from_slice(&2000u32.to_be_bytes());
+            let mut r = FrameReader::new(tokio_test_reader(wire, 64), 1024);
+            assert!(matches!(
+                r.next_frame().await,
+                Err(FrameError::TooLarge {
+                    len: 2000,
+                    max: 1024
+                })
+            ));
+            let mut wire = Vec::new();
+            encode_frame(
+                &HardState {
+                    term: 1,
+                    vote: 1,
+                    commit: 1,
+                },
+                &mut wire,
+            );
+            wire.pop();
+            let mut r = FrameReader::new(tokio_test_reader(wire, 64), 1024);
+            assert!(matches!(r.next_frame().await, Err(FrameError::Truncated)));
+            let mut r = FrameReader::new(tokio_test_reader(vec![0, 0], 64), 1024);
+            assert!(matches!(r.next_frame().await, Err(FrameError::Truncated)));
+        });
+    }
+
+    /// A reader handing out `data` in pieces of `step` bytes.
+    fn tokio_test_reader(data: Vec<u8>, step: usize) -> impl AsyncRead + Unpin {
+        struct Pieces(Vec<u8>, usize);
+        impl AsyncRead for Pieces {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                let n = self.1.min(self.0.len()).min(buf.remaining());
+                let piece: Vec<u8> = self.0.drain(..n).collect();
+                buf.put_slice(&piece);
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        Pieces(data, step)
+    }
+}

@@ -1,0 +1,170 @@
+//! A node's configuration: who it is, who its peers are, where its data
+//! lives, its timing and its limits.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kv_engine::raft::Config as RaftConfig;
+
+use super::events::Events;
+use crate::client::text::TextLimits;
+use crate::client::ClientLimits;
+use crate::storage::StorageOptions;
+use crate::transport::{NetFaults, TransportConfig};
+
+/// One member of the cluster: where its peers and its clients reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// Address of its peer (Raft) port.
+    pub peer_addr: SocketAddr,
+    /// Address of its client port (what REDIRECT names).
+    pub client_addr: SocketAddr,
+}
+
+/// Everything one node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id (non-zero, a key of `members`).
+    pub id: u64,
+    /// Frames from another cluster id are refused.
+    pub cluster_id: u64,
+    /// All members, this node included. Fixed for the cluster's life.
+    pub members: BTreeMap<u64, Member>,
+    /// Where the WAL and snapshots live.
+    pub data_dir: PathBuf,
+    /// Length of one logical tick of the Raft core.
+    pub tick: Duration,
+    /// Election timeout, in ticks (randomised up to twice this).
+    pub election_ticks: u64,
+    /// Heartbeat interval, in ticks.
+    pub heartbeat_ticks: u64,
+    /// Take a snapshot once this many entries were applied since the last one.
+    pub snapshot_entries: u64,
+    /// WAL segment size before rotation.
+    pub segment_bytes: u64,
+    /// Client-side limits (line, key, value sizes; connections).
+    pub client: ClientLimits,
+    /// Capacity of the queue of client requests into the core.
+    pub client_queue_capacity: usize,
+    /// Capacity of the queue of peer messages into the core.
+    pub peer_inbound_capacity: usize,
+    /// Capacity of each peer's outbound queue.
+    pub peer_queue_capacity: usize,
+    /// Capacity of the queue of writes to the storage task.
+    pub storage_queue_capacity: usize,
+    /// Largest peer frame accepted.
+    pub max_peer_frame_bytes: usize,
+    /// Injected network faults (simulation only; off by default).
+    pub net_faults: NetFaults,
+    /// Seed of the core's randomness (election timeouts).
+    pub seed: u64,
+    /// Where consensus events go (the simulation's checkers); off by default.
+    pub events: Events,
+}
+
+impl NodeConfig {
+    /// A configuration with defaults for node `id` of `members`.
+    pub fn new(id: u64, members: BTreeMap<u64, Member>, data_dir: PathBuf) -> Self {
+        NodeConfig {
+            id,
+            cluster_id: 1,
+            members,
+            data_dir,
+            tick: Duration::from_millis(10),
+            election_ticks: 15,
+            heartbeat_ticks: 3,
+            snapshot_entries: 100_000,
+            segment_bytes: 64 << 20,
+            client: ClientLimits::default(),
+            client_queue_capacity: 16_384,
+            peer_inbound_capacity: 4096,
+            peer_queue_capacity: 4096,
+            storage_queue_capacity: 1024,
+            max_peer_frame_bytes: 64 << 20,
+            net_faults: NetFaults::default(),
+            seed: id,
+            events: Events::default(),
+        }
+    }
+
+    /// Checks what the type system cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.members.contains_key(&self.id) {
+            return Err(format!(
+                "node id {} is not among the members {:?}",
+                self.id,
+                self.members.keys().collect::<Vec<_>>()
+            ));
+        }
+        if self.tick.is_zero() {
+            return Err("tick must be > 0".into());
+        }
+        if self.snapshot_entries == 0 {
+            return Err("snapshot_entries must be > 0".into());
+        }
+        self.raft_config().validate().map_err(|e| e.to_string())
+    }
+
+    /// This node's entry in `members`.
+    fn me(&self) -> Member {
+        self.members[&self.id]
+    }
+
+    /// The address clients connect to.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.me().client_addr
+    }
+
+    /// The core's configuration.
+    pub fn raft_config(&self) -> RaftConfig {
+        let mut cfg = RaftConfig::new(self.id, self.members.keys().copied().collect());
+        cfg.election_ticks = self.election_ticks;
+        cfg.heartbeat_ticks = self.heartbeat_ticks;
+        cfg.seed = self.seed;
+        // An append must fit a peer frame with room to spare.
+        cfg.max_append_bytes = cfg.max_append_bytes.min(self.max_peer_frame_bytes / 4);
+        cfg.snapshot_chunk_bytes = cfg.snapshot_chunk_bytes.min(self.max_peer_frame_bytes / 4);
+        cfg
+    }
+
+    /// The peer transport's configuration.
+    pub fn transport_config(&self) -> TransportConfig {
+        let peers = self
+            .members
+            .iter()
+            .filter(|(&id, _)| id != self.id)
+            .map(|(&id, m)| (id, m.peer_addr))
+            .collect();
+        TransportConfig {
+            cluster_id: self.cluster_id,
+            node_id: self.id,
+            listen_addr: self.me().peer_addr,
+            peers,
+            queue_capacity: self.peer_queue_capacity,
+            max_frame_bytes: self.max_peer_frame_bytes,
+            reconnect_backoff_min: Duration::from_millis(20),
+            reconnect_backoff_max: Duration::from_secs(1),
+            faults: self.net_faults.clone(),
+        }
+    }
+
+    /// Storage options.
+    pub fn storage_options(&self) -> StorageOptions {
+        StorageOptions {
+            segment_size_bytes: self.segment_bytes,
+            ..StorageOptions::default()
+        }
+    }
+
+    /// Limits of the client listener.
+    pub fn client_limits(&self) -> ClientLimits {
+        self.client.clone()
+    }
+
+    /// Limits of the text protocol.
+    pub fn text_limits(&self) -> TextLimits {
+        self.client.text.clone()
+    }
+}

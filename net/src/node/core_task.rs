@@ -1,0 +1,468 @@
+//! The one task that owns the Raft core and the state machine.
+//!
+//! Everything reaches it through channels: ticks, peer messages, client
+//! requests and storage completions. After each batch of inputs it drains
+//! the core's `Ready`: messages go to the transport, writes go to the
+//! storage task (whose completions release `persisted_messages` and tell the
+//! core what is durable), committed entries are applied and their waiting
+//! clients answered.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kv_engine::kv::{encode_command, CommandResult, KvStore};
+use kv_engine::raft::{ProposeError, RaftCore, Ready, Role};
+use kv_proto::command::{command::Op, Cas, Command, Del, Set};
+use kv_proto::raft::{Entry, Message, Snapshot, SnapshotMeta};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+
+use super::events::{fnv1a, term_runs, Events, NodeEvent};
+use super::storage_task::{StorageDone, StorageJob, WriteJob};
+use super::{ClientOp, ClientReply, ClientRequest, FailKind, NodeConfig, NodeError};
+use crate::transport::PeerTransport;
+
+/// How many queued inputs of one kind are taken before the Ready is drained:
+/// large enough to batch many proposals into one append, small enough to
+/// keep latency low.
+const INPUT_BATCH_MAX: usize = 1024;
+
+/// A write waiting for its entry to be applied.
+struct PendingWrite {
+    term: u64,
+    reply: oneshot::Sender<ClientReply>,
+}
+
+/// A read waiting for confirmation, then for the apply index to reach it.
+struct PendingRead {
+    key: Bytes,
+    reply: oneshot::Sender<ClientReply>,
+}
+
+/// The state owned by the core task.
+pub(crate) struct CoreTask {
+    id: u64,
+    core: RaftCore,
+    kv: KvStore,
+    applied: u64,
+    tick: Duration,
+    client_addrs: BTreeMap<u64, SocketAddr>,
+    transport: PeerTransport,
+    storage: mpsc::Sender<StorageJob>,
+    /// Writes by log index.
+    writes: BTreeMap<u64, PendingWrite>,
+    /// Reads by read id, until confirmed.
+    reads: BTreeMap<u64, PendingRead>,
+    /// Confirmed reads by the index they wait for.
+    reads_at: BTreeMap<u64, Vec<PendingRead>>,
+    next_read_id: u64,
+    /// Apply this many entries past the last snapshot before taking another.
+    snapshot_entries: u64,
+    last_snapshot_index: u64,
+    snapshot_in_flight: bool,
+    events: Events,
+}
+
+impl CoreTask {
+    pub(crate) fn new(
+        cfg: &NodeConfig,
+        core: RaftCore,
+        kv: KvStore,
+        transport: PeerTransport,
+        storage: mpsc::Sender<StorageJob>,
+    ) -> Self {
+        let applied = core.log().snapshot_index();
+        CoreTask {
+            id: cfg.id,
+            applied,
+            last_snapshot_index: applied,
+            core,
+            kv,
+            tick: cfg.tick,
+            client_addrs: cfg
+                .members
+                .iter()
+                .map(|(&id, m)| (id, m.client_addr))
+                .collect(),
+            transport,
+            storage,
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            reads_at: BTreeMap::new(),
+            next_read_id: 1,
+            snapshot_entries: cfg.snapshot_entries,
+            snapshot_in_flight: false,
+            events: cfg.events.clone(),
+        }
+    }
+
+    /// Runs until shutdown or a storage failure.
+    pub(crate) async fn run(
+        mut self,
+        mut peer_rx: mpsc::Receiver<Message>,
+        mut request_rx: mpsc::Receiver<ClientRequest>,
+        mut storage_done: mpsc::Receiver<StorageDone>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
+        let span = tracing::info_span!("node", node = self.id);
+        async move {
+            let mut ticker = tokio::time::interval(self.tick);
+            let result = loop {
+                tokio::select! {
+                    _ = ticker.tick() => self.core.tick(),
+                    Some(m) = peer_rx.recv() => {
+                        self.core.step(m);
+                        for _ in 0..INPUT_BATCH_MAX {
+                            match peer_rx.try_recv() {
+                                Ok(m) => self.core.step(m),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Some(req) = request_rx.recv() => {
+                        self.on_request(req);
+                        for _ in 0..INPUT_BATCH_MAX {
+                            match request_rx.try_recv() {
+                                Ok(req) => self.on_request(req),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    done = storage_done.recv() => match done {
+                        Some(done) => {
+                            if let Err(e) = self.on_storage_done(done) {
+                                break Err(e);
+                            }
+                        }
+                        None => break Ok(()),
+                    },
+                    _ = shutdown.changed() => break Ok(()),
+                }
+                if let Err(e) = self.drain_ready().await {
+                    break Err(e);
+                }
+            };
+            self.fail_everything(FailKind::ShuttingDown);
+            self.transport.shutdown();
+            if let Err(e) = &result {
+                tracing::error!(node = self.id, error = %e, "node stopping on error");
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn leader_reply(&self) -> ClientReply {
+        match self.core.leader().and_then(|l| self.client_addrs.get(&l)) {
+            Some(&addr) if self.core.leader() != Some(self.id) => ClientReply::Redirect(addr),
+            _ => ClientReply::NoLeader,
+        }
+    }
+
+    fn on_request(&mut self, req: ClientRequest) {
+        if self.core.role() != Role::Leader {
+            let _ = req.reply.send(self.leader_reply());
+            return;
+        }
+        let command = match req.op {
+            ClientOp::Get { key } => {
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                match self.core.read_index(id) {
+                    Ok(()) => {
+                        self.reads.insert(
+                            id,
+                            PendingRead {
+                                key,
+                                reply: req.reply,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = req.reply.send(self.propose_error_reply(e));
+                    }
+                }
+                return;
+            }
+            ClientOp::Set { key, value } => Op::Set(Set { key, value }),
+            ClientOp::Del { key } => Op::Del(Del { key }),
+            ClientOp::Cas { key, expected, new } => Op::Cas(Cas { key, expected, new }),
+        };
+        let data = encode_command(&Command { op: Some(command) });
+        match self.core.propose(data) {
+            Ok(p) => {
+                self.writes.insert(
+                    p.index,
+                    PendingWrite {
+                        term: p.term,
+                        reply: req.reply,
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = req.reply.send(self.propose_error_reply(e));
+            }
+        }
+    }
+
+    fn propose_error_reply(&self, e: ProposeError) -> ClientReply {
+        match e {
+            ProposeError::NotLeader { .. } => self.leader_reply(),
+            ProposeError::Overloaded => ClientReply::Failed(FailKind::Overloaded),
+            ProposeError::Empty => ClientReply::Failed(FailKind::NotApplied),
+        }
+    }
+
+    /// Drains every Ready the core has.
+    async fn drain_ready(&mut self) -> Result<(), NodeError> {
+        while self.core.has_ready() {
+            let rd = self.core.ready();
+            self.handle_ready(rd).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle_ready(&mut self, rd: Ready) -> Result<(), NodeError> {
+        if let Some(ss) = rd.soft_state {
+            tracing::info!(node = self.id, term = ss.term, role = ?ss.role, leader = ?ss.leader, "role change");
+            let node = self.id;
+            self.events.emit(|| NodeEvent::Role {
+                node,
+                term: ss.term,
+                role: ss.role,
+                leader: ss.leader,
+            });
+            if ss.role == Role::Leader {
+                let log = self.core.log();
+                self.events.emit(|| NodeEvent::BecameLeader {
+                    node,
+                    term: ss.term,
+                    first_index: log.first_index(),
+                    last_index: log.last_index(),
+                    term_runs: term_runs(log),
+                });
+            }
+            if ss.role != Role::Leader {
+                // Writes appended under a lost leadership may or may not commit.
+                for (_, w) in std::mem::take(&mut self.writes) {
+                    let _ = w.reply.send(ClientReply::Failed(FailKind::Unknown));
+                }
+            }
+        }
+        if let Some(hs) = rd.hard_state {
+            let node = self.id;
+            self.events.emit(|| NodeEvent::Commit {
+                node,
+                commit: hs.commit,
+            });
+        }
+        let point = rd.persist_point();
+        let must_persist = rd.must_persist();
+        for m in rd.messages {
+            self.transport.send(m);
+        }
+        if let Some(snapshot) = &rd.snapshot {
+            self.install_snapshot(snapshot)?;
+        }
+        if must_persist || !rd.persisted_messages.is_empty() {
+            let job = WriteJob {
+                hard_state: rd.hard_state,
+                entries: rd.entries,
+                snapshot: rd.snapshot,
+                persisted_messages: rd.persisted_messages,
+                point,
+            };
+            if self.storage.send(StorageJob::Write(job)).await.is_err() {
+                return Err(NodeError::Config("storage task stopped".into()));
+            }
+        }
+        for entry in rd.committed_entries {
+            self.apply(entry);
+        }
+        for rs in rd.read_states {
+            if let Some(read) = self.reads.remove(&rs.id) {
+                if rs.index <= self.applied {
+                    self.answer_read(read);
+                } else {
+                    self.reads_at.entry(rs.index).or_default().push(read);
+                }
+            }
+        }
+        for id in rd.failed_reads {
+            if let Some(read) = self.reads.remove(&id) {
+                let _ = read.reply.send(ClientReply::Failed(FailKind::NotApplied));
+            }
+        }
+        self.maybe_snapshot().await?;
+        Ok(())
+    }
+
+    fn answer_read(&self, read: PendingRead) {
+        let reply = match self.kv.get(&read.key) {
+            Some(v) => ClientReply::Value(v.clone()),
+            None => ClientReply::NotFound,
+        };
+        let _ = read.reply.send(reply);
+    }
+
+    /// Applies one committed entry and answers its client, if waiting here.
+    fn apply(&mut self, entry: Entry) {
+        debug_assert_eq!(entry.index, self.applied + 1, "entries apply in order");
+        self.applied = entry.index;
+        let result = if entry.data.is_empty() {
+            None // the leader's no-op
+        } else {
+            match self.kv.apply_entry_data(&entry.data) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    // A committed entry we cannot decode is the same on every
+                    // node: skip it deterministically, and say so loudly.
+                    tracing::error!(node = self.id, index = entry.index, error = %e, "undecodable committed entry");
+                    None
+                }
+            }
+        };
+        if self.events.enabled() {
+            let (node, index, term) = (self.id, entry.index, entry.term);
+            let data_hash = fnv1a(&entry.data);
+            let digest = Some(self.kv.digest());
+            self.events.emit(|| NodeEvent::Applied {
+                node,
+                index,
+                term,
+                data_hash,
+                digest,
+            });
+        }
+        if let Some(w) = self.writes.remove(&entry.index) {
+            let reply = if w.term != entry.term {
+                // Our entry was overwritten by another leader's: it never applied.
+                ClientReply::Failed(FailKind::NotApplied)
+            } else {
+                match result {
+                    Some(CommandResult::Ok) => ClientReply::Ok,
+                    Some(CommandResult::NotFound) => ClientReply::NotFound,
+                    Some(CommandResult::CasFailed { current }) => ClientReply::CasFailed(current),
+                    None => ClientReply::Failed(FailKind::NotApplied),
+                }
+            };
+            let _ = w.reply.send(reply);
+        }
+        // Reads confirmed at or below this index can now be served.
+        while let Some(entry) = self.reads_at.first_entry() {
+            if *entry.key() > self.applied {
+                break;
+            }
+            for read in entry.remove() {
+                self.answer_read(read);
+            }
+        }
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), NodeError> {
+        let meta = snapshot.meta.unwrap_or_default();
+        self.kv =
+            KvStore::restore(&snapshot.data).map_err(|e| NodeError::Snapshot(e.to_string()))?;
+        tracing::info!(
+            node = self.id,
+            index = meta.index,
+            keys = self.kv.len(),
+            "installed snapshot from leader"
+        );
+        self.applied = meta.index;
+        self.last_snapshot_index = meta.index;
+        if self.events.enabled() {
+            let (node, digest) = (self.id, self.kv.digest());
+            self.events.emit(|| NodeEvent::InstalledSnapshot {
+                node,
+                index: meta.index,
+                digest,
+            });
+        }
+        // Writes waiting at covered indexes were decided by the leader; we
+        // cannot tell their outcome here.
+        let covered: Vec<u64> = self.writes.range(..=meta.index).map(|(&i, _)| i).collect();
+        for i in covered {
+            if let Some(w) = self.writes.remove(&i) {
+                let _ = w.reply.send(ClientReply::Failed(FailKind::Unknown));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot once enough entries were applied since the last one.
+    async fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        if self.snapshot_in_flight
+            || self.applied < self.last_snapshot_index + self.snapshot_entries
+        {
+            return Ok(());
+        }
+        let index = self.applied;
+        let Some(term) = self.core.log().term(index) else {
+            return Ok(());
+        };
+        let snapshot = Snapshot {
+            meta: Some(SnapshotMeta { index, term }),
+            data: self.kv.snapshot(),
+        };
+        tracing::info!(
+            node = self.id,
+            index,
+            keys = self.kv.len(),
+            bytes = snapshot.data.len(),
+            "taking snapshot"
+        );
+        self.snapshot_in_flight = true;
+        if self
+            .storage
+            .send(StorageJob::SaveSnapshot(snapshot))
+            .await
+            .is_err()
+        {
+            return Err(NodeError::Config("storage task stopped".into()));
+        }
+        Ok(())
+    }
+
+    fn on_storage_done(&mut self, done: StorageDone) -> Result<(), NodeError> {
+        match done {
+            StorageDone::Written {
+                persisted_messages,
+                point,
+            } => {
+                for m in persisted_messages {
+                    self.transport.send(m);
+                }
+                if let Some((index, term)) = point {
+                    self.core.on_persisted(index, term);
+                }
+            }
+            StorageDone::SnapshotSaved(snapshot) => {
+                self.snapshot_in_flight = false;
+                if let Some(meta) = snapshot.meta {
+                    self.last_snapshot_index = meta.index;
+                }
+                self.core.compact(snapshot);
+            }
+            StorageDone::Failed(e) => return Err(NodeError::Storage(e)),
+        }
+        Ok(())
+    }
+
+    fn fail_everything(&mut self, kind: FailKind) {
+        for (_, w) in std::mem::take(&mut self.writes) {
+            let _ = w.reply.send(ClientReply::Failed(kind));
+        }
+        for (_, r) in std::mem::take(&mut self.reads) {
+            let _ = r.reply.send(ClientReply::Failed(FailKind::NotApplied));
+        }
+        for (_, rs) in std::mem::take(&mut self.reads_at) {
+            for r in rs {
+                let _ = r.reply.send(ClientReply::Failed(FailKind::NotApplied));
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! One node of the store: the Raft core owned by a single task, its storage,
+//! its peer transport and its client listener, wired together.
+//!
+//! The rules this module keeps (DESIGN.md, "The runtime's rules"):
+//! 1. one task owns the core; everything reaches it through bounded channels;
+//! 2. durable before visible: a Ready's writes are fsynced before its
+//!    `persisted_messages` leave and before any write is acknowledged;
+//! 3. a write is acknowledged only once committed and applied; a proposal
+//!    that cannot complete is answered with an error saying whether a retry
+//!    is safe;
+//! 4. one Ready becomes one write and one fsync (several queued Readies are
+//!    merged into one: group commit);
+//! 5. every queue is bounded.
+
+mod config;
+mod core_task;
+pub mod events;
+mod storage_task;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kv_engine::kv::KvStore;
+use kv_engine::raft::{RaftCore, Restored};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use self::config::{Member, NodeConfig};
+use self::core_task::CoreTask;
+use crate::client::server::ClientServer;
+use crate::fs::FileSystem;
+use crate::storage::Storage;
+use crate::transport::PeerTransport;
+
+/// A client operation handed to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp {
+    /// Linearizable read of one key.
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Write `value` at `key`.
+    Set {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// Delete `key`.
+    Del {
+        /// The key.
+        key: Bytes,
+    },
+    /// Write `new` at `key` only if it holds `expected`.
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The value the key must hold.
+        expected: Bytes,
+        /// The value to write.
+        new: Bytes,
+    },
+}
+
+/// How the node answered a client operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientReply {
+    /// SET, or a DEL or CAS that took effect.
+    Ok,
+    /// GET found a value.
+    Value(Bytes),
+    /// GET or DEL found no value.
+    NotFound,
+    /// CAS did not match; the current value (None: absent).
+    CasFailed(Option<Bytes>),
+    /// This node is not the leader; the leader's client address.
+    Redirect(SocketAddr),
+    /// No leader is known right now; retry later.
+    NoLeader,
+    /// The operation failed; the kind says whether it may have happened.
+    Failed(FailKind),
+}
+
+/// Why an operation failed, and whether a retry is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// It surely did not happen (never appended, or its entry was
+    /// overwritten, or a read was not confirmed): a retry is safe.
+    NotApplied,
+    /// It was appended, then leadership was lost: it may or may not happen.
+    Unknown,
+    /// The node is overloaded; it did not happen.
+    Overloaded,
+    /// No answer in time: it may or may not have happened.
+    Timeout,
+    /// The node is stopping; it may or may not have happened.
+    ShuttingDown,
+}
+
+/// A client operation with the channel its reply goes to.
+#[derive(Debug)]
+pub struct ClientRequest {
+    /// What to do.
+    pub op: ClientOp,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<ClientReply>,
+}
+
+/// A cheap handle through which client connections reach the node's core.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    requests: mpsc::Sender<ClientRequest>,
+}
+
+impl NodeHandle {
+    /// Submits `op` and waits for its answer (bounded by the caller's timeout).
+    pub async fn call(&self, op: ClientOp) -> ClientReply {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .requests
+            .send(ClientRequest { op, reply })
+            .await
+            .is_err()
+        {
+            return ClientReply::Failed(FailKind::ShuttingDown);
+        }
+        rx.await
+            .unwrap_or(ClientReply::Failed(FailKind::ShuttingDown))
+    }
+}
+
+/// Stops a node when asked; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Stopper(Arc<watch::Sender<bool>>);
+
+impl Stopper {
+    /// Asks every task of the node to stop.
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Why a node could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Storage failed to open, or a write failed (the node stops rather
+    /// than run on a disk it cannot trust).
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// The peer transport could not start.
+    #[error("peer transport: {0}")]
+    Transport(#[from] crate::transport::TransportError),
+    /// The client listener could not start.
+    #[error("client listener on {addr}: {source}")]
+    Listen {
+        /// The address it tried.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A snapshot could not be decoded.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+/// A running node. Dropping it does not stop it; call `shutdown` or await `wait`.
+pub struct Node {
+    handle: NodeHandle,
+    shutdown: Stopper,
+    core: tokio::task::JoinHandle<Result<(), NodeError>>,
+    client_addr: SocketAddr,
+}
+
+impl Node {
+    /// Opens storage in `cfg.data_dir`, recovers, binds the peer and client
+    /// ports and starts the node's tasks.
+    pub async fn start<F: FileSystem + Send + 'static>(
+        cfg: NodeConfig,
+        fs: F,
+    ) -> Result<Node, NodeError> {
+        cfg.validate().map_err(NodeError::Config)?;
+        let (storage, recovered) =
+            Storage::open(fs, Path::new(&cfg.data_dir), cfg.storage_options())?;
+        let kv = match &recovered.snapshot {
+            Some(snapshot) => {
+                KvStore::restore(&snapshot.data).map_err(|e| NodeError::Snapshot(e.to_string()))?
+            }
+            None => KvStore::new(),
+        };
+        let restored = Restored {
+            hard_state: recovered.hard_state,
+            snapshot: recovered.snapshot,
+            entries: recovered.entries,
+        };
+        let core = RaftCore::new(cfg.raft_config(), restored)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let (node, term, commit, snapshot_index) = (
+            cfg.id,
+            core.term(),
+            core.log().committed(),
+            core.log().snapshot_index(),
+        );
+        cfg.events.emit(|| events::NodeEvent::Started {
+            node,
+            term,
+            commit,
+            snapshot_index,
+        });
+        tracing::info!(
+            node = cfg.id,
+            term = core.term(),
+            last_index = core.log().last_index(),
+            commit = core.log().committed(),
+            "recovered"
+        );
+
+        let (peer_tx, peer_rx) = mpsc::channel(cfg.peer_inbound_capacity);
+        let transport = PeerTransport::start(cfg.transport_config(), peer_tx).await?;
+        let (request_tx, request_rx) = mpsc::channel(cfg.client_queue_capacity);
+        let handle = NodeHandle {
+            requests: request_tx,
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shutdown = Stopper(Arc::new(shutdown));
+
+        let client_server = ClientServer::bind(
+            cfg.client_addr(),
+            cfg.client_limits(),
+            handle.clone(),
+            shutdown_rx.clone(),
+        )
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: cfg.client_addr(),
+            source,
+        })?;
+        let client_addr = client_server.local_addr();
+        tokio::spawn(client_server.run());
+
+        let (storage_tx, storage_done_rx, storage_join) =
+            storage_task::spawn(storage, cfg.storage_queue_capacity);
+        let task = CoreTask::new(&cfg, core, kv, transport, storage_tx);
+        let core = tokio::spawn(async move {
+            let result = task
+                .run(peer_rx, request_rx, storage_done_rx, shutdown_rx)
+                .await;
+            // The storage task ends once the core drops its queue.
+            let _ = storage_join.await;
+            result
+        });
+        Ok(Node {
+            handle,
+            shutdown,
+            core,
+            client_addr,
+        })
+    }
+
+    /// A handle for submitting client operations directly.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// The bound client address.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// Asks every task to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.stop();
+    }
+
+    /// A handle that can stop the node from elsewhere (a signal handler).
+    pub fn stopper(&self) -> Stopper {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the node stops; returns why it stopped if it failed.
+    pub async fn wait(self) -> Result<(), NodeError> {
+        match self.core.await {
+            Ok(result) => result,
+            Err(e) => Err(NodeError::Config(format!(
+                "core task ended abnormally: {e}"
+            ))),
+        }
+    }
+
+    /// Stops the node and waits for it.
+    pub async fn stop(self) -> Result<(), NodeError> {
+        self.shutdown();
+        self.wait().await
+    }
+}

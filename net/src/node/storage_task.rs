@@ -1,0 +1,203 @@
+//! The task that owns storage: it turns Ready writes into WAL appends with
+//! one fsync per batch, saves snapshots, and reports completions in order.
+//!
+//! Writes queued while an fsync is running are merged into the next append
+//! (group commit across Readies). Completions come back in the order the
+//! writes were queued, which is what lets a Ready's `persisted_messages`
+//! leave only after every earlier write is durable too.
+
+use kv_proto::raft::{Entry, HardState, Message, Snapshot};
+use tokio::sync::mpsc;
+
+use crate::fs::FileSystem;
+use crate::storage::{Storage, StorageError};
+
+/// The most Ready writes merged into one append.
+const MERGE_MAX: usize = 256;
+
+/// The durable part of one Ready.
+#[derive(Debug)]
+pub(crate) struct WriteJob {
+    pub(crate) hard_state: Option<HardState>,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) snapshot: Option<Snapshot>,
+    pub(crate) persisted_messages: Vec<Message>,
+    pub(crate) point: Option<(u64, u64)>,
+}
+
+/// Work for the storage task.
+#[derive(Debug)]
+pub(crate) enum StorageJob {
+    /// Persist a Ready's writes.
+    Write(WriteJob),
+    /// Save a locally taken snapshot and compact the WAL behind it.
+    SaveSnapshot(Snapshot),
+}
+
+/// What the storage task reports back, in queue order.
+#[derive(Debug)]
+pub(crate) enum StorageDone {
+    /// A Ready's writes are durable: its messages may go.
+    Written {
+        persisted_messages: Vec<Message>,
+        point: Option<(u64, u64)>,
+    },
+    /// A snapshot is durable and the WAL behind it may go.
+    SnapshotSaved(Snapshot),
+    /// Storage failed; the node must stop.
+    Failed(StorageError),
+}
+
+/// Starts the storage task.
+pub(crate) fn spawn<F: FileSystem + Send + 'static>(
+    storage: Storage<F>,
+    capacity: usize,
+) -> (
+    mpsc::Sender<StorageJob>,
+    mpsc::Receiver<StorageDone>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (job_tx, job_rx) = mpsc::channel(capacity);
+    // Every queued job produces at most one completion, so this bound is never hit.
+    let (done_tx, done_rx) = mpsc::channel(capacity + MERGE_MAX + 1);
+    let join = tokio::spawn(run(storage, job_rx, done_tx));
+    (job_tx, done_rx, join)
+}
+
+/// Entries and hard state of several merged Readies.
+#[derive(Default)]
+struct Batch {
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    done: Vec<StorageDone>,
+}
+
+impl Batch {
+    /// Adds a Ready's writes; a later Ready's entries replace the batch's
+    /// entries from their first index on (a truncation inside the batch).
+    fn merge(&mut self, job: WriteJob) {
+        if let Some(first) = job.entries.first() {
+            let keep = self
+                .entries
+                .iter()
+                .take_while(|e| e.index < first.index)
+                .count();
+            self.entries.truncate(keep);
+        }
+        self.entries.extend(job.entries);
+        if job.hard_state.is_some() {
+            self.hard_state = job.hard_state;
+        }
+        self.done.push(StorageDone::Written {
+            persisted_messages: job.persisted_messages,
+            point: job.point,
+        });
+    }
+
+    fn is_empty(&self) -> bool {
+        self.done.is_empty()
+    }
+}
+
+async fn run<F: FileSystem + Send + 'static>(
+    mut storage: Storage<F>,
+    mut jobs: mpsc::Receiver<StorageJob>,
+    done: mpsc::Sender<StorageDone>,
+) {
+    let mut next: Option<StorageJob> = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let (result, completions);
+        (storage, result, completions) = match job {
+            StorageJob::Write(first) if first.snapshot.is_none() => {
+                let mut batch = Batch::default();
+                batch.merge(first);
+                // Group commit: take whatever else is queued right now.
+                while batch.done.len() < MERGE_MAX {
+                    match jobs.try_recv() {
+                        Ok(StorageJob::Write(w)) if w.snapshot.is_none() => batch.merge(w),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                debug_assert!(!batch.is_empty());
+                blocking(storage, move |s| {
+                    let r = if batch.hard_state.is_some() || !batch.entries.is_empty() {
+                        s.append(batch.hard_state.as_ref(), &batch.entries)
+                    } else {
+                        Ok(())
+                    };
+                    (r, batch.done)
+                })
+                .await
+            }
+            StorageJob::Write(job) => {
+                // A snapshot from the leader replaces the log, then the
+                // Ready's own entries and hard state follow it.
+                blocking(storage, move |s| {
+                    let mut r = Ok(());
+                    if let Some(snapshot) = &job.snapshot {
+                        r = s.install_snapshot(snapshot);
+                    }
+                    if r.is_ok() && (job.hard_state.is_some() || !job.entries.is_empty()) {
+                        r = s.append(job.hard_state.as_ref(), &job.entries);
+                    }
+                    let done = StorageDone::Written {
+                        persisted_messages: job.persisted_messages,
+                        point: job.point,
+                    };
+                    (r, vec![done])
+                })
+                .await
+            }
+            StorageJob::SaveSnapshot(snapshot) => {
+                blocking(storage, move |s| {
+                    let r = s.save_snapshot(&snapshot);
+                    (r, vec![StorageDone::SnapshotSaved(snapshot)])
+                })
+                .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "storage write failed");
+            let _ = done.send(StorageDone::Failed(e)).await;
+            return;
+        }
+        for c in completions {
+            if done.send(c).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Runs a storage call off the async threads and hands the storage back.
+async fn blocking<F, T>(
+    storage: Storage<F>,
+    f: impl FnOnce(&mut Storage<F>) -> (Result<(), StorageError>, T) + Send + 'static,
+) -> (Storage<F>, Result<(), StorageError>, T)
+where
+    F: FileSystem + Send + 'static,
+    T: Send + 'static,
+{
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut storage = storage;
+        let (r, t) = f(&mut storage);
+        (storage, r, t)
+    })
+    .await;
+    match joined {
+        Ok(out) => out,
+        // The closure panicked: storage is gone; nothing can continue.
+        Err(e) => panic!("storage task panicked: {e}"),
+    }
+}

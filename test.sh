@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test of the project: unit and integration tests (normal build),
+# then the deterministic simulation (madsim build, its own target dir).
+#
+#   ./test.sh                 CI-sized seed counts (a few minutes)
+#   SIM_SEEDS=10000 RAFT_SEEDS=100000 ./test.sh    long sweeps
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest (once)"
+  cargo install cargo-nextest --locked
+fi
+
+echo "== unit, integration and process-level tests"
+cargo nextest run --workspace --profile ci --cargo-profile release-test
+
+echo "== deterministic simulation (RUSTFLAGS=--cfg madsim, target/sim)"
+RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim \
+  cargo nextest run -p kv-sim --profile sim --cargo-profile release-test
