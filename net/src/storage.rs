@@ -305,8 +305,22 @@ impl<F: FileSystem> Storage<F> {
         hard_state: Option<&HardState>,
         entries: &[Entry],
     ) -> Result<(), StorageError> {
+        if self.write(hard_state, entries)? {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// The first half of `append`: one write, not yet durable. Returns
+    /// whether anything was written. `sync` must follow before anything
+    /// that depends on it is acknowledged.
+    pub fn write(
+        &mut self,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<bool, StorageError> {
         if hard_state.is_none() && entries.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         debug_assert!(
             entries.windows(2).all(|w| w[1].index == w[0].index + 1),
@@ -324,11 +338,17 @@ impl<F: FileSystem> Storage<F> {
         self.current
             .append(&self.buf)
             .map_err(io_err("append", path))?;
-        self.current.sync().map_err(io_err("fdatasync", path))?;
         self.current_len += self.buf.len() as u64;
         if let (Some(last), Some(seg)) = (entries.last(), self.segments.last_mut()) {
             seg.max_index = seg.max_index.max(last.index);
         }
+        Ok(true)
+    }
+
+    /// The second half of `append`: fdatasync, then rotate a full segment.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        let path = &self.segments[self.segments.len() - 1].path;
+        self.current.sync().map_err(io_err("fdatasync", path))?;
         if self.current_len >= self.opts.segment_size_bytes {
             self.rotate(None)?;
         }

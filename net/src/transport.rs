@@ -270,6 +270,7 @@ async fn accept_loop(
 ) {
     loop {
         let accepted = tokio::select! {
+            biased;
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
@@ -305,6 +306,7 @@ async fn read_loop(
     let mut frames = FrameReader::new(stream, cfg.max_frame_bytes);
     loop {
         let frame = tokio::select! {
+            biased;
             f = frames.next_frame() => f,
             _ = shutdown.changed() => return,
         };
@@ -363,6 +365,7 @@ async fn dial_loop(
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         let connected = tokio::select! {
+            biased;
             c = TcpStream::connect(addr) => c,
             _ = shutdown.changed() => return,
         };
@@ -375,6 +378,7 @@ async fn dial_loop(
                 let wait = backoff + Duration::from_millis(jitter);
                 backoff = (backoff * 2).min(cfg.reconnect_backoff_max);
                 tokio::select! {
+                    biased;
                     _ = tokio::time::sleep(wait) => continue,
                     _ = shutdown.changed() => return,
                 }
@@ -386,6 +390,7 @@ async fn dial_loop(
         tracing::debug!(node = cfg.node_id, peer, %addr, "connected to peer");
         loop {
             let first = tokio::select! {
+                biased;
                 m = queue.recv() => m,
                 _ = shutdown.changed() => return,
             };

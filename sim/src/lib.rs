@@ -1,2 +1,22 @@
-//! The simulation harness: real `kv-net` nodes on madsim, a simulated disk,
-//! a nemesis, a workload and the checkers.
+//! The simulation harness: real `kv-net` nodes on madsim, a simulated disk
+//! (`kv_net::fs::MemFs`), a nemesis, a workload and the checkers.
+//!
+//! | module | what | builds |
+//! |---|---|---|
+//! | `history` | operations with invoke/return order | always |
+//! | `linearizability` | Wing-Gong-Lowe checker, per key | always |
+//! | `invariants` | Raft safety from node events | always |
+//! | `cluster` | madsim nodes running `kv_net::node::Node` | `--cfg madsim` |
+//! | `workload` | clients on the real text protocol | `--cfg madsim` |
+//! | `scenario` | one run: faults, heal, checks | `--cfg madsim` |
+
+pub mod history;
+pub mod invariants;
+pub mod linearizability;
+
+#[cfg(madsim)]
+pub mod cluster;
+#[cfg(madsim)]
+pub mod scenario;
+#[cfg(madsim)]
+pub mod workload;

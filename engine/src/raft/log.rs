@@ -240,6 +240,10 @@ impl RaftLog {
 
     /// Hands out the entries not yet given to storage.
     pub fn take_unstable(&mut self) -> Vec<Entry> {
+        debug_assert!(
+            self.unstable_from > self.snapshot_index,
+            "unstable entries never start inside the snapshot"
+        );
         let last = self.last_index();
         if self.unstable_from > last {
             return Vec::new();
@@ -315,8 +319,9 @@ impl RaftLog {
         self.committed = index;
         self.applied = index;
         self.persisted = self.persisted.min(index - 1);
-        // The snapshot itself is the "unstable" write of this step.
-        self.unstable_from = index;
+        // The snapshot goes to storage as `Ready::snapshot`; entries the
+        // leader sends after it start right behind it.
+        self.unstable_from = index + 1;
     }
 }
 
@@ -396,6 +401,20 @@ mod tests {
         log.on_persisted(2, 1);
         assert_eq!(log.take_committed(usize::MAX)[0].index, 2);
         assert!(!log.has_committed());
+    }
+
+    #[test]
+    fn entries_appended_right_after_an_installed_snapshot_are_handed_to_storage() {
+        // Found by the simulation: a snapshot install and the next append in
+        // one batch of inputs lost the entries between them.
+        let mut log = log_with(&[1, 1]);
+        let _ = log.take_unstable();
+        log.install_snapshot(10, 3);
+        log.merge(vec![entry(11, 3), entry(12, 3)]);
+        let handed: Vec<u64> = log.take_unstable().iter().map(|e| e.index).collect();
+        assert_eq!(handed, vec![11, 12]);
+        log.on_persisted(12, 3);
+        assert_eq!(log.persisted(), 12);
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl ClientServer {
     pub async fn run(mut self) {
         loop {
             let accepted = tokio::select! {
+                biased;
                 a = self.listener.accept() => a,
                 _ = self.shutdown.changed() => return,
             };
@@ -99,6 +100,7 @@ pub async fn serve_text<R, W>(
     let mut out = Vec::with_capacity(256);
     loop {
         let next = tokio::select! {
+            biased;
             n = tokio::time::timeout(limits.idle_timeout, lines.next_line()) => n,
             _ = shutdown.changed() => return,
         };

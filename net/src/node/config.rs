@@ -62,6 +62,9 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Where consensus events go (the simulation's checkers); off by default.
     pub events: Events,
+    /// Simulated time between a write and its fsync (simulation only; zero
+    /// by default, where the real disk's own latency applies).
+    pub disk_latency_max: Duration,
 }
 
 impl NodeConfig {
@@ -86,6 +89,7 @@ impl NodeConfig {
             net_faults: NetFaults::default(),
             seed: id,
             events: Events::default(),
+            disk_latency_max: Duration::ZERO,
         }
     }
 

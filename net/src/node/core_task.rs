@@ -110,26 +110,13 @@ impl CoreTask {
         async move {
             let mut ticker = tokio::time::interval(self.tick);
             let result = loop {
+                // `biased` keeps the simulation deterministic (tokio's
+                // random branch choice draws from a process-wide seed);
+                // fairness comes from draining every queue below.
                 tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break Ok(()),
                     _ = ticker.tick() => self.core.tick(),
-                    Some(m) = peer_rx.recv() => {
-                        self.core.step(m);
-                        for _ in 0..INPUT_BATCH_MAX {
-                            match peer_rx.try_recv() {
-                                Ok(m) => self.core.step(m),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    Some(req) = request_rx.recv() => {
-                        self.on_request(req);
-                        for _ in 0..INPUT_BATCH_MAX {
-                            match request_rx.try_recv() {
-                                Ok(req) => self.on_request(req),
-                                Err(_) => break,
-                            }
-                        }
-                    }
                     done = storage_done.recv() => match done {
                         Some(done) => {
                             if let Err(e) = self.on_storage_done(done) {
@@ -138,7 +125,12 @@ impl CoreTask {
                         }
                         None => break Ok(()),
                     },
-                    _ = shutdown.changed() => break Ok(()),
+                    Some(m) = peer_rx.recv() => self.core.step(m),
+                    Some(req) = request_rx.recv() => self.on_request(req),
+                }
+                if let Err(e) = self.drain_inputs(&mut peer_rx, &mut request_rx, &mut storage_done)
+                {
+                    break Err(e);
                 }
                 if let Err(e) = self.drain_ready().await {
                     break Err(e);
@@ -153,6 +145,35 @@ impl CoreTask {
         }
         .instrument(span)
         .await
+    }
+
+    /// Takes whatever else is already queued, of every kind, so that many
+    /// proposals share one append and no queue starves another.
+    fn drain_inputs(
+        &mut self,
+        peer_rx: &mut mpsc::Receiver<Message>,
+        request_rx: &mut mpsc::Receiver<ClientRequest>,
+        storage_done: &mut mpsc::Receiver<StorageDone>,
+    ) -> Result<(), NodeError> {
+        for _ in 0..INPUT_BATCH_MAX {
+            match storage_done.try_recv() {
+                Ok(done) => self.on_storage_done(done)?,
+                Err(_) => break,
+            }
+        }
+        for _ in 0..INPUT_BATCH_MAX {
+            match peer_rx.try_recv() {
+                Ok(m) => self.core.step(m),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..INPUT_BATCH_MAX {
+            match request_rx.try_recv() {
+                Ok(req) => self.on_request(req),
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     fn leader_reply(&self) -> ClientReply {

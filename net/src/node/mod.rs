@@ -242,8 +242,9 @@ impl Node {
         let client_addr = client_server.local_addr();
         tokio::spawn(client_server.run());
 
+        let latency = storage_task::DiskLatency::new(cfg.disk_latency_max, cfg.seed ^ 0xd15c);
         let (storage_tx, storage_done_rx, storage_join) =
-            storage_task::spawn(storage, cfg.storage_queue_capacity);
+            storage_task::spawn(storage, cfg.storage_queue_capacity, latency);
         let task = CoreTask::new(&cfg, core, kv, transport, storage_tx);
         let core = tokio::spawn(async move {
             let result = task

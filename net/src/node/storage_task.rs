@@ -52,6 +52,7 @@ pub(crate) enum StorageDone {
 pub(crate) fn spawn<F: FileSystem + Send + 'static>(
     storage: Storage<F>,
     capacity: usize,
+    latency: DiskLatency,
 ) -> (
     mpsc::Sender<StorageJob>,
     mpsc::Receiver<StorageDone>,
@@ -60,8 +61,37 @@ pub(crate) fn spawn<F: FileSystem + Send + 'static>(
     let (job_tx, job_rx) = mpsc::channel(capacity);
     // Every queued job produces at most one completion, so this bound is never hit.
     let (done_tx, done_rx) = mpsc::channel(capacity + MERGE_MAX + 1);
-    let join = tokio::spawn(run(storage, job_rx, done_tx));
+    let join = tokio::spawn(run(storage, job_rx, done_tx, latency));
     (job_tx, done_rx, join)
+}
+
+/// Simulated time between a write and its fsync (simulation only: real
+/// disks bring their own). Zero by default.
+#[derive(Debug, Clone)]
+pub struct DiskLatency {
+    /// Longest simulated fsync; each is drawn uniformly up to it.
+    pub max: std::time::Duration,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl DiskLatency {
+    /// Fsyncs that take up to `max`, drawn from `seed`.
+    pub fn new(max: std::time::Duration, seed: u64) -> Self {
+        use rand::SeedableRng;
+        DiskLatency {
+            max,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+}
+
+async fn disk_latency(latency: &mut DiskLatency) {
+    use rand::Rng;
+    if latency.max.is_zero() {
+        return;
+    }
+    let micros = latency.rng.random_range(0..=latency.max.as_micros() as u64);
+    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
 }
 
 /// Entries and hard state of several merged Readies.
@@ -103,6 +133,7 @@ async fn run<F: FileSystem + Send + 'static>(
     mut storage: Storage<F>,
     mut jobs: mpsc::Receiver<StorageJob>,
     done: mpsc::Sender<StorageDone>,
+    mut latency: DiskLatency,
 ) {
     let mut next: Option<StorageJob> = None;
     loop {
@@ -130,15 +161,23 @@ async fn run<F: FileSystem + Send + 'static>(
                     }
                 }
                 debug_assert!(!batch.is_empty());
-                blocking(storage, move |s| {
-                    let r = if batch.hard_state.is_some() || !batch.entries.is_empty() {
-                        s.append(batch.hard_state.as_ref(), &batch.entries)
-                    } else {
-                        Ok(())
-                    };
-                    (r, batch.done)
+                let (storage, written, done) = blocking(storage, move |s| {
+                    match s.write(batch.hard_state.as_ref(), &batch.entries) {
+                        Ok(wrote) => (Ok(()), (wrote, batch.done)),
+                        Err(e) => (Err(e), (false, batch.done)),
+                    }
                 })
-                .await
+                .await;
+                match written {
+                    Err(e) => (storage, Err(e), done.1),
+                    Ok(()) if !done.0 => (storage, Ok(()), done.1),
+                    Ok(()) => {
+                        // The write is in the page cache, not yet durable: a
+                        // simulated crash here loses it (or tears it).
+                        disk_latency(&mut latency).await;
+                        blocking(storage, move |s| (s.sync(), done.1)).await
+                    }
+                }
             }
             StorageJob::Write(job) => {
                 // A snapshot from the leader replaces the log, then the
@@ -189,15 +228,18 @@ where
     F: FileSystem + Send + 'static,
     T: Send + 'static,
 {
-    let joined = tokio::task::spawn_blocking(move || {
+    let run = move || {
         let mut storage = storage;
         let (r, t) = f(&mut storage);
         (storage, r, t)
-    })
-    .await;
-    match joined {
+    };
+    // The simulated disk never blocks, and the simulation has no threads.
+    #[cfg(madsim)]
+    return run();
+    #[cfg(not(madsim))]
+    match tokio::task::spawn_blocking(run).await {
         Ok(out) => out,
-        // The closure panicked: storage is gone; nothing can continue.
-        Err(e) => panic!("storage task panicked: {e}"),
+        // The closure panicked: storage is gone and nothing can continue.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

@@ -1,0 +1,382 @@
+//! Raft safety invariants, checked continuously from the events every node
+//! emits (`kv_net::node::events`):
+//!
+//! - Election Safety: at most one leader per term;
+//! - Leader Completeness: a new leader's log holds every entry applied
+//!   (hence committed) anywhere before it won;
+//! - State Machine Safety: no two nodes apply different entries at one
+//!   index, and their state machines agree after each index;
+//! - the commit index of a running node never moves back.
+//!
+//! Log Matching follows from the last two for every applied prefix; the
+//! seeded engine tests check it directly on every append.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use kv_engine::raft::Role;
+use kv_net::node::events::{EventSink, NodeEvent};
+
+/// What the checker has learned so far.
+#[derive(Default)]
+struct State {
+    leaders: BTreeMap<u64, u64>,
+    /// index -> (term, data hash) of every applied entry.
+    applied: BTreeMap<u64, (u64, u64)>,
+    /// index -> the highest term any node had reached when the entry was
+    /// first applied: it was committed in that term or earlier, so every
+    /// leader of a later term must hold it.
+    committed_by: BTreeMap<u64, u64>,
+    /// Highest term seen in any event.
+    max_term: u64,
+    /// Each node's latest (term, role).
+    roles: BTreeMap<u64, (u64, Role)>,
+    /// index -> state machine digest after applying it.
+    digests: BTreeMap<u64, u64>,
+    commit: BTreeMap<u64, u64>,
+    last_applied: BTreeMap<u64, u64>,
+    violations: Vec<String>,
+    trace: String,
+    events: u64,
+}
+
+/// Collects node events, checks the invariants, and keeps a compact trace.
+pub struct InvariantChecker {
+    state: Mutex<State>,
+    clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    keep_trace: bool,
+}
+
+impl InvariantChecker {
+    /// A checker that stamps events with `clock()` (milliseconds) and keeps a
+    /// trace of role changes if `keep_trace`.
+    pub fn new(clock: impl Fn() -> u64 + Send + Sync + 'static, keep_trace: bool) -> Self {
+        InvariantChecker {
+            state: Mutex::new(State::default()),
+            clock: Box::new(clock),
+            keep_trace,
+        }
+    }
+
+    /// Violations found so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    /// The compact trace (role changes, installs, restarts).
+    pub fn trace(&self) -> String {
+        self.lock().trace.clone()
+    }
+
+    /// Appends a line of the harness's own (faults, heals) to the trace.
+    pub fn note(&self, line: &str) {
+        let at = (self.clock)();
+        let mut s = self.lock();
+        if self.keep_trace {
+            let _ = writeln!(s.trace, "{at:>7} {line}");
+        }
+    }
+
+    /// The node that most recently claimed leadership of the highest term
+    /// among those still claiming it (what a nemesis aims at).
+    pub fn current_leader(&self) -> Option<u64> {
+        let s = self.lock();
+        s.roles
+            .iter()
+            .filter(|(_, (_, r))| *r == Role::Leader)
+            .max_by_key(|(_, (t, _))| *t)
+            .map(|(&n, _)| n)
+    }
+
+    /// Records a failure found outside the event stream (a node that
+    /// refused to start, say).
+    pub fn violation(&self, what: &str) {
+        let at = (self.clock)();
+        self.lock().violations.push(format!("t={at}ms {what}"));
+    }
+
+    /// Number of events seen.
+    pub fn event_count(&self) -> u64 {
+        self.lock().events
+    }
+
+    /// The highest index applied anywhere and its digest.
+    pub fn highest_applied(&self) -> Option<(u64, u64)> {
+        let s = self.lock();
+        s.digests.iter().next_back().map(|(&i, &d)| (i, d))
+    }
+
+    /// Each node's last applied index.
+    pub fn last_applied(&self) -> BTreeMap<u64, u64> {
+        self.lock().last_applied.clone()
+    }
+
+    /// The digest recorded after applying `index`, if any node applied it.
+    pub fn digest_at(&self, index: u64) -> Option<u64> {
+        self.lock().digests.get(&index).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock already fails the run; keep going
+        // so the violation list survives.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, at: u64, event: NodeEvent) {
+        let mut s = self.lock();
+        s.events += 1;
+        let fail = |s: &mut State, msg: String| s.violations.push(format!("t={at}ms {msg}"));
+        match event {
+            NodeEvent::Started {
+                node,
+                term,
+                commit,
+                snapshot_index,
+            } => {
+                s.roles.insert(node, (term, Role::Follower));
+                s.commit.insert(node, commit);
+                s.last_applied.insert(node, snapshot_index);
+                if self.keep_trace {
+                    let _ = writeln!(
+                        s.trace,
+                        "{at:>7} n{node} started term {term} commit {commit}"
+                    );
+                }
+            }
+            NodeEvent::Role {
+                node,
+                term,
+                role,
+                leader,
+            } => {
+                s.max_term = s.max_term.max(term);
+                s.roles.insert(node, (term, role));
+                if self.keep_trace {
+                    let _ = writeln!(
+                        s.trace,
+                        "{at:>7} n{node} {role:?} term {term} leader {leader:?}"
+                    );
+                }
+                if role == Role::Leader {
+                    if let Some(&other) = s.leaders.get(&term) {
+                        if other != node {
+                            fail(
+                                &mut s,
+                                format!("two leaders in term {term}: n{other} and n{node}"),
+                            );
+                        }
+                    }
+                    s.leaders.insert(term, node);
+                }
+            }
+            NodeEvent::BecameLeader {
+                node,
+                term,
+                first_index,
+                last_index,
+                term_runs,
+            } => {
+                let term_at = |index: u64| -> Option<u64> {
+                    if index < first_index || index > last_index {
+                        return None;
+                    }
+                    term_runs
+                        .iter()
+                        .take_while(|&&(start, _)| start <= index)
+                        .last()
+                        .map(|&(_, t)| t)
+                };
+                // Leader Completeness binds leaders of terms after the commit.
+                let missing: Vec<(u64, u64)> = s
+                    .applied
+                    .range(first_index..)
+                    .filter(|(i, _)| s.committed_by.get(i).is_some_and(|&c| c < term))
+                    .filter(|(&i, &(t, _))| term_at(i) != Some(t))
+                    .map(|(&i, &(t, _))| (i, t))
+                    .take(3)
+                    .collect();
+                if !missing.is_empty() {
+                    fail(
+                        &mut s,
+                        format!(
+                            "leader n{node} of term {term} lacks committed entries {missing:?}"
+                        ),
+                    );
+                }
+            }
+            NodeEvent::Commit { node, commit } => {
+                let before = s.commit.insert(node, commit).unwrap_or(0);
+                if commit < before {
+                    fail(
+                        &mut s,
+                        format!("n{node} commit index moved back {before} -> {commit}"),
+                    );
+                }
+            }
+            NodeEvent::Applied {
+                node,
+                index,
+                term,
+                data_hash,
+                digest,
+            } => {
+                if let Some(&prev) = s.last_applied.get(&node) {
+                    if index != prev + 1 {
+                        fail(&mut s, format!("n{node} applied {index} after {prev}"));
+                    }
+                }
+                s.last_applied.insert(node, index);
+                match s.applied.get(&index) {
+                    Some(&(t, h)) if (t, h) != (term, data_hash) => {
+                        fail(&mut s, format!("n{node} applied ({index}, {term}) but ({index}, {t}) was applied elsewhere"))
+                    }
+                    Some(_) => {}
+                    None => {
+                        s.applied.insert(index, (term, data_hash));
+                        let bound = s.max_term.max(term);
+                        s.committed_by.insert(index, bound);
+                    }
+                }
+                if let Some(d) = digest {
+                    match s.digests.get(&index) {
+                        Some(&other) if other != d => fail(
+                            &mut s,
+                            format!(
+                                "n{node} state after index {index} differs from another node's"
+                            ),
+                        ),
+                        Some(_) => {}
+                        None => {
+                            s.digests.insert(index, d);
+                        }
+                    }
+                }
+            }
+            NodeEvent::InstalledSnapshot {
+                node,
+                index,
+                digest,
+            } => {
+                s.last_applied.insert(node, index);
+                if self.keep_trace {
+                    let _ = writeln!(s.trace, "{at:>7} n{node} installed snapshot at {index}");
+                }
+                if let Some(&other) = s.digests.get(&index) {
+                    if other != digest {
+                        fail(&mut s, format!("n{node} installed a snapshot at {index} that differs from applied state"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl EventSink for InvariantChecker {
+    fn emit(&self, event: NodeEvent) {
+        let at = (self.clock)();
+        self.check(at, event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checker() -> InvariantChecker {
+        InvariantChecker::new(|| 0, true)
+    }
+
+    fn applied(node: u64, index: u64, term: u64, data_hash: u64) -> NodeEvent {
+        NodeEvent::Applied {
+            node,
+            index,
+            term,
+            data_hash,
+            digest: Some(data_hash),
+        }
+    }
+
+    #[test]
+    fn two_leaders_in_one_term_is_a_violation() {
+        let c = checker();
+        c.emit(NodeEvent::Role {
+            node: 1,
+            term: 3,
+            role: Role::Leader,
+            leader: Some(1),
+        });
+        c.emit(NodeEvent::Role {
+            node: 2,
+            term: 4,
+            role: Role::Leader,
+            leader: Some(2),
+        });
+        assert!(c.violations().is_empty());
+        c.emit(NodeEvent::Role {
+            node: 3,
+            term: 4,
+            role: Role::Leader,
+            leader: Some(3),
+        });
+        assert_eq!(c.violations().len(), 1);
+    }
+
+    #[test]
+    fn different_entries_applied_at_one_index_is_a_violation() {
+        let c = checker();
+        c.emit(applied(1, 1, 1, 10));
+        c.emit(applied(2, 1, 1, 10));
+        assert!(c.violations().is_empty());
+        c.emit(applied(3, 1, 2, 11));
+        assert!(c.violations()[0].contains("applied (1, 2)"));
+    }
+
+    #[test]
+    fn a_leader_missing_a_committed_entry_is_a_violation() {
+        let c = checker();
+        c.emit(applied(1, 1, 1, 10));
+        c.emit(applied(1, 2, 2, 11));
+        // A leader of an older term (elected late, behind a partition) is not bound.
+        c.emit(NodeEvent::BecameLeader {
+            node: 4,
+            term: 2,
+            first_index: 1,
+            last_index: 1,
+            term_runs: vec![(1, 1)],
+        });
+        assert!(c.violations().is_empty());
+        c.emit(NodeEvent::BecameLeader {
+            node: 2,
+            term: 3,
+            first_index: 1,
+            last_index: 2,
+            term_runs: vec![(1, 1), (2, 2)],
+        });
+        assert!(c.violations().is_empty());
+        c.emit(NodeEvent::BecameLeader {
+            node: 3,
+            term: 4,
+            first_index: 1,
+            last_index: 1,
+            term_runs: vec![(1, 1)],
+        });
+        assert_eq!(c.violations().len(), 1);
+    }
+
+    #[test]
+    fn commit_moving_back_within_a_life_is_a_violation_but_not_across_restarts() {
+        let c = checker();
+        c.emit(NodeEvent::Commit { node: 1, commit: 5 });
+        c.emit(NodeEvent::Started {
+            node: 1,
+            term: 2,
+            commit: 3,
+            snapshot_index: 0,
+        });
+        c.emit(NodeEvent::Commit { node: 1, commit: 4 });
+        assert!(c.violations().is_empty());
+        c.emit(NodeEvent::Commit { node: 1, commit: 2 });
+        assert_eq!(c.violations().len(), 1);
+    }
+}

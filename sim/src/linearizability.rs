@@ -1,0 +1,542 @@
+//! Linearizability checking of a key-value history, after Wing & Gong with
+//! Lowe's memoisation (the algorithm Porcupine implements).
+//!
+//! The history is split per key (operations on different keys commute, so
+//! the whole history is linearizable iff each key's is). For one key, the
+//! search walks the call/return events in time order, tentatively
+//! linearising each pending call whose effect the register model allows,
+//! and backtracking when a return arrives for an operation not yet
+//! linearised. A cache of (set of linearised operations, model state) prunes
+//! states already explored. An operation that never returned (timed out)
+//! returns at infinity and accepts any output, so it may take effect at any
+//! point after its call, or effectively never.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bytes::Bytes;
+
+use crate::history::{Input, Operation, Output};
+
+/// Search steps allowed per key before giving up.
+pub const STEP_BUDGET: u64 = 5_000_000;
+
+/// The verdict on a history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckResult {
+    /// Some total order explains every answer.
+    Ok,
+    /// No order does; says which key and how far the search got.
+    Illegal(String),
+    /// The search ran out of budget.
+    Unknown,
+}
+
+/// The register model of one key: `Some(value)` or absent. Returns the next
+/// state if `input` may answer `output` in `state`.
+fn step(state: &Option<Bytes>, input: &Input, output: &Option<Output>) -> Option<Option<Bytes>> {
+    match input {
+        Input::Get { .. } => match output {
+            None => Some(state.clone()),
+            Some(Output::Value(v)) if state.as_ref() == Some(v) => Some(state.clone()),
+            Some(Output::NotFound) if state.is_none() => Some(None),
+            _ => None,
+        },
+        Input::Set { value, .. } => match output {
+            None | Some(Output::Ok) => Some(Some(value.clone())),
+            _ => None,
+        },
+        Input::Del { .. } => match output {
+            None => Some(None),
+            Some(Output::Ok) if state.is_some() => Some(None),
+            Some(Output::NotFound) if state.is_none() => Some(None),
+            _ => None,
+        },
+        Input::Cas { expected, new, .. } => {
+            let matches = state.as_ref() == Some(expected);
+            match output {
+                None if matches => Some(Some(new.clone())),
+                None => Some(state.clone()),
+                Some(Output::Ok) if matches => Some(Some(new.clone())),
+                Some(Output::CasFailed(current)) if !matches && current == state => {
+                    Some(state.clone())
+                }
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Checks a whole history.
+pub fn check_history(ops: &[Operation]) -> CheckResult {
+    let mut by_key: BTreeMap<&Bytes, Vec<&Operation>> = BTreeMap::new();
+    for op in ops {
+        by_key.entry(op.input.key()).or_default().push(op);
+    }
+    let mut unknown = false;
+    for (key, ops) in by_key {
+        match check_key(&ops) {
+            CheckResult::Ok => {}
+            CheckResult::Illegal(why) => {
+                return CheckResult::Illegal(format!(
+                    "key {:?}: {why}",
+                    String::from_utf8_lossy(key)
+                ))
+            }
+            CheckResult::Unknown => unknown = true,
+        }
+    }
+    if unknown {
+        CheckResult::Unknown
+    } else {
+        CheckResult::Ok
+    }
+}
+
+/// One event of the doubly linked event list.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    op: usize,
+    is_call: bool,
+    /// For a call: the index of its return event.
+    pair: usize,
+    prev: usize,
+    next: usize,
+}
+
+/// A set of operation indexes, hashed as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+    fn clear(&mut self, i: usize) {
+        self.0[i / 64] &= !(1 << (i % 64));
+    }
+}
+
+/// Checks the operations of one key.
+fn check_key(ops: &[&Operation]) -> CheckResult {
+    let n = ops.len();
+    // Events in time order; index 0 is a sentinel head.
+    let mut order: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * n);
+    for (i, op) in ops.iter().enumerate() {
+        order.push((op.invoke, true, i));
+        let ret = if op.output.is_none() {
+            u64::MAX
+        } else {
+            op.ret
+        };
+        order.push((ret, false, i));
+    }
+    // Calls before returns at equal times keeps overlapping operations concurrent.
+    order.sort_by_key(|&(t, is_call, i)| (t, !is_call, i));
+    let mut events: Vec<Event> = Vec::with_capacity(2 * n + 1);
+    events.push(Event {
+        op: usize::MAX,
+        is_call: false,
+        pair: 0,
+        prev: 0,
+        next: 1,
+    });
+    let mut return_of = vec![0usize; n];
+    for (pos, &(_, is_call, op)) in order.iter().enumerate() {
+        let idx = pos + 1;
+        if !is_call {
+            return_of[op] = idx;
+        }
+        events.push(Event {
+            op,
+            is_call,
+            pair: 0,
+            prev: idx - 1,
+            next: idx + 1,
+        });
+    }
+    let end = events.len();
+    for e in events.iter_mut().skip(1) {
+        if e.is_call {
+            e.pair = return_of[e.op];
+        }
+    }
+
+    let lift = |events: &mut Vec<Event>, call: usize| {
+        let ret = events[call].pair;
+        let (p, nx) = (events[call].prev, events[call].next);
+        events[p].next = nx;
+        if nx < end {
+            events[nx].prev = p;
+        }
+        let (p, nx) = (events[ret].prev, events[ret].next);
+        events[p].next = nx;
+        if nx < end {
+            events[nx].prev = p;
+        }
+    };
+    let unlift = |events: &mut Vec<Event>, call: usize| {
+        let ret = events[call].pair;
+        let (p, nx) = (events[ret].prev, events[ret].next);
+        events[p].next = ret;
+        if nx < end {
+            events[nx].prev = ret;
+        }
+        let (p, nx) = (events[call].prev, events[call].next);
+        events[p].next = call;
+        if nx < end {
+            events[nx].prev = call;
+        }
+    };
+
+    // Model states interned as small ids so the cache hashes cheaply.
+    let mut state_ids: HashMap<Option<Bytes>, u32> = HashMap::new();
+    let mut intern = |s: &Option<Bytes>| -> u32 {
+        let next = state_ids.len() as u32;
+        *state_ids.entry(s.clone()).or_insert(next)
+    };
+    let mut cache: HashSet<(Bits, u32)> = HashSet::new();
+    let mut linearized = Bits::new(n);
+    let mut state: Option<Bytes> = None;
+    let mut stack: Vec<(usize, Option<Bytes>)> = Vec::new();
+    let mut deepest = 0usize;
+    let mut steps = 0u64;
+    let mut entry = events[0].next;
+    while events[0].next < end {
+        steps += 1;
+        if steps > STEP_BUDGET {
+            return CheckResult::Unknown;
+        }
+        if entry >= end {
+            // Every remaining event was tried: backtrack (cannot happen with
+            // a pending return in the list, but keep the search total).
+            let Some((call, prev_state)) = stack.pop() else {
+                return CheckResult::Illegal("no order explains the history".into());
+            };
+            state = prev_state;
+            linearized.clear(events[call].op);
+            unlift(&mut events, call);
+            entry = events[call].next;
+            continue;
+        }
+        let e = events[entry];
+        if e.is_call {
+            let op = ops[e.op];
+            if let Some(next_state) = step(&state, &op.input, &op.output) {
+                let mut candidate = linearized.clone();
+                candidate.set(e.op);
+                let id = intern(&next_state);
+                if cache.insert((candidate.clone(), id)) {
+                    stack.push((entry, std::mem::replace(&mut state, next_state)));
+                    linearized = candidate;
+                    lift(&mut events, entry);
+                    deepest = deepest.max(stack.len());
+                    entry = events[0].next;
+                    continue;
+                }
+            }
+            entry = e.next;
+        } else {
+            // A return whose operation is not linearised yet: undo the last choice.
+            let Some((call, prev_state)) = stack.pop() else {
+                let op = ops[e.op];
+                return CheckResult::Illegal(format!(
+                    "{:?} -> {:?} (client {}) cannot be placed; {} of {n} operations ordered at most",
+                    op.input, op.output, op.client, deepest
+                ));
+            };
+            state = prev_state;
+            linearized.clear(events[call].op);
+            unlift(&mut events, call);
+            entry = events[call].next;
+        }
+    }
+    CheckResult::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn op(client: u64, input: Input, output: Option<Output>, invoke: u64, ret: u64) -> Operation {
+        Operation {
+            client,
+            input,
+            output,
+            invoke,
+            ret,
+        }
+    }
+
+    fn set(v: &str) -> Input {
+        Input::Set {
+            key: b("k"),
+            value: b(v),
+        }
+    }
+
+    fn get() -> Input {
+        Input::Get { key: b("k") }
+    }
+
+    fn cas(e: &str, n: &str) -> Input {
+        Input::Cas {
+            key: b("k"),
+            expected: b(e),
+            new: b(n),
+        }
+    }
+
+    fn val(v: &str) -> Option<Output> {
+        Some(Output::Value(b(v)))
+    }
+
+    #[test]
+    fn a_sequential_history_that_follows_the_model_is_linearizable() {
+        let h = vec![
+            op(1, get(), Some(Output::NotFound), 1, 2),
+            op(1, set("a"), Some(Output::Ok), 3, 4),
+            op(2, get(), val("a"), 5, 6),
+            op(2, cas("a", "b"), Some(Output::Ok), 7, 8),
+            op(
+                1,
+                cas("a", "c"),
+                Some(Output::CasFailed(Some(b("b")))),
+                9,
+                10,
+            ),
+            op(1, Input::Del { key: b("k") }, Some(Output::Ok), 11, 12),
+            op(
+                2,
+                Input::Del { key: b("k") },
+                Some(Output::NotFound),
+                13,
+                14,
+            ),
+        ];
+        assert_eq!(check_history(&h), CheckResult::Ok);
+    }
+
+    #[test]
+    fn a_stale_read_after_a_completed_write_is_not_linearizable() {
+        let h = vec![
+            op(1, set("a"), Some(Output::Ok), 1, 2),
+            op(1, set("b"), Some(Output::Ok), 3, 4),
+            op(2, get(), val("a"), 5, 6),
+        ];
+        assert!(matches!(check_history(&h), CheckResult::Illegal(_)));
+    }
+
+    #[test]
+    fn concurrent_operations_may_take_effect_in_either_order() {
+        // The read overlaps both writes: either value (or none) is fine.
+        for seen in ["a", "b"] {
+            let h = vec![
+                op(1, set("a"), Some(Output::Ok), 1, 5),
+                op(2, set("b"), Some(Output::Ok), 2, 6),
+                op(3, get(), val(seen), 3, 7),
+            ];
+            assert_eq!(check_history(&h), CheckResult::Ok, "read {seen}");
+        }
+    }
+
+    #[test]
+    fn reading_a_value_nobody_wrote_is_not_linearizable() {
+        let h = vec![
+            op(1, set("a"), Some(Output::Ok), 1, 2),
+            op(2, get(), val("z"), 3, 4),
+        ];
+        assert!(matches!(check_history(&h), CheckResult::Illegal(_)));
+    }
+
+    #[test]
+    fn two_cas_from_the_same_value_cannot_both_succeed() {
+        let h = vec![
+            op(1, set("a"), Some(Output::Ok), 1, 2),
+            op(2, cas("a", "b"), Some(Output::Ok), 3, 6),
+            op(3, cas("a", "c"), Some(Output::Ok), 4, 7),
+        ];
+        assert!(matches!(check_history(&h), CheckResult::Illegal(_)));
+        let h = vec![
+            op(1, set("a"), Some(Output::Ok), 1, 2),
+            op(2, cas("a", "b"), Some(Output::Ok), 3, 6),
+            op(
+                3,
+                cas("a", "c"),
+                Some(Output::CasFailed(Some(b("b")))),
+                4,
+                7,
+            ),
+        ];
+        assert_eq!(check_history(&h), CheckResult::Ok);
+    }
+
+    #[test]
+    fn an_indeterminate_write_may_or_may_not_have_happened() {
+        // It happened: a later read sees it.
+        let happened = vec![
+            op(1, set("a"), None, 1, u64::MAX),
+            op(2, get(), val("a"), 5, 6),
+        ];
+        assert_eq!(check_history(&happened), CheckResult::Ok);
+        // It did not: a later read does not see it.
+        let not = vec![
+            op(1, set("a"), None, 1, u64::MAX),
+            op(2, get(), Some(Output::NotFound), 5, 6),
+        ];
+        assert_eq!(check_history(&not), CheckResult::Ok);
+        // But it cannot take effect before it was invoked.
+        let early = vec![
+            op(2, get(), val("a"), 1, 2),
+            op(1, set("a"), None, 3, u64::MAX),
+        ];
+        assert!(matches!(check_history(&early), CheckResult::Illegal(_)));
+        // Nor come and go: once seen, a later read must see it or a newer write.
+        let flicker = vec![
+            op(1, set("a"), None, 1, u64::MAX),
+            op(2, get(), val("a"), 2, 3),
+            op(2, get(), Some(Output::NotFound), 4, 5),
+        ];
+        assert!(matches!(check_history(&flicker), CheckResult::Illegal(_)));
+    }
+
+    #[test]
+    fn keys_are_checked_independently() {
+        let h = vec![
+            op(
+                1,
+                Input::Set {
+                    key: b("x"),
+                    value: b("1"),
+                },
+                Some(Output::Ok),
+                1,
+                2,
+            ),
+            op(2, Input::Get { key: b("y") }, Some(Output::NotFound), 3, 4),
+            op(2, Input::Get { key: b("x") }, Some(Output::NotFound), 5, 6),
+        ];
+        match check_history(&h) {
+            CheckResult::Illegal(why) => assert!(why.contains("\"x\""), "{why}"),
+            other => panic!("expected illegal, got {other:?}"),
+        }
+    }
+
+    /// A random history produced by a real sequential execution with
+    /// overlapping, jittered intervals around each linearization point.
+    fn random_linearizable(seed: u64, ops: usize, keys: u64) -> Vec<Operation> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut model: BTreeMap<Bytes, Bytes> = BTreeMap::new();
+        let mut out = Vec::new();
+        for i in 0..ops {
+            let key = Bytes::from(format!("k{}", rng.random_range(0..keys)));
+            let point = 10 * i as u64 + 1000;
+            let invoke = point - rng.random_range(0..40);
+            let ret = point + rng.random_range(0..40);
+            let value = Bytes::from(format!("v{i}"));
+            let current = model.get(&key).cloned();
+            let (input, output) = match rng.random_range(0..4) {
+                0 => (
+                    Input::Get { key: key.clone() },
+                    current.map_or(Output::NotFound, Output::Value),
+                ),
+                1 => {
+                    model.insert(key.clone(), value.clone());
+                    (
+                        Input::Set {
+                            key: key.clone(),
+                            value,
+                        },
+                        Output::Ok,
+                    )
+                }
+                2 => {
+                    let existed = model.remove(&key).is_some();
+                    (
+                        Input::Del { key: key.clone() },
+                        if existed {
+                            Output::Ok
+                        } else {
+                            Output::NotFound
+                        },
+                    )
+                }
+                _ => {
+                    let expected = current.clone().unwrap_or_else(|| b("none"));
+                    if current.as_ref() == Some(&expected) {
+                        model.insert(key.clone(), value.clone());
+                        (
+                            Input::Cas {
+                                key: key.clone(),
+                                expected,
+                                new: value,
+                            },
+                            Output::Ok,
+                        )
+                    } else {
+                        (
+                            Input::Cas {
+                                key: key.clone(),
+                                expected,
+                                new: value,
+                            },
+                            Output::CasFailed(current),
+                        )
+                    }
+                }
+            };
+            let indeterminate = rng.random_bool(0.05);
+            out.push(op(
+                i as u64 % 8,
+                input,
+                if indeterminate { None } else { Some(output) },
+                invoke,
+                if indeterminate { u64::MAX } else { ret },
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn large_random_linearizable_histories_pass() {
+        for seed in 0..20 {
+            let h = random_linearizable(seed, 2000, 10);
+            assert_eq!(check_history(&h), CheckResult::Ok, "seed {seed}");
+        }
+        let start = std::time::Instant::now();
+        let h = random_linearizable(99, 10_000, 10);
+        assert_eq!(check_history(&h), CheckResult::Ok);
+        println!(
+            "10,000 operations over 10 keys checked in {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_corrupted_random_history_fails() {
+        let mut caught = 0;
+        for seed in 0..20 {
+            let mut h = random_linearizable(seed, 500, 3);
+            // Make one definite read return a value that was never written.
+            if let Some(o) = h
+                .iter_mut()
+                .find(|o| matches!(o.input, Input::Get { .. }) && o.output.is_some())
+            {
+                o.output = Some(Output::Value(b("never-written")));
+                if matches!(check_history(&h), CheckResult::Illegal(_)) {
+                    caught += 1;
+                }
+            }
+        }
+        assert_eq!(caught, 20);
+    }
+}

@@ -1,0 +1,251 @@
+//! Simulated clients: each runs on its own madsim node, speaks the real text
+//! protocol to the cluster, follows redirects, retries what is safe to retry,
+//! and records every operation with its invoke and return times.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kv_net::client::text::{parse_response, Response};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::history::{HistoryRecorder, Input, Output};
+
+/// How the clients behave.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    /// Keys are `k0 .. k{keys-1}`: a small key space makes conflicts likely.
+    pub keys: u64,
+    /// Give up on one attempt after this long (the operation becomes indeterminate).
+    pub request_timeout: Duration,
+    /// Stop starting new operations at this (simulated) instant.
+    pub stop_at: Instant,
+    /// Pause between operations, drawn up to this.
+    pub think_max: Duration,
+}
+
+/// One client connection, re-established as needed.
+struct Conn {
+    addr: SocketAddr,
+    stream: BufReader<TcpStream>,
+}
+
+/// The result of sending one request line.
+enum Attempt {
+    /// A response line.
+    Answer(Response),
+    /// No answer; the request may or may not have reached the server.
+    Lost,
+    /// Could not connect; the request surely was not sent.
+    Unreachable,
+}
+
+/// A client: its id, the cluster's client addresses, and its history recorder.
+pub struct Client {
+    id: u64,
+    addrs: Vec<SocketAddr>,
+    current: usize,
+    conn: Option<Conn>,
+    rng: ChaCha8Rng,
+    cfg: WorkloadConfig,
+    history: Arc<HistoryRecorder>,
+    counter: u64,
+}
+
+impl Client {
+    /// A client with a seeded generator.
+    pub fn new(
+        id: u64,
+        addrs: Vec<SocketAddr>,
+        seed: u64,
+        cfg: WorkloadConfig,
+        history: Arc<HistoryRecorder>,
+    ) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(seed ^ (id << 32));
+        let current = (id as usize) % addrs.len().max(1);
+        Client {
+            id,
+            addrs,
+            current,
+            conn: None,
+            rng,
+            cfg,
+            history,
+            counter: 0,
+        }
+    }
+
+    /// Runs operations until `stop_at`.
+    pub async fn run(mut self) {
+        while Instant::now() < self.cfg.stop_at {
+            let input = self.next_input();
+            let op = self.history.invoke(self.id, input.clone());
+            let output = self.execute(&input).await;
+            match output {
+                Some(out) => self.history.complete(op, out),
+                None => self.history.timeout(op),
+            }
+            let think = self
+                .rng
+                .random_range(0..=self.cfg.think_max.as_millis() as u64);
+            sleep(Duration::from_millis(think)).await;
+        }
+    }
+
+    /// Writes `key` until one attempt is acknowledged or `deadline` passes.
+    pub async fn write_until_ok(&mut self, key: &[u8], deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            self.counter += 1;
+            let input = Input::Set {
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::from(format!("c{}-{}", self.id, self.counter)),
+            };
+            if let Some(Output::Ok) = self.execute(&input).await {
+                return true;
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    fn next_input(&mut self) -> Input {
+        let key = Bytes::from(format!("k{}", self.rng.random_range(0..self.cfg.keys)));
+        self.counter += 1;
+        // Values are unique across the whole run: client id and a counter.
+        let value = Bytes::from(format!("c{}-{}", self.id, self.counter));
+        match self.rng.random_range(0..100) {
+            0..=39 => Input::Get { key },
+            40..=69 => Input::Set { key, value },
+            70..=79 => Input::Del { key },
+            _ => {
+                let expected = Bytes::from(format!(
+                    "c{}-{}",
+                    self.rng.random_range(1..=self.id.max(1) + 3),
+                    self.rng.random_range(1..=self.counter)
+                ));
+                Input::Cas {
+                    key,
+                    expected,
+                    new: value,
+                }
+            }
+        }
+    }
+
+    fn line(input: &Input) -> Vec<u8> {
+        let text = match input {
+            Input::Get { key } => format!("GET {}\n", String::from_utf8_lossy(key)),
+            Input::Set { key, value } => format!(
+                "SET {} {}\n",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(value)
+            ),
+            Input::Del { key } => format!("DEL {}\n", String::from_utf8_lossy(key)),
+            Input::Cas { key, expected, new } => format!(
+                "CAS {} {} {}\n",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(expected),
+                String::from_utf8_lossy(new)
+            ),
+        };
+        text.into_bytes()
+    }
+
+    /// Runs one operation to a definite answer, or None if its outcome is unknown.
+    async fn execute(&mut self, input: &Input) -> Option<Output> {
+        let line = Self::line(input);
+        let deadline = Instant::now() + self.cfg.request_timeout * 4;
+        loop {
+            if Instant::now() >= deadline {
+                // Every attempt so far surely failed, but stop trying: a
+                // definite "did not happen" is still indeterminate-safe.
+                return None;
+            }
+            match self.attempt(&line).await {
+                Attempt::Answer(resp) => match resp {
+                    Response::Ok => return Some(Output::Ok),
+                    Response::Value(v) => return Some(Output::Value(v)),
+                    Response::NotFound => return Some(Output::NotFound),
+                    Response::Fail(current) => return Some(Output::CasFailed(current)),
+                    Response::Redirect(addr) => {
+                        if let Some(i) = self.addrs.iter().position(|a| a.to_string() == addr) {
+                            self.current = i;
+                        }
+                        self.conn = None;
+                    }
+                    Response::Err(msg) if is_safe_retry(&msg) => {
+                        self.rotate();
+                        sleep(Duration::from_millis(50)).await;
+                    }
+                    // Outcome unknown (timeout, leadership lost, shutting down).
+                    Response::Err(_) | Response::Pong => {
+                        self.conn = None;
+                        return None;
+                    }
+                },
+                Attempt::Unreachable => {
+                    self.rotate();
+                    sleep(Duration::from_millis(50)).await;
+                }
+                Attempt::Lost => {
+                    self.conn = None;
+                    self.rotate();
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn rotate(&mut self) {
+        self.conn = None;
+        self.current = (self.current + 1) % self.addrs.len();
+    }
+
+    async fn attempt(&mut self, line: &[u8]) -> Attempt {
+        if self.conn.is_none() {
+            let addr = self.addrs[self.current];
+            match timeout(self.cfg.request_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    self.conn = Some(Conn {
+                        addr,
+                        stream: BufReader::new(stream),
+                    })
+                }
+                _ => return Attempt::Unreachable,
+            }
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Attempt::Unreachable;
+        };
+        let exchange = async {
+            conn.stream.get_mut().write_all(line).await?;
+            conn.stream.get_mut().flush().await?;
+            let mut buf = Vec::new();
+            let n = conn.stream.read_until(b'\n', &mut buf).await?;
+            Ok::<_, std::io::Error>((n, buf))
+        };
+        match timeout(self.cfg.request_timeout, exchange).await {
+            Ok(Ok((n, buf))) if n > 0 && buf.ends_with(b"\n") => {
+                let text = &buf[..buf.len() - 1];
+                match parse_response(text) {
+                    Ok(resp) => Attempt::Answer(resp),
+                    Err(_) => Attempt::Lost,
+                }
+            }
+            _ => {
+                tracing::debug!(addr = %conn.addr, "request lost");
+                Attempt::Lost
+            }
+        }
+    }
+}
+
+/// Errors after which the operation surely did not happen.
+fn is_safe_retry(msg: &str) -> bool {
+    msg.starts_with("no leader") || msg.starts_with("not applied") || msg.starts_with("overloaded")
+}

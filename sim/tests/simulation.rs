@@ -1,0 +1,83 @@
+//! Seeded simulation runs of whole clusters under faults.
+//!
+//! One seed per run; `MADSIM_TEST_SEED` picks it and `MADSIM_TEST_NUM`
+//! sweeps `seed, seed+1, ...`. `./test.sh` runs a CI-sized sweep; see the
+//! README for long sweeps.
+#![cfg(madsim)]
+// Each run prints its seed first, so a run killed by a timeout still says which.
+#![allow(clippy::print_stderr)]
+
+use kv_sim::scenario::{run, Scenario};
+
+fn replay_hint(seed: u64, test: &str) -> String {
+    format!(
+        "replay: MADSIM_TEST_SEED={seed} RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim \
+         cargo test -p kv-sim --release --test simulation {test} -- --exact"
+    )
+}
+
+async fn sweep_one(nodes: u64, test: &str) {
+    let seed = madsim::runtime::Handle::current().seed();
+    eprintln!("seed {seed} ({nodes} nodes)");
+    match run(Scenario::standard(nodes)).await {
+        Ok(r) => eprintln!(
+            "seed {seed} ok: {} ops ({} indeterminate), {} node events checked",
+            r.ops, r.indeterminate, r.events
+        ),
+        Err(e) => panic!("seed {seed} FAILED: {e}\n{}", replay_hint(seed, test)),
+    }
+}
+
+#[madsim::test]
+async fn three_nodes_stay_linearizable_under_faults() {
+    sweep_one(3, "three_nodes_stay_linearizable_under_faults").await;
+}
+
+#[madsim::test]
+async fn five_nodes_stay_linearizable_under_faults() {
+    sweep_one(5, "five_nodes_stay_linearizable_under_faults").await;
+}
+
+fn traced_run(seed: u64, nodes: u64) -> String {
+    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    rt.block_on(async move {
+        let mut scenario = Scenario::standard(nodes);
+        scenario.trace = true;
+        match run(scenario).await {
+            Ok(r) => r.trace,
+            Err(e) => format!("FAILED: {e}"),
+        }
+    })
+}
+
+/// The same seed twice gives the same run: the property every replay relies on.
+#[test]
+fn a_seed_replays_bit_for_bit() {
+    for (seed, nodes) in [(1, 3), (2, 5), (3, 3)] {
+        let first = std::thread::spawn(move || traced_run(seed, nodes))
+            .join()
+            .expect("first run");
+        let second = std::thread::spawn(move || traced_run(seed, nodes))
+            .join()
+            .expect("second run");
+        assert!(first.lines().count() > 10, "the trace records the run");
+        assert_eq!(
+            first, second,
+            "seed {seed} ({nodes} nodes) ran differently twice"
+        );
+    }
+}
+
+/// Prints the trace of one seed: `SIM_TRACE_SEED=567 SIM_TRACE_NODES=5 ... -- replay_trace_of_one_seed --nocapture`.
+#[test]
+fn replay_trace_of_one_seed() {
+    let Ok(seed) = std::env::var("SIM_TRACE_SEED") else {
+        return;
+    };
+    let seed: u64 = seed.parse().expect("SIM_TRACE_SEED is a number");
+    let nodes: u64 = std::env::var("SIM_TRACE_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3);
+    eprintln!("{}", traced_run(seed, nodes));
+}
