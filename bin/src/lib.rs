@@ -1,4 +1,5 @@
 //! Shared pieces of the `kv-server` and `kv-cli` binaries.
 
+pub mod client;
 pub mod logging;
 pub mod members;

@@ -1,0 +1,369 @@
+//! Process-level tests: real `kv-server` processes on loopback with
+//! ephemeral ports and temporary data directories.
+#![cfg(not(madsim))]
+// A test panics on any failure: that is how it reports.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A cluster of kv-server processes.
+struct Cluster {
+    dir: PathBuf,
+    members: String,
+    clients: Vec<SocketAddr>,
+    procs: Vec<Option<Child>>,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    fn start(name: &str, n: usize, extra: &[&str]) -> Cluster {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut members = Vec::new();
+        let mut clients = Vec::new();
+        for id in 1..=n {
+            let peer = free_port();
+            let client = free_port();
+            members.push(format!("{id}=127.0.0.1:{peer}/127.0.0.1:{client}"));
+            clients.push(SocketAddr::from(([127, 0, 0, 1], client)));
+        }
+        let mut c = Cluster {
+            dir,
+            members: members.join(","),
+            clients,
+            procs: (0..n).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
+    fn spawn(&mut self, id: usize) {
+        let log = std::fs::File::create(self.dir.join(format!("node{id}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--members")
+            .arg(&self.members)
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("node{id}")))
+            .args([
+                "--tick-ms",
+                "10",
+                "--election-ticks",
+                "10",
+                "--heartbeat-ticks",
+                "2",
+            ])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kv-server");
+        self.procs[id - 1] = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    fn kill(&mut self, id: usize) {
+        if let Some(mut child) = self.procs[id - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn client(&self, id: usize) -> SocketAddr {
+        self.clients[id - 1]
+    }
+
+    /// The id of the leader, as the nodes report it.
+    fn leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            for id in 1..=self.clients.len() {
+                if self.procs[id - 1].is_none() {
+                    continue;
+                }
+                match try_request(self.client(id), "GET __leader_probe") {
+                    Some(r) if r.starts_with("VALUE") || r == "NOT_FOUND" => return id,
+                    Some(r) if r.starts_with("REDIRECT ") => {
+                        let addr: SocketAddr = r[9..].parse().unwrap();
+                        if let Some(pos) = self.clients.iter().position(|a| *a == addr) {
+                            if self.procs[pos].is_some() {
+                                return pos + 1;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no leader within {within:?}; logs in {}",
+            self.dir.display()
+        );
+    }
+
+    /// Sends `line` to the leader, retrying until it answers something
+    /// other than a redirect or "no leader".
+    fn request(&self, line: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let leader = self.leader(Duration::from_secs(10));
+            if let Some(r) = try_request(self.client(leader), line) {
+                if !r.starts_with("REDIRECT")
+                    && r != "ERR no leader"
+                    && !r.starts_with("ERR not applied")
+                {
+                    return r;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no answer to {line:?}; logs in {}", self.dir.display());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 1..=self.procs.len() {
+            self.kill(id);
+        }
+    }
+}
+
+/// One request on a fresh connection; None if the node is unreachable or silent.
+fn try_request(addr: SocketAddr, line: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(6))).ok()?;
+    s.write_all(format!("{line}\n").as_bytes()).ok()?;
+    let mut r = BufReader::new(s);
+    let mut resp = String::new();
+    r.read_line(&mut resp).ok()?;
+    if resp.is_empty() {
+        return None;
+    }
+    Some(resp.trim_end().to_string())
+}
+
+/// A connection kept open for several requests.
+fn connect(addr: SocketAddr) -> (BufReader<TcpStream>, TcpStream) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (BufReader::new(s.try_clone().unwrap()), s)
+}
+
+fn roundtrip(conn: &mut (BufReader<TcpStream>, TcpStream), bytes: &[u8]) -> String {
+    conn.1.write_all(bytes).unwrap();
+    let mut resp = String::new();
+    conn.0.read_line(&mut resp).unwrap();
+    resp.trim_end().to_string()
+}
+
+#[test]
+fn writes_and_reads_go_through_any_node_and_followers_redirect() {
+    let c = Cluster::start("rw", 3, &[]);
+    let leader = c.leader(Duration::from_secs(10));
+    assert_eq!(c.request("SET color blue"), "OK");
+    assert_eq!(c.request("GET color"), "VALUE blue");
+    assert_eq!(c.request("CAS color red green"), "FAIL blue");
+    assert_eq!(c.request("CAS color blue green"), "OK");
+    assert_eq!(c.request("DEL color"), "OK");
+    assert_eq!(c.request("DEL color"), "NOT_FOUND");
+    assert_eq!(c.request("CAS color x y"), "FAIL NOT_FOUND");
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let redirect = try_request(c.client(follower), "SET a 1").unwrap();
+    assert_eq!(redirect, format!("REDIRECT {}", c.client(leader)));
+    assert_eq!(try_request(c.client(follower), "PING").unwrap(), "PONG");
+
+    // kv-cli finds the leader by itself, from a follower's address.
+    let out = Command::new(env!("CARGO_BIN_EXE_kv-cli"))
+        .args([
+            "--addr",
+            &c.client(follower).to_string(),
+            "SET",
+            "via",
+            "cli",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    assert_eq!(c.request("GET via"), "VALUE cli");
+}
+
+#[test]
+fn killing_the_leader_keeps_every_acknowledged_write_and_the_node_catches_up() {
+    let mut c = Cluster::start("failover", 3, &[]);
+    for i in 0..50 {
+        assert_eq!(c.request(&format!("SET k{i} v{i}")), "OK");
+    }
+    let old = c.leader(Duration::from_secs(10));
+    c.kill(old);
+    let start = Instant::now();
+    let new = c.leader(Duration::from_secs(10));
+    assert_ne!(new, old);
+    for i in 0..50 {
+        assert_eq!(
+            c.request(&format!("GET k{i}")),
+            format!("VALUE v{i}"),
+            "acknowledged write k{i} lost"
+        );
+    }
+    eprintln!("new leader and all reads back in {:?}", start.elapsed());
+    for i in 50..80 {
+        assert_eq!(c.request(&format!("SET k{i} v{i}")), "OK");
+    }
+    // The old leader comes back and catches up: with the other follower
+    // gone, the cluster can only serve if it holds the whole log.
+    c.spawn(old);
+    std::thread::sleep(Duration::from_secs(2));
+    let other = (1..=3).find(|&i| i != old && i != new).unwrap();
+    c.kill(other);
+    for i in 0..80 {
+        assert_eq!(c.request(&format!("GET k{i}")), format!("VALUE v{i}"));
+    }
+}
+
+#[test]
+fn all_nodes_killed_and_restarted_keep_their_data() {
+    let mut c = Cluster::start("restart", 3, &[]);
+    for i in 0..30 {
+        assert_eq!(c.request(&format!("SET r{i} {i}")), "OK");
+    }
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    for id in 1..=3 {
+        c.spawn(id);
+    }
+    for i in 0..30 {
+        assert_eq!(c.request(&format!("GET r{i}")), format!("VALUE {i}"));
+    }
+}
+
+#[test]
+fn a_follower_down_across_compactions_catches_up_by_snapshot() {
+    let mut c = Cluster::start("snapshot", 3, &["--snapshot-entries", "40"]);
+    let leader = c.leader(Duration::from_secs(10));
+    let lagging = (1..=3).find(|&i| i != leader).unwrap();
+    c.kill(lagging);
+    // Several snapshots and compactions happen while it is down.
+    for i in 0..200 {
+        assert_eq!(c.request(&format!("SET s{i} {i}")), "OK");
+    }
+    let snapshots = std::fs::read_dir(c.dir.join(format!("node{leader}")))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("snap-")
+        })
+        .count();
+    assert!(snapshots >= 1, "the leader compacted its log");
+    c.spawn(lagging);
+    std::thread::sleep(Duration::from_secs(3));
+    let other = (1..=3).find(|&i| i != leader && i != lagging).unwrap();
+    c.kill(other);
+    // Only the leader and the caught-up node remain: every read needs it.
+    for i in (0..200).step_by(7) {
+        assert_eq!(c.request(&format!("GET s{i}")), format!("VALUE {i}"));
+    }
+    let log = std::fs::read_to_string(c.dir.join(format!("node{lagging}.log"))).unwrap();
+    assert!(
+        log.contains("installed snapshot from leader"),
+        "the lagging node caught up by InstallSnapshot"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_never_hurts_other_clients() {
+    let c = Cluster::start(
+        "badinput",
+        3,
+        &[
+            "--max-line-bytes",
+            "256",
+            "--max-key-bytes",
+            "16",
+            "--max-connections",
+            "8",
+        ],
+    );
+    let leader = c.client(c.leader(Duration::from_secs(10)));
+    let mut conn = connect(leader);
+    assert_eq!(
+        roundtrip(&mut conn, b"FLY me\n"),
+        "ERR unknown command 'FLY'"
+    );
+    assert_eq!(
+        roundtrip(&mut conn, b"SET onlykey\n"),
+        "ERR wrong number of arguments for SET (expected SET <key> <value>)"
+    );
+    assert_eq!(
+        roundtrip(&mut conn, b"GET\n"),
+        "ERR wrong number of arguments for GET (expected GET <key>)"
+    );
+    assert_eq!(roundtrip(&mut conn, b"\n"), "ERR empty request");
+    assert_eq!(
+        roundtrip(&mut conn, b"GET a\0b\n"),
+        "ERR invalid byte 0x00 in request (use the binary protocol)"
+    );
+    assert_eq!(
+        roundtrip(&mut conn, b"GET 01234567890123456789\n"),
+        "ERR key too long (20 > 16 bytes)"
+    );
+    // The connection is still usable after each of those.
+    assert_eq!(roundtrip(&mut conn, b"SET ok 1\r\n"), "OK");
+
+    // A client that connects and stalls does not block anyone.
+    let _stalled = TcpStream::connect(leader).unwrap();
+    let mut half = TcpStream::connect(leader).unwrap();
+    half.write_all(b"SET half").unwrap(); // no newline, ever
+    assert_eq!(try_request(leader, "GET ok").unwrap(), "VALUE 1");
+
+    // An over-long line gets ERR and the connection is closed.
+    let mut long = connect(leader);
+    let line = format!("SET k {}\n", "x".repeat(1000));
+    assert_eq!(
+        roundtrip(&mut long, line.as_bytes()),
+        "ERR line too long (max 256 bytes)"
+    );
+    let mut rest = Vec::new();
+    let n = long.0.read_to_end(&mut rest).unwrap_or(0);
+    assert_eq!(n, 0, "closed after an over-long line");
+
+    // Connections over the limit are refused with a message.
+    let held: Vec<TcpStream> = (0..10)
+        .map(|_| TcpStream::connect(leader).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut refused = connect(leader);
+    let mut resp = String::new();
+    let _ = refused.0.read_line(&mut resp);
+    assert_eq!(resp.trim_end(), "ERR too many connections");
+    drop(held);
+}
