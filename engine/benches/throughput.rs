@@ -29,7 +29,11 @@ impl Cluster {
                 RaftCore::new(cfg, Restored::default()).unwrap()
             })
             .collect();
-        Cluster { nodes, inbox: VecDeque::new(), committed_on_leader: 0 }
+        Cluster {
+            nodes,
+            inbox: VecDeque::new(),
+            committed_on_leader: 0,
+        }
     }
 
     /// Drains every node's Ready: messages to the inbox, writes acknowledged at once.
@@ -101,7 +105,10 @@ fn run(outstanding: u64, duration: Duration) -> f64 {
 }
 
 fn main() {
-    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
     println!("in-memory 3-node cluster of Raft cores, 100-byte commands, one thread");
     println!("| outstanding proposals | committed entries/s |");
     println!("|---:|---:|");

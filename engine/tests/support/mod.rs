@@ -441,7 +441,11 @@ impl Cluster {
                 }
             }
         }
+        let before = self.nodes[&id].seen_commit;
         self.node(id).seen_commit = committed;
+        if committed > before {
+            self.log(|| format!("n{id} commit {committed}"));
+        }
         Ok(())
     }
 

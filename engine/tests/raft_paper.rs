@@ -1,0 +1,687 @@
+//! Tests of the rules of the Raft paper (Ongaro & Ousterhout, "In Search of
+//! an Understandable Consensus Algorithm", Figure 2 and §5.1-§5.4, §7),
+//! each named after its rule and quoting the sentence it checks, in the
+//! manner of etcd-io/raft's `raft_paper_test.go`. Each drives single cores
+//! with crafted messages and checks the exact outputs of `ready()`.
+// A test panics on any failure: that is how it reports.
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use kv_engine::raft::{Config, ProposeError, RaftCore, Ready, Restored, Role};
+use kv_proto::raft::{
+    message::Body, AppendEntries, AppendEntriesResponse, Entry, HardState, InstallSnapshot,
+    Message, RequestVote, RequestVoteResponse, Snapshot, SnapshotMeta,
+};
+
+fn config(id: u64, n: u64) -> Config {
+    let mut cfg = Config::new(id, (1..=n).collect());
+    cfg.pre_vote = false;
+    cfg.check_quorum = false;
+    cfg
+}
+
+fn core(id: u64, n: u64) -> RaftCore {
+    RaftCore::new(config(id, n), Restored::default()).unwrap()
+}
+
+fn core_with_log(id: u64, n: u64, term: u64, terms: &[u64]) -> RaftCore {
+    let entries = terms
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| entry(i as u64 + 1, t))
+        .collect();
+    let restored = Restored {
+        hard_state: HardState {
+            term,
+            vote: 0,
+            commit: 0,
+        },
+        snapshot: None,
+        entries,
+    };
+    RaftCore::new(config(id, n), restored).unwrap()
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: Bytes::from(format!("e{index}")),
+    }
+}
+
+fn msg(from: u64, to: u64, term: u64, body: Body) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body: Some(body),
+    }
+}
+
+fn append(
+    from: u64,
+    to: u64,
+    term: u64,
+    prev: (u64, u64),
+    entries: Vec<Entry>,
+    commit: u64,
+) -> Message {
+    let ae = AppendEntries {
+        prev_log_index: prev.0,
+        prev_log_term: prev.1,
+        entries,
+        leader_commit: commit,
+        round: 0,
+    };
+    msg(from, to, term, Body::AppendEntries(ae))
+}
+
+fn vote(from: u64, to: u64, term: u64, granted: bool) -> Message {
+    msg(
+        from,
+        to,
+        term,
+        Body::RequestVoteResponse(RequestVoteResponse {
+            pre_vote: false,
+            granted,
+        }),
+    )
+}
+
+fn request_vote(from: u64, to: u64, term: u64, last: (u64, u64)) -> Message {
+    let rv = RequestVote {
+        pre_vote: false,
+        last_log_index: last.0,
+        last_log_term: last.1,
+    };
+    msg(from, to, term, Body::RequestVote(rv))
+}
+
+/// Takes a Ready and reports its writes durable, as a driver would.
+fn ready_and_persist(c: &mut RaftCore) -> Ready {
+    let rd = c.ready();
+    if let Some((index, term)) = rd.persist_point() {
+        c.on_persisted(index, term);
+    }
+    rd
+}
+
+fn tick_until(c: &mut RaftCore, role: Role) -> u64 {
+    for ticks in 1..=1000 {
+        c.tick();
+        if c.role() == role {
+            return ticks;
+        }
+    }
+    panic!("never became {role:?}");
+}
+
+/// Node 1 of `n`, elected leader of term 1 with its no-op committed.
+fn leader(n: u64) -> RaftCore {
+    let mut c = core(1, n);
+    tick_until(&mut c, Role::Candidate);
+    let _ = ready_and_persist(&mut c);
+    for p in 2..=n {
+        c.step(vote(p, 1, 1, true));
+    }
+    assert_eq!(c.role(), Role::Leader);
+    let _ = ready_and_persist(&mut c);
+    for p in 2..=n {
+        c.step(ack(p, 1, 1));
+    }
+    let _ = ready_and_persist(&mut c);
+    assert_eq!(c.log().committed(), 1, "the no-op is committed");
+    c
+}
+
+fn ack(from: u64, term: u64, match_index: u64) -> Message {
+    let r = AppendEntriesResponse {
+        success: true,
+        match_index,
+        ..Default::default()
+    };
+    msg(from, 1, term, Body::AppendEntriesResponse(r))
+}
+
+fn bodies(msgs: &[Message]) -> Vec<(u64, &Body)> {
+    msgs.iter()
+        .map(|m| (m.to, m.body.as_ref().unwrap()))
+        .collect()
+}
+
+/// §5.1: "If RPC request or response contains term T > currentTerm: set
+/// currentTerm = T, convert to follower."
+#[test]
+fn any_node_adopts_a_higher_term_and_becomes_follower() {
+    for start in [Role::Follower, Role::Candidate, Role::Leader] {
+        let mut c = match start {
+            Role::Leader => leader(3),
+            _ => core(1, 3),
+        };
+        if start == Role::Candidate {
+            tick_until(&mut c, Role::Candidate);
+        }
+        let before = c.term();
+        c.step(append(2, 1, before + 5, (0, 0), vec![], 0));
+        assert_eq!(
+            (c.role(), c.term(), c.leader()),
+            (Role::Follower, before + 5, Some(2)),
+            "from {start:?}"
+        );
+        assert_eq!(c.vote(), 0, "a new term starts without a vote");
+    }
+}
+
+/// §5.1: "If a server receives a request with a stale term number, it
+/// rejects the request" (and the response tells the stale leader the term).
+#[test]
+fn a_request_with_a_stale_term_is_rejected_with_the_current_term() {
+    let mut c = core_with_log(1, 3, 5, &[1, 2]);
+    c.step(append(2, 1, 4, (2, 2), vec![entry(3, 4)], 3));
+    let rd = c.ready();
+    assert_eq!(c.log().last_index(), 2, "nothing appended");
+    let out: Vec<_> = rd.persisted_messages.iter().chain(&rd.messages).collect();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].term, 5);
+    assert!(matches!(
+        out[0].body,
+        Some(Body::AppendEntriesResponse(AppendEntriesResponse {
+            success: false,
+            ..
+        }))
+    ));
+    c.step(vote(2, 1, 4, true));
+    assert_eq!(c.role(), Role::Follower, "a stale vote changes nothing");
+}
+
+/// §5.2: "If a follower receives no communication over a period of time
+/// called the election timeout ... it increments its current term and
+/// transitions to candidate state. It then votes for itself and issues
+/// RequestVote RPCs in parallel to each of the other servers."
+#[test]
+fn a_follower_that_times_out_becomes_candidate_and_asks_for_votes() {
+    let mut c = core_with_log(1, 3, 2, &[1, 2]);
+    tick_until(&mut c, Role::Candidate);
+    assert_eq!((c.term(), c.vote()), (3, 1));
+    let rd = c.ready();
+    assert_eq!(
+        rd.hard_state,
+        Some(HardState {
+            term: 3,
+            vote: 1,
+            commit: 0
+        })
+    );
+    assert!(
+        rd.messages.is_empty(),
+        "vote requests wait until the vote for self is durable"
+    );
+    let expected = RequestVote {
+        pre_vote: false,
+        last_log_index: 2,
+        last_log_term: 2,
+    };
+    assert_eq!(
+        bodies(&rd.persisted_messages),
+        vec![
+            (2, &Body::RequestVote(expected)),
+            (3, &Body::RequestVote(expected))
+        ]
+    );
+}
+
+/// Thesis §9.6: a pre-candidate asks whether it could win before raising
+/// its term, so a partitioned node cannot disrupt the cluster.
+#[test]
+fn a_pre_vote_round_comes_first_and_changes_no_durable_state() {
+    let mut cfg = config(1, 3);
+    cfg.pre_vote = true;
+    let mut c = RaftCore::new(cfg, Restored::default()).unwrap();
+    tick_until(&mut c, Role::PreCandidate);
+    assert_eq!((c.term(), c.vote()), (0, 0));
+    let rd = c.ready();
+    assert!(rd.hard_state.is_none());
+    assert_eq!(rd.messages.len(), 2, "pre-votes go at once");
+    assert!(rd.messages.iter().all(|m| m.term == 1));
+    let granted = RequestVoteResponse {
+        pre_vote: true,
+        granted: true,
+    };
+    c.step(msg(2, 1, 1, Body::RequestVoteResponse(granted)));
+    assert_eq!(
+        (c.role(), c.term()),
+        (Role::Candidate, 1),
+        "a majority of pre-votes starts the real election"
+    );
+}
+
+/// §5.2: "Raft uses randomized election timeouts ... chosen randomly from a
+/// fixed interval"; here [election_ticks, 2 * election_ticks).
+#[test]
+fn election_timeouts_are_randomized_within_one_to_two_timeouts() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..50 {
+        let mut cfg = config(1, 3);
+        cfg.seed = seed;
+        let mut c = RaftCore::new(cfg, Restored::default()).unwrap();
+        let ticks = tick_until(&mut c, Role::Candidate);
+        assert!(
+            (10..20).contains(&ticks),
+            "timeout {ticks} outside [10, 20)"
+        );
+        seen.insert(ticks);
+    }
+    assert!(seen.len() > 5, "timeouts vary with the seed: {seen:?}");
+}
+
+/// §5.2: "Each server will vote for at most one candidate in a given term,
+/// on a first-come-first-served basis."
+#[test]
+fn a_vote_is_granted_at_most_once_per_term() {
+    let mut c = core(1, 3);
+    c.step(request_vote(2, 1, 1, (0, 0)));
+    c.step(request_vote(3, 1, 1, (0, 0)));
+    c.step(request_vote(2, 1, 1, (0, 0)));
+    let rd = c.ready();
+    assert_eq!(rd.hard_state.map(|h| h.vote), Some(2));
+    let grants: Vec<(u64, bool)> = rd
+        .persisted_messages
+        .iter()
+        .map(|m| match &m.body {
+            Some(Body::RequestVoteResponse(r)) => (m.to, r.granted),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        grants,
+        vec![(2, true), (3, false), (2, true)],
+        "the same candidate may ask again"
+    );
+    assert!(rd.messages.is_empty(), "a vote leaves only once durable");
+}
+
+/// §5.4.1: "If the logs have last entries with different terms, then the log
+/// with the later term is more up-to-date. If the logs end with the same
+/// term, then whichever log is longer is more up-to-date."
+#[test]
+fn a_vote_goes_only_to_a_log_at_least_as_up_to_date() {
+    // (last_log_index, last_log_term) of the candidate.
+    for (last, granted) in [
+        ((3, 2), true),
+        ((2, 3), true),
+        ((1, 2), false),
+        ((2, 2), true),
+        ((9, 1), false),
+    ] {
+        let mut c = core_with_log(1, 3, 2, &[1, 2]);
+        c.step(request_vote(2, 1, 3, last));
+        let rd = c.ready();
+        let got = matches!(
+            rd.persisted_messages[0].body,
+            Some(Body::RequestVoteResponse(RequestVoteResponse {
+                granted: true,
+                ..
+            }))
+        );
+        assert_eq!(got, granted, "candidate last {last:?} against ours (2, 2)");
+    }
+}
+
+/// §5.2: "A candidate wins an election if it receives votes from a majority
+/// of the servers"; §8: it then appends a no-op; §5.3: it sends entries at once.
+#[test]
+fn a_candidate_with_a_majority_becomes_leader_and_appends_a_no_op() {
+    let mut c = core(1, 5);
+    tick_until(&mut c, Role::Candidate);
+    let _ = ready_and_persist(&mut c);
+    c.step(vote(2, 1, 1, true));
+    assert_eq!(c.role(), Role::Candidate, "2 of 5 is no majority");
+    c.step(vote(3, 1, 1, true));
+    assert_eq!(c.role(), Role::Leader);
+    let rd = c.ready();
+    assert_eq!(
+        rd.entries
+            .iter()
+            .map(|e| (e.index, e.term, e.data.len()))
+            .collect::<Vec<_>>(),
+        vec![(1, 1, 0)]
+    );
+    assert_eq!(
+        rd.messages.len(),
+        4,
+        "appends go before the leader's own write is durable"
+    );
+    assert!(rd
+        .messages
+        .iter()
+        .all(|m| matches!(m.body, Some(Body::AppendEntries(_)))));
+}
+
+/// §5.2: "If the AppendEntries RPC is from a leader whose term is at least
+/// as large as the candidate's current term, then the candidate recognizes
+/// the leader as legitimate and returns to follower state."
+#[test]
+fn a_candidate_hearing_from_a_leader_of_its_term_becomes_follower() {
+    let mut c = core(1, 3);
+    tick_until(&mut c, Role::Candidate);
+    c.step(append(2, 1, 1, (0, 0), vec![], 0));
+    assert_eq!(
+        (c.role(), c.leader(), c.term()),
+        (Role::Follower, Some(2), 1)
+    );
+}
+
+/// §5.2: a candidate that a majority refuses gives up the election.
+#[test]
+fn a_candidate_refused_by_a_majority_becomes_follower() {
+    let mut c = core(1, 3);
+    tick_until(&mut c, Role::Candidate);
+    c.step(vote(2, 1, 1, false));
+    c.step(vote(3, 1, 1, false));
+    assert_eq!(c.role(), Role::Follower);
+}
+
+/// §5.2: "Leaders send periodic heartbeats (AppendEntries RPCs that carry
+/// no log entries) to all followers in order to maintain their authority."
+#[test]
+fn a_leader_sends_heartbeats_every_heartbeat_interval() {
+    let mut c = leader(3);
+    let _ = c.ready();
+    c.tick();
+    assert!(c.ready().messages.is_empty(), "heartbeat_ticks is 2");
+    c.tick();
+    let rd = c.ready();
+    let empty_appends = rd
+        .messages
+        .iter()
+        .filter(|m| matches!(&m.body, Some(Body::AppendEntries(ae)) if ae.entries.is_empty()))
+        .count();
+    assert_eq!(empty_appends, 2);
+}
+
+/// §5.3: "If a follower does not find an entry in its log with the same
+/// index and term, then it refuses the new entries"; the refusal carries a
+/// hint so the leader skips a whole conflicting term at once.
+#[test]
+fn a_follower_refuses_an_append_that_does_not_match_and_hints_where_to_resume() {
+    let mut c = core_with_log(1, 3, 3, &[1, 2, 2, 2]);
+    c.step(append(2, 1, 3, (4, 3), vec![entry(5, 3)], 0));
+    let rd = c.ready();
+    let Some(Body::AppendEntriesResponse(r)) = &rd.persisted_messages[0].body else {
+        panic!()
+    };
+    assert!(!r.success);
+    assert_eq!(
+        (r.conflict_term, r.conflict_index, r.rejected_index),
+        (2, 2, 4)
+    );
+    assert_eq!(c.log().last_index(), 4, "nothing appended or truncated");
+
+    c.step(append(2, 1, 3, (7, 3), vec![], 0));
+    let rd = c.ready();
+    let Some(Body::AppendEntriesResponse(r)) = &rd.persisted_messages[0].body else {
+        panic!()
+    };
+    assert_eq!(
+        (r.conflict_term, r.conflict_index),
+        (0, 5),
+        "a log too short asks from its end"
+    );
+}
+
+/// §5.3: "If an existing entry conflicts with a new one (same index but
+/// different terms), delete the existing entry and all that follow it."
+#[test]
+fn a_follower_truncates_a_conflicting_suffix_and_appends_the_leaders_entries() {
+    let mut c = core_with_log(1, 3, 3, &[1, 1, 2, 2]);
+    c.step(append(2, 1, 3, (2, 1), vec![entry(3, 3)], 0));
+    let rd = c.ready();
+    assert_eq!(
+        rd.entries
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect::<Vec<_>>(),
+        vec![(3, 3)]
+    );
+    assert_eq!(c.log().last_index(), 3);
+    assert_eq!(c.log().term(3), Some(3));
+}
+
+/// Figure 2, AppendEntries rule 5: "If leaderCommit > commitIndex, set
+/// commitIndex = min(leaderCommit, index of last new entry)."
+#[test]
+fn a_follower_commits_up_to_the_leaders_commit_but_not_past_the_last_new_entry() {
+    let mut c = core_with_log(1, 3, 1, &[1, 1, 1, 1]);
+    c.step(append(2, 1, 1, (1, 1), vec![entry(2, 1)], 4));
+    assert_eq!(
+        c.log().committed(),
+        2,
+        "entries 3 and 4 were not checked against the leader"
+    );
+    c.step(append(2, 1, 1, (4, 1), vec![], 3));
+    assert_eq!(c.log().committed(), 3);
+    // The commit index never moves back.
+    c.step(append(2, 1, 1, (4, 1), vec![], 1));
+    assert_eq!(c.log().committed(), 3);
+}
+
+/// §5.4.2 and Figure 8: "Raft never commits log entries from previous terms
+/// by counting replicas. Only log entries from the leader's current term are
+/// committed by counting replicas; once an entry from the current term has
+/// been committed in this way, then all prior entries are committed
+/// indirectly."
+#[test]
+fn a_leader_commits_entries_of_earlier_terms_only_through_one_of_its_own() {
+    // Node 1 holds entries of term 1 and 2 and wins term 3.
+    let mut c = core_with_log(1, 3, 2, &[1, 2]);
+    tick_until(&mut c, Role::Candidate);
+    let _ = ready_and_persist(&mut c);
+    c.step(vote(2, 1, 3, true));
+    assert_eq!(c.role(), Role::Leader);
+    let _ = ready_and_persist(&mut c); // the no-op at index 3, durable here
+                                       // A follower matches up to 2: entries of earlier terms on a majority...
+    c.step(ack(2, 3, 2));
+    assert_eq!(c.log().committed(), 0, "...are not committed by counting");
+    // ...until the leader's own no-op is.
+    c.step(ack(2, 3, 3));
+    assert_eq!(c.log().committed(), 3);
+}
+
+/// DESIGN rule 2: "A leader may send entries to followers before its own
+/// fsync finishes, but counts itself toward a commit only after."
+#[test]
+fn a_leader_counts_itself_toward_a_commit_only_once_its_write_is_durable() {
+    let mut c = leader(3);
+    let p = c.propose(Bytes::from_static(b"x")).unwrap();
+    let rd = c.ready();
+    assert_eq!(rd.entries.len(), 1);
+    assert_eq!(rd.messages.len(), 2, "sent before the local fsync");
+    c.step(ack(2, 1, p.index));
+    assert_eq!(
+        c.log().committed(),
+        p.index - 1,
+        "one follower is no majority without the leader"
+    );
+    c.on_persisted(p.index, p.term);
+    assert_eq!(c.log().committed(), p.index);
+    assert_eq!(c.ready().committed_entries.len(), 1);
+}
+
+/// DESIGN, the Ready contract: acknowledgements wait for durability.
+#[test]
+fn a_followers_acknowledgement_waits_for_its_write_to_be_durable() {
+    let mut c = core(2, 3);
+    c.step(append(1, 2, 1, (0, 0), vec![entry(1, 1)], 0));
+    let rd = c.ready();
+    assert!(rd.messages.is_empty());
+    assert_eq!(rd.entries.len(), 1);
+    let Some(Body::AppendEntriesResponse(r)) = &rd.persisted_messages[0].body else {
+        panic!()
+    };
+    assert_eq!((r.success, r.match_index), (true, 1));
+}
+
+/// §5.1: "The leader handles all client requests (if a client contacts a
+/// follower, the follower redirects it to the leader)."
+#[test]
+fn a_proposal_on_a_follower_is_refused_naming_the_leader() {
+    let mut c = core(2, 3);
+    assert_eq!(
+        c.propose(Bytes::from_static(b"x")),
+        Err(ProposeError::NotLeader { leader: None })
+    );
+    c.step(append(1, 2, 1, (0, 0), vec![], 0));
+    assert_eq!(
+        c.propose(Bytes::from_static(b"x")),
+        Err(ProposeError::NotLeader { leader: Some(1) })
+    );
+    assert_eq!(
+        c.read_index(7),
+        Err(ProposeError::NotLeader { leader: Some(1) })
+    );
+}
+
+/// Batching: many proposals between two Readies travel in one append.
+#[test]
+fn many_proposals_are_sent_in_one_append_per_follower() {
+    let mut c = leader(3);
+    for i in 0..100 {
+        c.propose(Bytes::from(format!("p{i}"))).unwrap();
+    }
+    let rd = c.ready();
+    assert_eq!(rd.entries.len(), 100, "one write for all");
+    assert_eq!(rd.messages.len(), 2, "one append per follower");
+    for m in &rd.messages {
+        let Some(Body::AppendEntries(ae)) = &m.body else {
+            panic!()
+        };
+        assert_eq!(ae.entries.len(), 100);
+    }
+}
+
+/// Pipelining: at most `max_inflight_appends` appends are outstanding per follower.
+#[test]
+fn the_in_flight_window_bounds_pipelined_appends() {
+    let mut cfg = config(1, 2);
+    cfg.max_inflight_appends = 3;
+    let mut c = RaftCore::new(cfg, Restored::default()).unwrap();
+    tick_until(&mut c, Role::Candidate);
+    let _ = ready_and_persist(&mut c);
+    c.step(vote(2, 1, 1, true));
+    let _ = ready_and_persist(&mut c);
+    c.step(ack(2, 1, 1)); // probe answered: replicate mode
+    let _ = ready_and_persist(&mut c);
+    let mut sent = 0;
+    for i in 0..10 {
+        c.propose(Bytes::from(format!("p{i}"))).unwrap();
+        sent += ready_and_persist(&mut c).messages.len();
+    }
+    assert_eq!(sent, 3, "the window is full after three appends");
+    c.step(ack(2, 1, 3));
+    let rd = ready_and_persist(&mut c);
+    assert_eq!(rd.messages.len(), 1, "an acknowledgement frees the window");
+}
+
+/// Thesis §6.4: a read is served at the commit index once the leader has
+/// heard from a majority after the read arrived.
+#[test]
+fn a_read_is_confirmed_only_after_a_quorum_answers_a_later_round() {
+    let mut c = leader(3);
+    c.read_index(42).unwrap();
+    let rd = c.ready();
+    assert!(rd.read_states.is_empty());
+    let round = rd
+        .messages
+        .iter()
+        .find_map(|m| match &m.body {
+            Some(Body::AppendEntries(ae)) => Some(ae.round),
+            _ => None,
+        })
+        .unwrap();
+    let old = AppendEntriesResponse {
+        success: true,
+        match_index: 1,
+        round: round - 1,
+        ..Default::default()
+    };
+    c.step(msg(2, 1, 1, Body::AppendEntriesResponse(old)));
+    assert!(
+        c.ready().read_states.is_empty(),
+        "an answer to an earlier round proves nothing"
+    );
+    let fresh = AppendEntriesResponse {
+        success: true,
+        match_index: 1,
+        round,
+        ..Default::default()
+    };
+    c.step(msg(2, 1, 1, Body::AppendEntriesResponse(fresh)));
+    let rd = c.ready();
+    assert_eq!(rd.read_states.len(), 1);
+    assert_eq!((rd.read_states[0].id, rd.read_states[0].index), (42, 1));
+}
+
+/// §7: a follower receives the snapshot in chunks at increasing offsets and
+/// installs it when the last arrives; a chunk out of place is refused and
+/// leaves its state as it was.
+#[test]
+fn snapshot_chunks_are_reassembled_and_installed_and_a_gap_changes_nothing() {
+    let mut c = core_with_log(2, 3, 1, &[1, 1]);
+    let meta = SnapshotMeta { index: 10, term: 2 };
+    let chunk = |offset: u64, data: &'static [u8], done: bool| {
+        let is = InstallSnapshot {
+            meta: Some(meta),
+            offset,
+            data: Bytes::from_static(data),
+            done,
+            round: 0,
+        };
+        msg(1, 2, 2, Body::InstallSnapshot(is))
+    };
+    c.step(chunk(0, b"abc", false));
+    c.step(chunk(9, b"zzz", true)); // a gap: refused
+    assert_eq!(c.log().last_index(), 2, "the old log is intact");
+    assert!(c.ready().snapshot.is_none());
+    c.step(chunk(3, b"def", true));
+    let rd = c.ready();
+    let snap = rd.snapshot.expect("installed");
+    assert_eq!(
+        snap,
+        Snapshot {
+            meta: Some(meta),
+            data: Bytes::from_static(b"abcdef")
+        }
+    );
+    assert_eq!(
+        (
+            c.log().snapshot_index(),
+            c.log().committed(),
+            c.log().last_index()
+        ),
+        (10, 10, 10)
+    );
+    assert!(rd
+        .persisted_messages
+        .iter()
+        .any(|m| matches!(&m.body, Some(Body::InstallSnapshotResponse(r)) if r.done)));
+}
+
+/// Thesis §6.2: "a leader steps down if an election timeout elapses without
+/// a successful round of heartbeats to a majority of its cluster".
+#[test]
+fn a_leader_that_hears_from_no_majority_steps_down() {
+    let mut cfg = config(1, 3);
+    cfg.check_quorum = true;
+    let mut c = RaftCore::new(cfg, Restored::default()).unwrap();
+    tick_until(&mut c, Role::Candidate);
+    let _ = ready_and_persist(&mut c);
+    c.step(vote(2, 1, 1, true));
+    assert_eq!(c.role(), Role::Leader);
+    let ticks = tick_until(&mut c, Role::Follower);
+    assert!(
+        ticks <= 20,
+        "within an election timeout or two ({ticks} ticks)"
+    );
+    assert_eq!(c.term(), 1, "stepping down does not start a new term");
+}
