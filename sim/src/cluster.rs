@@ -61,6 +61,8 @@ pub struct ClusterConfig {
     pub segment_bytes: u64,
     /// Longest simulated fsync (a crash meanwhile loses the write).
     pub disk_latency_max: Duration,
+    /// Entries per append (small: catch-up takes many round trips).
+    pub max_append_entries: usize,
 }
 
 impl SimCluster {
@@ -90,6 +92,7 @@ impl SimCluster {
             node_cfg.client.request_timeout = Duration::from_secs(2);
             node_cfg.events = Events(Some(checker.clone()));
             node_cfg.disk_latency_max = cfg.disk_latency_max;
+            node_cfg.max_append_entries = cfg.max_append_entries;
             let fs = disk.clone();
             let checker_for_node = checker.clone();
             let node = handle

@@ -90,6 +90,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         snapshot_entries: rng.random_range(20..200),
         segment_bytes: rng.random_range(2048..32768),
         disk_latency_max: Duration::from_micros(rng.random_range(100..5000)),
+        max_append_entries: rng.random_range(1..=16),
     };
     let mut cluster = SimCluster::start(&cluster_cfg, checker.clone());
 

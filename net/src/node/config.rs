@@ -62,6 +62,9 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Where consensus events go (the simulation's checkers); off by default.
     pub events: Events,
+    /// At most this many entries in one append (small values make catch-up
+    /// take many steps, which the simulation uses).
+    pub max_append_entries: usize,
     /// Simulated time between a write and its fsync (simulation only; zero
     /// by default, where the real disk's own latency applies).
     pub disk_latency_max: Duration,
@@ -90,6 +93,7 @@ impl NodeConfig {
             seed: id,
             events: Events::default(),
             disk_latency_max: Duration::ZERO,
+            max_append_entries: 4096,
         }
     }
 
@@ -127,6 +131,7 @@ impl NodeConfig {
         cfg.election_ticks = self.election_ticks;
         cfg.heartbeat_ticks = self.heartbeat_ticks;
         cfg.seed = self.seed;
+        cfg.max_append_entries = self.max_append_entries;
         // An append must fit a peer frame with room to spare.
         cfg.max_append_bytes = cfg.max_append_bytes.min(self.max_peer_frame_bytes / 4);
         cfg.snapshot_chunk_bytes = cfg.snapshot_chunk_bytes.min(self.max_peer_frame_bytes / 4);
