@@ -148,6 +148,15 @@ struct MemState {
     syncs: u64,
 }
 
+/// What a simulated crash did to the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CrashReport {
+    /// Bytes written but not synced when the crash came.
+    pub unsynced_bytes: usize,
+    /// Of those, bytes that survived as a torn prefix of the last write.
+    pub torn_bytes_kept: usize,
+}
+
 /// An in-memory file system with crash semantics, shared by clones.
 #[derive(Debug, Clone, Default)]
 pub struct MemFs(Arc<Mutex<MemState>>);
@@ -178,29 +187,30 @@ impl MemFs {
 
     /// Simulates power loss: unsynced data and unsynced directory changes
     /// are lost, except that a random prefix of the most recently written
-    /// file's unsynced tail may survive (a torn write). Seeded.
-    pub fn crash(&self, seed: u64) {
+    /// file's unsynced tail may survive (a torn write). Seeded. Returns what
+    /// was lost, for traces.
+    pub fn crash(&self, seed: u64) -> CrashReport {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut report = CrashReport::default();
         let mut s = self.lock();
         let torn = s.last_written.take();
         for (id, file) in s.files.iter_mut() {
             let mut keep = file.durable.clone();
-            if Some(*id) == torn
-                && file.data.starts_with(&file.durable)
-                && file.data.len() > file.durable.len()
-            {
+            let unsynced = file.data.len().saturating_sub(file.durable.len());
+            if Some(*id) == torn && file.data.starts_with(&file.durable) && unsynced > 0 && rng.random_bool(0.5) {
                 let tail = &file.data[file.durable.len()..];
-                if rng.random_bool(0.5) {
-                    let cut = rng.random_range(0..=tail.len());
-                    keep.extend_from_slice(&tail[..cut]);
-                }
+                let cut = rng.random_range(0..=tail.len());
+                keep.extend_from_slice(&tail[..cut]);
+                report.torn_bytes_kept += cut;
             }
+            report.unsynced_bytes += unsynced;
             file.data = keep.clone();
             file.durable = keep;
         }
         s.names = s.durable_names.clone();
         let live: BTreeSet<u64> = s.names.values().copied().collect();
         s.files.retain(|id, _| live.contains(id));
+        report
     }
 
     /// Flips one bit of a file's bytes, durable copy included (bit rot).
