@@ -149,10 +149,14 @@ impl SimCluster {
             Handle::current().resume(node.handle.id());
         }
         Handle::current().kill(node.handle.id());
-        node.disk.crash(tear_seed);
+        let lost = node.disk.crash(tear_seed);
         node.down = true;
         node.paused = false;
-        self.checker.note(&format!("kill n{id}"));
+        self.checker.note(&format!(
+            "kill n{id} ({} unsynced bytes lost, {} kept as a torn tail)",
+            lost.unsynced_bytes - lost.torn_bytes_kept,
+            lost.torn_bytes_kept
+        ));
     }
 
     /// Restarts a killed node from its disk.

@@ -35,6 +35,20 @@ pub struct Scenario {
     pub nemesis: bool,
     /// Keep a trace of role changes and faults (for snapshots).
     pub trace: bool,
+    /// A fixed fault script instead of the random nemesis.
+    pub script: Option<Script>,
+}
+
+/// Fixed fault sequences whose traces are kept as snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Script {
+    /// The leader is killed, a new one takes over, the old one restarts.
+    LeaderCrash,
+    /// The leader is cut off from everyone, then the network heals.
+    PartitionHeal,
+    /// A follower is killed while writes are unsynced (slow fsync), so its
+    /// WAL tail is lost or torn, and it restarts from what survived.
+    TornWalTail,
 }
 
 impl Scenario {
@@ -47,6 +61,7 @@ impl Scenario {
             heal_deadline: Duration::from_secs(30),
             nemesis: true,
             trace: false,
+            script: None,
         }
     }
 }
@@ -64,6 +79,8 @@ pub struct Report {
     pub events: u64,
     /// The trace (empty unless asked for).
     pub trace: String,
+    /// Simulated time the run took.
+    pub simulated: Duration,
 }
 
 /// Runs `scenario` under the current madsim runtime; Err describes the
@@ -79,7 +96,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         scenario.trace,
     ));
 
-    let net_faults = if scenario.nemesis {
+    let net_faults = if scenario.nemesis && scenario.script.is_none() {
         random_net_faults(&mut rng, seed)
     } else {
         NetFaults::default()
@@ -89,7 +106,11 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         net_faults,
         snapshot_entries: rng.random_range(20..200),
         segment_bytes: rng.random_range(2048..32768),
-        disk_latency_max: Duration::from_micros(rng.random_range(100..5000)),
+        disk_latency_max: if scenario.script == Some(Script::TornWalTail) {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_micros(rng.random_range(100..5000))
+        },
         max_append_entries: rng.random_range(1..=16),
     };
     let mut cluster = SimCluster::start(&cluster_cfg, checker.clone());
@@ -115,7 +136,9 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         client_tasks.push(node.spawn(client.run()));
     }
 
-    if scenario.nemesis {
+    if let Some(script) = scenario.script {
+        run_script(&mut cluster, script, stop_at).await;
+    } else if scenario.nemesis {
         nemesis(&mut cluster, &mut rng, stop_at).await;
     } else {
         sleep(scenario.fault_phase).await;
@@ -160,6 +183,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         indeterminate,
         events: checker.event_count(),
         trace: checker.trace(),
+        simulated: start.elapsed(),
     })
 }
 
@@ -243,6 +267,43 @@ async fn nemesis(cluster: &mut SimCluster, rng: &mut ChaCha8Rng, until: Instant)
         }
     }
     unclog_all(cluster, &net, &mut clogged);
+}
+
+/// Runs one fixed fault sequence until `until`.
+async fn run_script(cluster: &mut SimCluster, script: Script, until: Instant) {
+    let net = NetSim::current();
+    let ids = cluster.ids();
+    let mut clogged = BTreeSet::new();
+    sleep(Duration::from_secs(2)).await;
+    let leader = cluster.checker.current_leader().unwrap_or(ids[0]);
+    match script {
+        Script::LeaderCrash => {
+            cluster.kill(leader, 1);
+            sleep(Duration::from_secs(3)).await;
+            cluster.restart(leader);
+        }
+        Script::PartitionHeal => {
+            for &b in ids.iter().filter(|&&b| b != leader) {
+                clog(cluster, &net, &mut clogged, leader, b);
+                clog(cluster, &net, &mut clogged, b, leader);
+            }
+            cluster.checker.note(&format!("isolate n{leader}"));
+            sleep(Duration::from_secs(4)).await;
+            unclog_all(cluster, &net, &mut clogged);
+            cluster.checker.note("heal network");
+        }
+        Script::TornWalTail => {
+            let follower = ids.iter().copied().find(|&i| i != leader).unwrap_or(ids[0]);
+            // With 20 ms fsyncs under load, a write is almost always in flight.
+            cluster.kill(follower, 7);
+            sleep(Duration::from_secs(1)).await;
+            cluster.restart(follower);
+        }
+    }
+    let now = Instant::now();
+    if until > now {
+        sleep(until - now).await;
+    }
 }
 
 fn clog(cluster: &SimCluster, net: &NetSim, clogged: &mut BTreeSet<(u64, u64)>, a: u64, b: u64) {

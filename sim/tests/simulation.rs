@@ -7,7 +7,7 @@
 // Each run prints its seed first, so a run killed by a timeout still says which.
 #![allow(clippy::print_stderr)]
 
-use kv_sim::scenario::{run, Scenario};
+use kv_sim::scenario::{run, Scenario, Script};
 
 fn replay_hint(seed: u64, test: &str) -> String {
     format!(
@@ -21,8 +21,11 @@ async fn sweep_one(nodes: u64, test: &str) {
     eprintln!("seed {seed} ({nodes} nodes)");
     match run(Scenario::standard(nodes)).await {
         Ok(r) => eprintln!(
-            "seed {seed} ok: {} ops ({} indeterminate), {} node events checked",
-            r.ops, r.indeterminate, r.events
+            "seed {seed} ok: {} ops ({} indeterminate), {} node events checked, {:.1} s simulated",
+            r.ops,
+            r.indeterminate,
+            r.events,
+            r.simulated.as_secs_f64()
         ),
         Err(e) => panic!("seed {seed} FAILED: {e}\n{}", replay_hint(seed, test)),
     }
@@ -80,4 +83,40 @@ fn replay_trace_of_one_seed() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(3);
     eprintln!("{}", traced_run(seed, nodes));
+}
+
+/// A fixed scenario's trace, as kept in `sim/tests/snapshots/`.
+fn scripted_trace(seed: u64, script: Script) -> String {
+    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    rt.block_on(async move {
+        let mut scenario = Scenario::standard(3);
+        scenario.trace = true;
+        scenario.clients = 2;
+        scenario.fault_phase = std::time::Duration::from_secs(8);
+        scenario.script = Some(script);
+        match run(scenario).await {
+            Ok(r) => format!(
+                "{}ops: {} ({} indeterminate)\n",
+                r.trace, r.ops, r.indeterminate
+            ),
+            Err(e) => format!("FAILED: {e}"),
+        }
+    })
+}
+
+#[test]
+fn leader_crash_trace() {
+    insta::assert_snapshot!(scripted_trace(11, Script::LeaderCrash));
+}
+
+#[test]
+fn partition_heal_trace() {
+    insta::assert_snapshot!(scripted_trace(12, Script::PartitionHeal));
+}
+
+#[test]
+fn torn_wal_tail_trace() {
+    let trace = scripted_trace(13, Script::TornWalTail);
+    assert!(trace.contains("kept as a torn tail"), "{trace}");
+    insta::assert_snapshot!(trace);
 }
