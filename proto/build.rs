@@ -1,7 +1,7 @@
 //! Compiles `proto/*.proto` with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/raft.proto", "proto/kv.proto"];
+    let files = ["proto/raft.proto", "proto/kv.proto", "proto/client.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -1,13 +1,30 @@
-//! A blocking text-protocol client for `kv-cli`: it finds the leader by
-//! following REDIRECT, and retries what is safe to retry (no leader yet,
-//! a node down) until a deadline.
+//! A blocking client for `kv-cli` and the tests, speaking either protocol:
+//! it finds the leader by following REDIRECT, and retries what is safe to
+//! retry (no leader yet, a node down) until a deadline. Requests and answers
+//! use the text codec's types whichever protocol carries them.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kv_net::client::text::{parse_response, Response};
+use kv_net::client::binary::MAGIC;
+use kv_net::client::text::{encode_request, encode_response, parse_response, Request, Response};
+use kv_net::frame::encode_frame;
+use kv_proto::client as pb;
+use kv_proto::prost::Message as _;
+
+/// Which wire protocol a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Length-prefixed protobuf frames (any bytes in keys and values).
+    Binary,
+    /// One line per request.
+    Text,
+}
+
+/// Largest response frame accepted.
+const MAX_FRAME_BYTES: usize = 64 << 20;
 
 /// Most REDIRECTs followed for one request before giving up.
 const MAX_REDIRECTS: usize = 8;
@@ -18,6 +35,8 @@ pub struct Client {
     current: usize,
     conn: Option<(SocketAddr, BufReader<TcpStream>)>,
     timeout: Duration,
+    protocol: Protocol,
+    next_id: u64,
 }
 
 /// Why a request could not be answered.
@@ -33,6 +52,9 @@ pub enum ClientError {
         /// The last failure.
         last: String,
     },
+    /// The server's answer could not be understood.
+    #[error("unintelligible answer: {0}")]
+    Protocol(String),
     /// The request was sent but no answer came back: it may or may not have been applied.
     #[error(
         "connection to {addr} lost after sending the request; it may or may not have been applied"
@@ -44,8 +66,14 @@ pub enum ClientError {
 }
 
 impl Client {
-    /// A client for `addrs` (host:port each) with an overall per-request `timeout`.
+    /// A text-protocol client for `addrs` (host:port each) with an overall
+    /// per-request `timeout`.
     pub fn new(addrs: &[String], timeout: Duration) -> Result<Self> {
+        Self::with_protocol(addrs, timeout, Protocol::Text)
+    }
+
+    /// A client speaking `protocol`.
+    pub fn with_protocol(addrs: &[String], timeout: Duration, protocol: Protocol) -> Result<Self> {
         let mut resolved = Vec::new();
         for a in addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
             let addr = a
@@ -63,6 +91,8 @@ impl Client {
             current: 0,
             conn: None,
             timeout,
+            protocol,
+            next_id: 1,
         })
     }
 
@@ -73,10 +103,23 @@ impl Client {
             .map_or(self.addrs[self.current], |(a, _)| *a)
     }
 
-    /// Sends one request line and returns the final response line: REDIRECTs
-    /// are followed, `ERR no leader` and unreachable servers retried until
-    /// the timeout.
+    /// Sends one request and returns the final answer: REDIRECTs are
+    /// followed, `ERR no leader` and unreachable servers retried until the
+    /// timeout.
+    pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        let mut line = Vec::new();
+        encode_request(req, &mut line);
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let resp = self.run(text.trim_end(), Some(req))?;
+        parse_response(resp.as_bytes()).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Sends one request line and returns the final response line (see `call`).
     pub fn request(&mut self, line: &str) -> Result<String, ClientError> {
+        self.run(line, None)
+    }
+
+    fn run(&mut self, line: &str, req: Option<&Request>) -> Result<String, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let mut redirects = 0;
         let mut backoff = Duration::from_millis(20);
@@ -85,7 +128,7 @@ impl Client {
             if Instant::now() >= deadline {
                 return Err(self.unreachable(last));
             }
-            match self.exchange(line, deadline) {
+            match self.exchange(line, req, deadline) {
                 Ok(resp) => match parse_response(resp.as_bytes()) {
                     Ok(Response::Redirect(to)) if redirects < MAX_REDIRECTS => {
                         redirects += 1;
@@ -141,7 +184,12 @@ impl Client {
         }
     }
 
-    fn exchange(&mut self, line: &str, deadline: Instant) -> Result<String, Attempt> {
+    fn exchange(
+        &mut self,
+        line: &str,
+        req: Option<&Request>,
+        deadline: Instant,
+    ) -> Result<String, Attempt> {
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
@@ -150,7 +198,14 @@ impl Client {
             let stream = TcpStream::connect_timeout(&addr, remaining.min(Duration::from_secs(1)))
                 .map_err(|e| Attempt::Unreachable(format!("{addr}: {e}")))?;
             let _ = stream.set_nodelay(true);
-            self.conn = Some((addr, BufReader::new(stream)));
+            let mut reader = BufReader::new(stream);
+            if self.protocol == Protocol::Binary && reader.get_mut().write_all(&MAGIC).is_err() {
+                return Err(Attempt::Unreachable(format!("{addr}: connection closed")));
+            }
+            self.conn = Some((addr, reader));
+        }
+        if self.protocol == Protocol::Binary {
+            return self.exchange_binary(line, req, remaining);
         }
         let Some((addr, reader)) = self.conn.as_mut() else {
             return Err(Attempt::Unreachable("not connected".into()));
@@ -179,6 +234,110 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Sends a text request line as a binary frame and renders the answer as
+    /// a text response line.
+    fn exchange_binary(
+        &mut self,
+        line: &str,
+        req: Option<&Request>,
+        remaining: Duration,
+    ) -> Result<String, Attempt> {
+        let limits = kv_net::client::text::TextLimits {
+            max_line_bytes: usize::MAX,
+            max_key_bytes: usize::MAX,
+            max_value_bytes: usize::MAX,
+        };
+        let Some((addr, reader)) = self.conn.as_mut() else {
+            return Err(Attempt::Unreachable("not connected".into()));
+        };
+        let addr = *addr;
+        let parsed;
+        let req = match req {
+            Some(r) => r,
+            None => match kv_net::client::text::parse_request(line.as_bytes(), &limits) {
+                Ok(r) => {
+                    parsed = r;
+                    &parsed
+                }
+                // Malformed input is answered locally, as the server would in text.
+                Err(e) => return Ok(format!("ERR {e}")),
+            },
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut frame = Vec::new();
+        encode_frame(&to_binary(id, req), &mut frame);
+        let stream = reader.get_mut();
+        let _ = stream.set_read_timeout(Some(remaining));
+        if stream
+            .write_all(&frame)
+            .and_then(|()| stream.flush())
+            .is_err()
+        {
+            return Err(Attempt::Unreachable(format!("{addr}: connection closed")));
+        }
+        loop {
+            let mut len = [0u8; 4];
+            if reader.read_exact(&mut len).is_err() {
+                return Err(Attempt::Lost(addr));
+            }
+            let len = u32::from_be_bytes(len) as usize;
+            if len > MAX_FRAME_BYTES {
+                return Err(Attempt::Lost(addr));
+            }
+            let mut payload = vec![0u8; len];
+            if reader.read_exact(&mut payload).is_err() {
+                return Err(Attempt::Lost(addr));
+            }
+            let Ok(resp) = pb::Response::decode(payload.as_slice()) else {
+                return Err(Attempt::Lost(addr));
+            };
+            if resp.id != id && resp.id != 0 {
+                continue; // an answer to an earlier, abandoned request
+            }
+            let mut out = Vec::new();
+            encode_response(&from_binary(resp), &mut out);
+            return Ok(String::from_utf8_lossy(&out).trim_end().to_string());
+        }
+    }
+}
+
+/// A request as a binary frame.
+pub fn to_binary(id: u64, req: &Request) -> pb::Request {
+    use pb::request::Op;
+    let op = match req {
+        Request::Get { key } => Op::Get(pb::Get { key: key.clone() }),
+        Request::Set { key, value } => Op::Set(pb::Set {
+            key: key.clone(),
+            value: value.clone(),
+        }),
+        Request::Del { key } => Op::Del(pb::Del { key: key.clone() }),
+        Request::Cas { key, expected, new } => Op::Cas(pb::Cas {
+            key: key.clone(),
+            expected: expected.clone(),
+            new: new.clone(),
+        }),
+        Request::Ping => Op::Ping(pb::Ping {}),
+    };
+    pb::Request { id, op: Some(op) }
+}
+
+/// A binary answer in the text codec's terms.
+pub fn from_binary(resp: pb::Response) -> Response {
+    use pb::response::Result as R;
+    match resp.result {
+        Some(R::Ok(_)) => Response::Ok,
+        Some(R::Value(v)) => Response::Value(v.value),
+        Some(R::NotFound(_)) => Response::NotFound,
+        Some(R::CasFailed(c)) => Response::Fail(c.current),
+        Some(R::Pong(_)) => Response::Pong,
+        Some(R::Redirect(r)) => Response::Redirect(r.leader),
+        Some(R::Error(e)) => Response::Err(e.message),
+        None => Response::Err("empty response".into()),
+    }
+}
+
 enum Attempt {
     /// Nothing was sent; safe to try elsewhere.
     Unreachable(String),
@@ -189,4 +348,34 @@ enum Attempt {
 /// Whether a response line means the request failed (for exit codes).
 pub fn is_error(resp: &str) -> bool {
     resp.starts_with("ERR")
+}
+
+/// Builds a request from command-line words, one word per token, so a value
+/// may hold spaces (`kv-cli SET k "two words"`).
+pub fn request_from_words(words: &[String]) -> Result<Request, String> {
+    let b = |s: &String| bytes::Bytes::copy_from_slice(s.as_bytes());
+    let Some((name, args)) = words.split_first() else {
+        return Err("no command given".into());
+    };
+    match (name.to_ascii_uppercase().as_str(), args) {
+        ("GET", [k]) => Ok(Request::Get { key: b(k) }),
+        ("SET", [k, v]) => Ok(Request::Set {
+            key: b(k),
+            value: b(v),
+        }),
+        ("DEL", [k]) => Ok(Request::Del { key: b(k) }),
+        ("CAS", [k, e, n]) => Ok(Request::Cas {
+            key: b(k),
+            expected: b(e),
+            new: b(n),
+        }),
+        ("PING", []) => Ok(Request::Ping),
+        ("GET" | "DEL", _) => Err(format!("usage: {} <key>", name.to_ascii_uppercase())),
+        ("SET", _) => Err("usage: SET <key> <value>".into()),
+        ("CAS", _) => Err("usage: CAS <key> <expected> <new>".into()),
+        ("PING", _) => Err("usage: PING".into()),
+        _ => Err(format!(
+            "unknown command '{name}' (SET, GET, DEL, CAS, PING)"
+        )),
+    }
 }

@@ -197,7 +197,11 @@ impl MemFs {
         for (id, file) in s.files.iter_mut() {
             let mut keep = file.durable.clone();
             let unsynced = file.data.len().saturating_sub(file.durable.len());
-            if Some(*id) == torn && file.data.starts_with(&file.durable) && unsynced > 0 && rng.random_bool(0.5) {
+            if Some(*id) == torn
+                && file.data.starts_with(&file.durable)
+                && unsynced > 0
+                && rng.random_bool(0.5)
+            {
                 let tail = &file.data[file.durable.len()..];
                 let cut = rng.random_range(0..=tail.len());
                 keep.extend_from_slice(&tail[..cut]);

@@ -119,6 +119,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
     let history = Arc::new(HistoryRecorder::new());
     let stop_at = start + scenario.fault_phase;
     let mut client_tasks = Vec::new();
+    let mut client_nodes = Vec::new();
     for c in 1..=scenario.clients {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, c as u8));
         let node = handle
@@ -134,6 +135,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         };
         let client = Client::new(c, cluster.client_addrs.clone(), seed, cfg, history.clone());
         client_tasks.push(node.spawn(client.run()));
+        client_nodes.push(node.id());
     }
 
     if let Some(script) = scenario.script {
@@ -150,6 +152,34 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
     for t in client_tasks {
         let _ = t.await;
     }
+    let result = finish(
+        &scenario, &cluster, &handle, &checker, &history, seed, start,
+    )
+    .await;
+    // Kill every simulated node so their tasks are dropped now: tasks that
+    // wait on each other through channels would otherwise keep each other
+    // (and every simulated disk) alive after the runtime ends, and a long
+    // sweep in one process would run out of memory.
+    for id in cluster.ids() {
+        cluster.kill(id, 0);
+    }
+    for node in client_nodes {
+        handle.kill(node);
+    }
+    sleep(Duration::from_millis(1)).await;
+    result
+}
+
+/// Liveness, invariants and linearizability, once the faults are over.
+async fn finish(
+    scenario: &Scenario,
+    cluster: &SimCluster,
+    handle: &Handle,
+    checker: &InvariantChecker,
+    history: &HistoryRecorder,
+    seed: u64,
+    start: Instant,
+) -> Result<Report, String> {
     let with_trace = |e: String| {
         if scenario.trace {
             format!("{e}\ntrace:\n{}", checker.trace())
@@ -157,7 +187,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
             e
         }
     };
-    let converged = converge(&cluster, &handle, seed, scenario.heal_deadline).await;
+    let converged = converge(cluster, handle, seed, scenario.heal_deadline).await;
     if let Err(e) = converged {
         let violations = checker.violations();
         return Err(with_trace(format!("{e}; violations: {violations:?}")));
@@ -359,6 +389,7 @@ async fn converge(
         })
         .await
         .unwrap_or(false);
+    handle.kill(probe_node.id());
     if !wrote {
         return Err(format!(
             "liveness: no write committed within {deadline:?} after healing"

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use kv_bin::client::{is_error, Client};
+use kv_bin::client::{is_error, request_from_words, Client, Protocol};
+use kv_net::client::text::{encode_response, Response};
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
@@ -34,7 +35,12 @@ struct Args {
     #[arg(long, env = "KV_TIMEOUT", default_value_t = 5.0)]
     timeout: f64,
 
+    /// Wire protocol: binary (any bytes in keys and values) or text.
+    #[arg(long, env = "KV_PROTOCOL", value_enum, default_value_t = Protocol::Binary)]
+    protocol: Protocol,
+
     /// A command to run once (e.g. `SET a 1`); without one, start a prompt.
+    /// Each word is one token, so a quoted value may hold spaces.
     command: Vec<String>,
 }
 
@@ -48,7 +54,11 @@ fn main() -> ExitCode {
         eprintln!("error: --timeout must be a positive number of seconds");
         return ExitCode::from(EXIT_UNREACHABLE);
     }
-    let mut client = match Client::new(&args.addr, Duration::from_secs_f64(args.timeout)) {
+    let mut client = match Client::with_protocol(
+        &args.addr,
+        Duration::from_secs_f64(args.timeout),
+        args.protocol,
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -64,12 +74,19 @@ fn main() -> ExitCode {
             }
         }
     } else {
-        one_shot(&mut client, &args.command.join(" "))
+        one_shot(&mut client, &args.command)
     }
 }
 
-fn one_shot(client: &mut Client, line: &str) -> ExitCode {
-    match client.request(line) {
+fn one_shot(client: &mut Client, words: &[String]) -> ExitCode {
+    let req = match request_from_words(words) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_ERR);
+        }
+    };
+    match client.call(&req).map(|r| render(&r)) {
         Ok(resp) if is_error(&resp) => {
             eprintln!("{resp}");
             ExitCode::from(EXIT_ERR)
@@ -126,4 +143,11 @@ fn repl(client: &mut Client) -> Result<()> {
         let _ = editor.save_history(path);
     }
     Ok(())
+}
+
+/// A response as the line the text protocol would print.
+fn render(resp: &Response) -> String {
+    let mut out = Vec::new();
+    encode_response(resp, &mut out);
+    String::from_utf8_lossy(&out).trim_end().to_string()
 }

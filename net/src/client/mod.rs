@@ -1,5 +1,6 @@
-//! Everything clients talk to: the text protocol codec and the listener.
+//! Everything clients talk to: the text and binary protocols and the listener.
 
+pub mod binary;
 pub mod server;
 pub mod text;
 
@@ -18,6 +19,10 @@ pub struct ClientLimits {
     pub idle_timeout: Duration,
     /// A request not answered in this long gets `ERR timeout`.
     pub request_timeout: Duration,
+    /// Largest binary frame accepted.
+    pub max_frame_bytes: usize,
+    /// Binary requests in flight per connection.
+    pub max_pipeline: usize,
 }
 
 impl Default for ClientLimits {
@@ -27,6 +32,8 @@ impl Default for ClientLimits {
             max_connections: 1024,
             idle_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(5),
+            max_frame_bytes: 2 << 20,
+            max_pipeline: 1024,
         }
     }
 }

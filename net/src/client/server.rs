@@ -1,13 +1,14 @@
-//! The client listener: accepts connections, speaks the text protocol, and
-//! hands operations to the node's core task.
+//! The client listener: accepts connections, tells the text protocol from
+//! the binary one, and hands operations to the node's core task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use super::binary;
 use super::text::{encode_response, parse_request, LineError, LineReader, Request, Response};
 use super::ClientLimits;
 use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle};
@@ -71,12 +72,45 @@ impl ClientServer {
             let node = self.node.clone();
             let shutdown = self.shutdown.clone();
             tokio::spawn(async move {
-                let (reader, writer) = tokio::io::split(stream);
-                serve_text(reader, writer, &limits, &node, shutdown).await;
+                serve(stream, &limits, &node, shutdown).await;
                 drop(permit);
             });
         }
     }
+}
+
+/// Tells the protocols apart by the first byte (a binary connection starts
+/// with `binary::MAGIC`, whose first byte is NUL) and serves the connection.
+async fn serve(
+    stream: TcpStream,
+    limits: &ClientLimits,
+    node: &NodeHandle,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limits.idle_timeout, reader.read(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    if first[0] != binary::MAGIC[0] {
+        serve_text(reader, writer, limits, node, shutdown, &first).await;
+        return;
+    }
+    let mut rest = [0u8; 3];
+    let magic_ok = matches!(
+        tokio::time::timeout(limits.idle_timeout, reader.read_exact(&mut rest)).await,
+        Ok(Ok(_))
+    ) && rest == binary::MAGIC[1..];
+    if !magic_ok {
+        let _ = writer
+            .write_all(b"ERR invalid byte 0x00 in request (use the binary protocol)\n")
+            .await;
+        let _ = writer.flush().await;
+        return;
+    }
+    binary::serve_binary(reader, writer, limits, node, shutdown).await;
 }
 
 async fn refuse(mut stream: TcpStream) {
@@ -92,11 +126,12 @@ pub async fn serve_text<R, W>(
     limits: &ClientLimits,
     node: &NodeHandle,
     mut shutdown: watch::Receiver<bool>,
+    initial: &[u8],
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut lines = LineReader::new(reader, limits.text.max_line_bytes);
+    let mut lines = LineReader::with_initial(reader, limits.text.max_line_bytes, initial);
     let mut out = Vec::with_capacity(256);
     loop {
         let next = tokio::select! {

@@ -334,9 +334,17 @@ pub struct LineReader<R> {
 impl<R: AsyncRead + Unpin> LineReader<R> {
     /// A reader refusing lines longer than `max_line` bytes.
     pub fn new(inner: R, max_line: usize) -> Self {
+        Self::with_initial(inner, max_line, &[])
+    }
+
+    /// As `new`, with bytes already read from the stream (the listener reads
+    /// one to tell the protocols apart).
+    pub fn with_initial(inner: R, max_line: usize, initial: &[u8]) -> Self {
+        let mut buf = Vec::with_capacity(4096);
+        buf.extend_from_slice(initial);
         LineReader {
             inner,
-            buf: Vec::with_capacity(4096),
+            buf,
             scanned: 0,
             start: 0,
             max_line,
