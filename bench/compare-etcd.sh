@@ -41,8 +41,10 @@ for kind in w r; do
   extra=()
   if [ "$kind" = r ]; then extra=(--reads 1.0 --keys 1 --preload); else extra=(--reads 0.0 --keys 100000); fi
   for c in 1 16 64 256; do
-    json=$(target/release/kv-bench --addr "$addrs" --connections "$c" --duration "$secs" \
-      --key-size 16 --value-size 100 --json "${extra[@]}")
+    # As etcd's benchmark: C clients over min(C, 64) connections.
+    conns=$(( c < 64 ? c : 64 )); inflight=$(( c / conns ))
+    json=$(target/release/kv-bench --addr "$addrs" --protocol binary --connections "$conns" \
+      --inflight "$inflight" --duration "$secs" --key-size 16 --value-size 100 --json "${extra[@]}")
     python3 - "$kind" "$c" "$json" "${etcd_rps[$kind$c]}" "${etcd_p99[$kind$c]}" <<'PY'
 import json, sys
 kind, c, j, erps, ep99 = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])

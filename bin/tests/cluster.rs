@@ -100,7 +100,7 @@ impl Cluster {
                 if self.procs[id - 1].is_none() {
                     continue;
                 }
-                match try_request(self.client(id), "GET __leader_probe") {
+                match try_request(self.client(id), "GET lp") {
                     Some(r) if r.starts_with("VALUE") || r == "NOT_FOUND" => return id,
                     Some(r) if r.starts_with("REDIRECT ") => {
                         let addr: SocketAddr = r[9..].parse().unwrap();
@@ -366,4 +366,163 @@ fn bad_input_gets_a_clear_error_and_never_hurts_other_clients() {
     let _ = refused.0.read_line(&mut resp);
     assert_eq!(resp.trim_end(), "ERR too many connections");
     drop(held);
+}
+
+/// Binary protocol helpers: the preamble, then frames.
+mod binary {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use kv_proto::client as pb;
+    use kv_proto::prost::Message as _;
+
+    pub fn connect(addr: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&[0, b'K', b'V', b'B']).unwrap();
+        s
+    }
+
+    pub fn send_raw(s: &mut TcpStream, payload: &[u8]) {
+        s.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(payload).unwrap();
+    }
+
+    pub fn send(s: &mut TcpStream, req: &pb::Request) {
+        send_raw(s, &req.encode_to_vec());
+    }
+
+    /// The next response, or None if the server closed the connection.
+    pub fn recv(s: &mut TcpStream) -> Option<pb::Response> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).ok()?;
+        let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut payload).ok()?;
+        Some(pb::Response::decode(payload.as_slice()).unwrap())
+    }
+}
+
+#[test]
+fn the_binary_protocol_pipelines_requests_and_carries_any_bytes() {
+    use kv_proto::client::{self as pb, request::Op, response::Result as R};
+    let c = Cluster::start("binary", 3, &[]);
+    let leader = c.client(c.leader(Duration::from_secs(10)));
+    let mut s = binary::connect(leader);
+    // 200 writes sent back to back before reading any answer.
+    let value = bytes::Bytes::from_static(b"line one\nline two \x00 \xff");
+    for id in 1..=200u64 {
+        let key = bytes::Bytes::from(format!("bin key {id}"));
+        binary::send(
+            &mut s,
+            &pb::Request {
+                id,
+                op: Some(Op::Set(pb::Set {
+                    key,
+                    value: value.clone(),
+                })),
+            },
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let resp = binary::recv(&mut s).expect("an answer for every request");
+        assert!(matches!(resp.result, Some(R::Ok(_))), "{resp:?}");
+        assert!(seen.insert(resp.id), "one answer per id");
+    }
+    assert_eq!(seen.len(), 200);
+    let get = pb::Request {
+        id: 7,
+        op: Some(Op::Get(pb::Get {
+            key: bytes::Bytes::from_static(b"bin key 42"),
+        })),
+    };
+    binary::send(&mut s, &get);
+    let resp = binary::recv(&mut s).unwrap();
+    assert_eq!(
+        (resp.id, resp.result),
+        (7, Some(R::Value(pb::Value { value })))
+    );
+
+    // A follower answers with a typed redirect.
+    let follower = (1..=3).map(|i| c.client(i)).find(|a| *a != leader).unwrap();
+    let mut f = binary::connect(follower);
+    binary::send(
+        &mut f,
+        &pb::Request {
+            id: 9,
+            op: Some(Op::Ping(pb::Ping {})),
+        },
+    );
+    assert!(matches!(
+        binary::recv(&mut f).unwrap().result,
+        Some(R::Pong(_))
+    ));
+    binary::send(&mut f, &get);
+    let resp = binary::recv(&mut f).unwrap();
+    assert_eq!(
+        resp.result,
+        Some(R::Redirect(pb::Redirect {
+            leader: leader.to_string()
+        }))
+    );
+}
+
+#[test]
+fn malformed_binary_frames_get_an_error_or_a_closed_connection() {
+    use kv_proto::client::{self as pb, error::Kind, request::Op, response::Result as R};
+    let c = Cluster::start("badbinary", 3, &["--max-key-bytes", "8"]);
+    let leader = c.client(c.leader(Duration::from_secs(10)));
+    let kind = |r: &pb::Response| match &r.result {
+        Some(R::Error(e)) => Some(e.kind),
+        _ => None,
+    };
+    let mut s = binary::connect(leader);
+    // Undecodable payload: an error, and the connection stays usable.
+    binary::send_raw(&mut s, &[0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(
+        kind(&binary::recv(&mut s).unwrap()),
+        Some(Kind::BadRequest as i32)
+    );
+    // No operation.
+    binary::send(&mut s, &pb::Request { id: 3, op: None });
+    let r = binary::recv(&mut s).unwrap();
+    assert_eq!((r.id, kind(&r)), (3, Some(Kind::BadRequest as i32)));
+    // A key over the limit.
+    let long = pb::Request {
+        id: 4,
+        op: Some(Op::Get(pb::Get {
+            key: bytes::Bytes::from(vec![b'k'; 9]),
+        })),
+    };
+    binary::send(&mut s, &long);
+    let r = binary::recv(&mut s).unwrap();
+    assert_eq!((r.id, kind(&r)), (4, Some(Kind::BadRequest as i32)));
+    binary::send(
+        &mut s,
+        &pb::Request {
+            id: 5,
+            op: Some(Op::Ping(pb::Ping {})),
+        },
+    );
+    assert_eq!(binary::recv(&mut s).unwrap().id, 5, "still usable");
+    // A frame over the size limit: an error, then the connection closes.
+    s.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
+    assert_eq!(
+        kind(&binary::recv(&mut s).unwrap()),
+        Some(Kind::BadRequest as i32)
+    );
+    assert!(
+        binary::recv(&mut s).is_none(),
+        "closed after an oversize frame"
+    );
+    // A bad preamble is refused in text.
+    let mut t = TcpStream::connect(leader).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    t.write_all(b"\0XYZ").unwrap();
+    let mut resp = String::new();
+    BufReader::new(t).read_line(&mut resp).unwrap();
+    assert!(resp.starts_with("ERR"), "{resp}");
+    // The node still serves everyone else.
+    assert_eq!(c.request("PING"), "PONG");
 }

@@ -74,7 +74,7 @@ struct Args {
 enum Protocol {
     /// The line protocol.
     Text,
-    /// The framed binary protocol (not available yet).
+    /// The framed binary protocol (requests pipelined with ids).
     Binary,
 }
 
@@ -143,6 +143,86 @@ async fn connection(addr: SocketAddr, id: usize, args: Arc<Args>, stats: Arc<Sta
     Ok(())
 }
 
+/// One binary connection: up to `inflight` requests outstanding, answered
+/// in any order and matched by id.
+async fn binary_connection(
+    addr: SocketAddr,
+    id: usize,
+    args: Arc<Args>,
+    stats: Arc<Stats>,
+) -> Result<()> {
+    use kv_net::client::binary::MAGIC;
+    use kv_net::frame::{encode_frame, FrameReader};
+    use kv_proto::client::{self as pb, request::Op};
+    use kv_proto::prost::Message as _;
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(&MAGIC).await?;
+    let mut frames = FrameReader::new(read, 64 << 20);
+    let mut rng = ChaCha8Rng::seed_from_u64(id as u64);
+    let value = bytes::Bytes::from(vec![b'v'; args.value_size]);
+    let mut sent_at = std::collections::HashMap::with_capacity(args.inflight);
+    let mut next_id = 1u64;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let limit = args.count.unwrap_or(u64::MAX);
+    loop {
+        buf.clear();
+        while sent_at.len() < args.inflight && !stats.stop.load(Ordering::Relaxed) {
+            let key = bytes::Bytes::from(key(rng.random_range(0..args.keys), args.key_size));
+            let op = if rng.random_bool(args.reads.clamp(0.0, 1.0)) {
+                Op::Get(pb::Get { key })
+            } else {
+                Op::Set(pb::Set {
+                    key,
+                    value: value.clone(),
+                })
+            };
+            encode_frame(
+                &pb::Request {
+                    id: next_id,
+                    op: Some(op),
+                },
+                &mut buf,
+            );
+            sent_at.insert(next_id, Instant::now());
+            next_id += 1;
+        }
+        if !buf.is_empty() {
+            write.write_all(&buf).await?;
+        }
+        if sent_at.is_empty() {
+            break;
+        }
+        let Some(payload) = frames.next_frame().await? else {
+            bail!("{addr} closed the connection")
+        };
+        let resp = pb::Response::decode(payload)?;
+        let Some(started) = sent_at.remove(&resp.id) else {
+            continue;
+        };
+        let _ = local.record(started.elapsed().as_micros() as u64);
+        if matches!(
+            resp.result,
+            Some(pb::response::Result::Error(_)) | Some(pb::response::Result::Redirect(_))
+        ) {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if stats.done.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
+            stats.stop.store(true, Ordering::Relaxed);
+        }
+    }
+    stats
+        .latency_us
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+        .add(&local)?;
+    Ok(())
+}
+
 fn find_leader(addrs: &[String]) -> Result<SocketAddr> {
     let mut client = Client::new(addrs, Duration::from_secs(10))?;
     // A GET is answered only by the leader; the client follows REDIRECT there.
@@ -168,9 +248,6 @@ fn preload(leader: SocketAddr, args: &Args) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Arc::new(Args::parse());
-    if args.protocol == Protocol::Binary {
-        bail!("the binary protocol is not implemented yet; use --protocol text");
-    }
     if args.connections == 0 || args.inflight == 0 {
         bail!("--connections and --inflight must be at least 1");
     }
@@ -200,12 +277,13 @@ fn main() -> Result<()> {
     let result: Result<()> = runtime.block_on(async {
         let mut tasks = Vec::new();
         for id in 0..args.connections {
-            tasks.push(tokio::spawn(connection(
-                leader,
-                id,
-                args.clone(),
-                stats.clone(),
-            )));
+            let task = match args.protocol {
+                Protocol::Text => tokio::spawn(connection(leader, id, args.clone(), stats.clone())),
+                Protocol::Binary => {
+                    tokio::spawn(binary_connection(leader, id, args.clone(), stats.clone()))
+                }
+            };
+            tasks.push(task);
         }
         let deadline = start + Duration::from_secs_f64(args.duration);
         while !stats.stop.load(Ordering::Relaxed) {
