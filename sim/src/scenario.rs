@@ -238,7 +238,7 @@ async fn nemesis(cluster: &mut SimCluster, rng: &mut ChaCha8Rng, until: Instant)
         let random = ids[rng.random_range(0..ids.len())];
         // Most faults aim at the leader: that is where Raft's hard cases are.
         let leader = cluster.checker.current_leader().unwrap_or(random);
-        match rng.random_range(0..20) {
+        match rng.random_range(0..21) {
             0..=3 => cluster.kill(leader, rng.random()),
             4 | 5 => cluster.kill(random, rng.random()),
             6..=9 => {
@@ -272,6 +272,7 @@ async fn nemesis(cluster: &mut SimCluster, rng: &mut ChaCha8Rng, until: Instant)
                 }
                 cluster.checker.note(&format!("isolate n{victim}"));
             }
+            20 => swizzle(cluster, &net, &mut clogged, rng).await,
             14 => {
                 let other = ids[rng.random_range(0..ids.len())];
                 if other != random {
@@ -333,6 +334,48 @@ async fn run_script(cluster: &mut SimCluster, script: Script, until: Instant) {
     let now = Instant::now();
     if until > now {
         sleep(until - now).await;
+    }
+}
+
+/// Jepsen's "swizzle": cut nodes off one by one in a random order, then
+/// reconnect them one by one in another, so leadership moves around while
+/// the majority changes shape.
+async fn swizzle(
+    cluster: &SimCluster,
+    net: &NetSim,
+    clogged: &mut BTreeSet<(u64, u64)>,
+    rng: &mut ChaCha8Rng,
+) {
+    let mut order = cluster.ids();
+    shuffle(&mut order, rng);
+    cluster.checker.note(&format!("swizzle clog {order:?}"));
+    for &victim in &order {
+        for other in cluster.ids().into_iter().filter(|&o| o != victim) {
+            clog(cluster, net, clogged, victim, other);
+            clog(cluster, net, clogged, other, victim);
+        }
+        sleep(Duration::from_millis(rng.random_range(50..300))).await;
+    }
+    shuffle(&mut order, rng);
+    cluster.checker.note(&format!("swizzle unclog {order:?}"));
+    let mut open: Vec<u64> = Vec::new();
+    for &back in &order {
+        for &o in &open {
+            for (a, b) in [(back, o), (o, back)] {
+                if let (Some(x), Some(y)) = (cluster.madsim_id(a), cluster.madsim_id(b)) {
+                    net.unclog_link(x, y);
+                    clogged.remove(&(a, b));
+                }
+            }
+        }
+        open.push(back);
+        sleep(Duration::from_millis(rng.random_range(50..300))).await;
+    }
+}
+
+fn shuffle(items: &mut [u64], rng: &mut ChaCha8Rng) {
+    for i in (1..items.len()).rev() {
+        items.swap(i, rng.random_range(0..=i));
     }
 }
 
