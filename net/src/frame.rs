@@ -95,13 +95,7 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
+    use crate::test_util::{block_on, Pieces};
 
     #[test]
     fn frames_round_trip_even_when_read_byte_by_byte() {
@@ -120,7 +114,7 @@ mod tests {
         encode_frame(&b, &mut wire);
         encode_frame(&HardState::default(), &mut wire); // an empty payload
         block_on(async {
-            let reader = tokio_test_reader(wire, 1);
+            let reader = Pieces(wire, 1);
             let mut r = FrameReader::new(reader, 1024);
             assert_eq!(
                 HardState::decode(r.next_frame().await.unwrap().unwrap()).unwrap(),
@@ -140,7 +134,7 @@ mod tests {
         block_on(async {
             let mut wire = Vec::new();
             wire.extend_from_slice(&2000u32.to_be_bytes());
-            let mut r = FrameReader::new(tokio_test_reader(wire, 64), 1024);
+            let mut r = FrameReader::new(Pieces(wire, 64), 1024);
             assert!(matches!(
                 r.next_frame().await,
                 Err(FrameError::TooLarge {
@@ -158,28 +152,10 @@ mod tests {
                 &mut wire,
             );
             wire.pop();
-            let mut r = FrameReader::new(tokio_test_reader(wire, 64), 1024);
+            let mut r = FrameReader::new(Pieces(wire, 64), 1024);
             assert!(matches!(r.next_frame().await, Err(FrameError::Truncated)));
-            let mut r = FrameReader::new(tokio_test_reader(vec![0, 0], 64), 1024);
+            let mut r = FrameReader::new(Pieces(vec![0, 0], 64), 1024);
             assert!(matches!(r.next_frame().await, Err(FrameError::Truncated)));
         });
-    }
-
-    /// A reader handing out `data` in pieces of `step` bytes.
-    fn tokio_test_reader(data: Vec<u8>, step: usize) -> impl AsyncRead + Unpin {
-        struct Pieces(Vec<u8>, usize);
-        impl AsyncRead for Pieces {
-            fn poll_read(
-                mut self: std::pin::Pin<&mut Self>,
-                _: &mut std::task::Context<'_>,
-                buf: &mut tokio::io::ReadBuf<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                let n = self.1.min(self.0.len()).min(buf.remaining());
-                let piece: Vec<u8> = self.0.drain(..n).collect();
-                buf.put_slice(&piece);
-                std::task::Poll::Ready(Ok(()))
-            }
-        }
-        Pieces(data, step)
     }
 }

@@ -16,3 +16,6 @@ pub mod fs;
 pub mod node;
 pub mod storage;
 pub mod transport;
+
+#[cfg(test)]
+mod test_util;

@@ -9,48 +9,8 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-/// What a client asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Input {
-    /// GET key
-    Get {
-        /// The key.
-        key: Bytes,
-    },
-    /// SET key value
-    Set {
-        /// The key.
-        key: Bytes,
-        /// The value.
-        value: Bytes,
-    },
-    /// DEL key
-    Del {
-        /// The key.
-        key: Bytes,
-    },
-    /// CAS key expected new
-    Cas {
-        /// The key.
-        key: Bytes,
-        /// The value it must hold.
-        expected: Bytes,
-        /// The value to write.
-        new: Bytes,
-    },
-}
-
-impl Input {
-    /// The key the operation touches.
-    pub fn key(&self) -> &Bytes {
-        match self {
-            Input::Get { key }
-            | Input::Set { key, .. }
-            | Input::Del { key }
-            | Input::Cas { key, .. } => key,
-        }
-    }
-}
+/// What a client asked for: the node's own operation type.
+pub use kv_net::node::ClientOp as Input;
 
 /// What a client was told.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -6,7 +6,7 @@ use kv_proto::raft::{
 };
 
 use super::core::RaftCore;
-use super::progress::ReplicationState;
+use super::progress::{Progress, ReplicationState};
 use super::quorum::{committed_index, majority};
 use super::ready::Role;
 
@@ -160,16 +160,23 @@ impl RaftCore {
         had_entries
     }
 
+    /// The progress of a follower that answered in our term, marked active
+    /// (check-quorum) and credited with the read round it echoed (ReadIndex).
+    fn responder(&mut self, from: u64, round: u64) -> Option<&mut Progress> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let p = self.progress.get_mut(&from)?;
+        p.recent_active = true;
+        p.acked_round = p.acked_round.max(round);
+        Some(p)
+    }
+
     /// A follower answered an append in our term.
     pub(super) fn handle_append_response(&mut self, from: u64, r: AppendEntriesResponse) {
-        if self.role != Role::Leader {
-            return;
-        }
-        let Some(p) = self.progress.get_mut(&from) else {
+        let Some(p) = self.responder(from, r.round) else {
             return;
         };
-        p.recent_active = true;
-        p.acked_round = p.acked_round.max(r.round);
         if r.success {
             let advanced = p.on_match(r.match_index);
             if p.state == ReplicationState::Snapshot
@@ -305,14 +312,9 @@ impl RaftCore {
 
     /// A follower answered a snapshot chunk.
     pub(super) fn handle_snapshot_response(&mut self, from: u64, r: InstallSnapshotResponse) {
-        if self.role != Role::Leader {
-            return;
-        }
-        let Some(p) = self.progress.get_mut(&from) else {
+        let Some(p) = self.responder(from, r.round) else {
             return;
         };
-        p.recent_active = true;
-        p.acked_round = p.acked_round.max(r.round);
         let current = p.transfer.as_ref().map(|t| t.snapshot.meta);
         if p.state != ReplicationState::Snapshot || current != Some(r.meta) {
             self.confirm_reads();

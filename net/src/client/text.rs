@@ -396,6 +396,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{block_on, Pieces};
 
     fn limits() -> TextLimits {
         TextLimits {
@@ -533,33 +534,10 @@ mod tests {
         assert_eq!(parse_request(&out[..out.len() - 1], &limits()), Ok(req));
     }
 
-    /// A reader that hands out its data in fixed-size pieces.
-    struct Trickle(Vec<u8>, usize);
-
-    impl AsyncRead for Trickle {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            let n = self.1.min(self.0.len()).min(buf.remaining());
-            let piece: Vec<u8> = self.0.drain(..n).collect();
-            buf.put_slice(&piece);
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
-
     #[test]
     fn line_reader_joins_pieces_and_splits_lines() {
         block_on(async {
-            let mut r = LineReader::new(Trickle(b"PING\r\nGET a\nSET b 2\n".to_vec(), 3), 64);
+            let mut r = LineReader::new(Pieces(b"PING\r\nGET a\nSET b 2\n".to_vec(), 3), 64);
             assert_eq!(r.next_line().await.unwrap().unwrap(), b"PING\r");
             assert_eq!(r.next_line().await.unwrap().unwrap(), b"GET a");
             assert_eq!(r.next_line().await.unwrap().unwrap(), b"SET b 2");
@@ -570,17 +548,17 @@ mod tests {
     #[test]
     fn line_reader_refuses_an_over_long_line_and_a_truncated_one() {
         block_on(async {
-            let mut r = LineReader::new(Trickle(vec![b'x'; 200], 7), 64);
+            let mut r = LineReader::new(Pieces(vec![b'x'; 200], 7), 64);
             assert!(matches!(
                 r.next_line().await,
                 Err(LineError::TooLong { max: 64 })
             ));
-            let mut r = LineReader::new(Trickle(b"GET a".to_vec(), 100), 64);
+            let mut r = LineReader::new(Pieces(b"GET a".to_vec(), 100), 64);
             assert!(matches!(r.next_line().await, Err(LineError::Truncated)));
             // Exactly at the limit is fine.
             let mut line = vec![b'y'; 64];
             line.push(b'\n');
-            let mut r = LineReader::new(Trickle(line, 5), 64);
+            let mut r = LineReader::new(Pieces(line, 5), 64);
             assert_eq!(r.next_line().await.unwrap().unwrap().len(), 64);
         });
     }

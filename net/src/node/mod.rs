@@ -64,6 +64,18 @@ pub enum ClientOp {
     },
 }
 
+impl ClientOp {
+    /// The key the operation touches.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            ClientOp::Get { key }
+            | ClientOp::Set { key, .. }
+            | ClientOp::Del { key }
+            | ClientOp::Cas { key, .. } => key,
+        }
+    }
+}
+
 /// How the node answered a client operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientReply {
