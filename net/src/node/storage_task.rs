@@ -136,6 +136,8 @@ async fn run<F: FileSystem + Send + 'static>(
     mut latency: DiskLatency,
 ) {
     let mut next: Option<StorageJob> = None;
+    // Term and vote as of the last fsync.
+    let mut synced_term_vote = (0u64, 0u64);
     loop {
         let job = match next.take() {
             Some(job) => job,
@@ -161,21 +163,42 @@ async fn run<F: FileSystem + Send + 'static>(
                     }
                 }
                 debug_assert!(!batch.is_empty());
-                let (storage, written, done) = blocking(storage, move |s| {
-                    match s.write(batch.hard_state.as_ref(), &batch.entries) {
-                        Ok(wrote) => (Ok(()), (wrote, batch.done)),
-                        Err(e) => (Err(e), (false, batch.done)),
+                // Entries, a term or a vote must be durable before anything
+                // that depends on them leaves. A commit index alone need
+                // not be: a crash that loses it only makes the node relearn
+                // it from the leader. Skipping those fsyncs halves the disk
+                // work of a lone client's write.
+                let must_sync = !batch.entries.is_empty()
+                    || batch
+                        .hard_state
+                        .is_some_and(|h| (h.term, h.vote) != synced_term_vote);
+                if let Some(h) = batch.hard_state {
+                    if must_sync {
+                        synced_term_vote = (h.term, h.vote);
                     }
-                })
-                .await;
-                match written {
-                    Err(e) => (storage, Err(e), done.1),
-                    Ok(()) if !done.0 => (storage, Ok(()), done.1),
-                    Ok(()) => {
-                        // The write is in the page cache, not yet durable: a
-                        // simulated crash here loses it (or tears it).
-                        disk_latency(&mut latency).await;
-                        blocking(storage, move |s| (s.sync(), done.1)).await
+                }
+                if must_sync && latency.max.is_zero() {
+                    // One trip to the blocking pool for write and fsync.
+                    let done = batch.done;
+                    let (hs, entries) = (batch.hard_state, batch.entries);
+                    blocking(storage, move |s| (s.append(hs.as_ref(), &entries), done)).await
+                } else {
+                    let (storage, written, done) = blocking(storage, move |s| {
+                        match s.write(batch.hard_state.as_ref(), &batch.entries) {
+                            Ok(wrote) => (Ok(()), (wrote, batch.done)),
+                            Err(e) => (Err(e), (false, batch.done)),
+                        }
+                    })
+                    .await;
+                    match written {
+                        Err(e) => (storage, Err(e), done.1),
+                        Ok(()) if !done.0 || !must_sync => (storage, Ok(()), done.1),
+                        Ok(()) => {
+                            // The write is in the page cache, not yet durable: a
+                            // simulated crash here loses it (or tears it).
+                            disk_latency(&mut latency).await;
+                            blocking(storage, move |s| (s.sync(), done.1)).await
+                        }
                     }
                 }
             }
