@@ -159,6 +159,13 @@ impl SimCluster {
         ));
     }
 
+    /// Kills `id` (if any) with a torn-write seed drawn from `rng`.
+    pub fn kill_if_some(&mut self, id: Option<u64>, rng: &mut impl rand::Rng) {
+        if let Some(id) = id {
+            self.kill(id, rng.random());
+        }
+    }
+
     /// Restarts a killed node from its disk.
     pub fn restart(&mut self, id: u64) {
         let Some(node) = self.nodes.get_mut(&id) else {

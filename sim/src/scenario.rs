@@ -239,7 +239,9 @@ async fn nemesis(cluster: &mut SimCluster, rng: &mut ChaCha8Rng, until: Instant)
         // Most faults aim at the leader: that is where Raft's hard cases are.
         let leader = cluster.checker.current_leader().unwrap_or(random);
         match rng.random_range(0..21) {
-            0..=3 => cluster.kill(leader, rng.random()),
+            0 | 1 => cluster.kill(leader, rng.random()),
+            // A new leader dies before its first entry spreads (Figure 8).
+            2 | 3 => kill_next_leader(cluster, rng).await,
             4 | 5 => cluster.kill(random, rng.random()),
             6..=9 => {
                 for &id in &ids {
@@ -334,6 +336,26 @@ async fn run_script(cluster: &mut SimCluster, script: Script, until: Instant) {
     let now = Instant::now();
     if until > now {
         sleep(until - now).await;
+    }
+}
+
+/// Waits (up to 2 s) for leadership to change hands, then kills the new
+/// leader within a few milliseconds: entries of earlier terms are then
+/// replicated without one of the new term, the case of the paper's Figure 8.
+async fn kill_next_leader(cluster: &mut SimCluster, rng: &mut ChaCha8Rng) {
+    let old = cluster.checker.current_leader();
+    cluster.kill_if_some(old, rng);
+    let give_up = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < give_up {
+        sleep(Duration::from_millis(5)).await;
+        let now = cluster.checker.current_leader();
+        if now.is_some() && now != old {
+            sleep(Duration::from_millis(rng.random_range(0..30))).await;
+            if let Some(l) = now {
+                cluster.kill(l, rng.random());
+            }
+            return;
+        }
     }
 }
 
