@@ -86,6 +86,28 @@ struct Stats {
     latency_us: Mutex<Histogram<u64>>,
 }
 
+impl Stats {
+    /// Counts one answer sent at `started`; stops everyone at `limit`.
+    fn answered(&self, local: &mut Histogram<u64>, started: Instant, failed: bool, limit: u64) {
+        let _ = local.record(started.elapsed().as_micros() as u64);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.done.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds one connection's latencies to the shared histogram.
+    fn merge(&self, local: &Histogram<u64>) -> Result<()> {
+        self.latency_us
+            .lock()
+            .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+            .add(local)?;
+        Ok(())
+    }
+}
+
 fn key(i: u64, size: usize) -> String {
     let k = format!("k{i:0>width$}", width = size.saturating_sub(1));
     k[..size.max(1).min(k.len())].to_string()
@@ -127,20 +149,10 @@ async fn connection(addr: SocketAddr, id: usize, args: Arc<Args>, stats: Arc<Sta
         if lines.read_line(&mut line).await? == 0 {
             bail!("{addr} closed the connection");
         }
-        let _ = local.record(started.elapsed().as_micros() as u64);
-        if line.starts_with("ERR") || line.starts_with("REDIRECT") {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        if stats.done.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
-            stats.stop.store(true, Ordering::Relaxed);
-        }
+        let failed = line.starts_with("ERR") || line.starts_with("REDIRECT");
+        stats.answered(&mut local, started, failed, limit);
     }
-    stats
-        .latency_us
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
-        .add(&local)?;
-    Ok(())
+    stats.merge(&local)
 }
 
 /// One binary connection: up to `inflight` requests outstanding, answered
@@ -204,23 +216,13 @@ async fn binary_connection(
         let Some(started) = sent_at.remove(&resp.id) else {
             continue;
         };
-        let _ = local.record(started.elapsed().as_micros() as u64);
-        if matches!(
+        let failed = matches!(
             resp.result,
             Some(pb::response::Result::Error(_)) | Some(pb::response::Result::Redirect(_))
-        ) {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        if stats.done.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
-            stats.stop.store(true, Ordering::Relaxed);
-        }
+        );
+        stats.answered(&mut local, started, failed, limit);
     }
-    stats
-        .latency_us
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
-        .add(&local)?;
-    Ok(())
+    stats.merge(&local)
 }
 
 fn find_leader(addrs: &[String]) -> Result<SocketAddr> {
