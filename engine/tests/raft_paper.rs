@@ -35,9 +35,11 @@ fn core_with_log(id: u64, n: u64, term: u64, terms: &[u64]) -> RaftCore {
             term,
             vote: 0,
             commit: 0,
+            ..Default::default()
         },
         snapshot: None,
         entries,
+        ..Default::default()
     };
     RaftCore::new(config(id, n), restored).unwrap()
 }
@@ -94,6 +96,7 @@ fn request_vote(from: u64, to: u64, term: u64, last: (u64, u64)) -> Message {
         pre_vote: false,
         last_log_index: last.0,
         last_log_term: last.1,
+        transfer: false,
     };
     msg(from, to, term, Body::RequestVote(rv))
 }
@@ -210,7 +213,8 @@ fn a_follower_that_times_out_becomes_candidate_and_asks_for_votes() {
         Some(HardState {
             term: 3,
             vote: 1,
-            commit: 0
+            commit: 0,
+            ..Default::default()
         })
     );
     assert!(
@@ -221,6 +225,7 @@ fn a_follower_that_times_out_becomes_candidate_and_asks_for_votes() {
         pre_vote: false,
         last_log_index: 2,
         last_log_term: 2,
+        transfer: false,
     };
     assert_eq!(
         bodies(&rd.persisted_messages),

@@ -18,8 +18,17 @@ use support::{Cluster, NetFaults, Violation};
 const FAULT_STEPS: u64 = 500;
 const LIVENESS_STEPS: u64 = 400;
 
-/// Runs one seed; returns (proposals accepted, reads served).
-fn run_seed(seed: u64, trace: bool) -> Result<(u64, u64), Violation> {
+/// What one seed exercised.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    proposals: u64,
+    reads: u64,
+    damaged: u64,
+    repaired: u64,
+}
+
+/// Runs one seed; returns what it exercised.
+fn run_seed(seed: u64, trace: bool) -> Result<Counts, Violation> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
     let n = if rng.random_bool(0.5) { 3 } else { 5 };
     let faults = NetFaults {
@@ -27,7 +36,16 @@ fn run_seed(seed: u64, trace: bool) -> Result<(u64, u64), Violation> {
         duplicate: rng.random_range(0.0..0.1),
         max_delay: rng.random_range(0..6),
     };
-    let mut c = Cluster::new(n, seed, faults);
+    // Half the seeds start from empty storage and must discover that the
+    // cluster is new; the others start as members of a known new cluster.
+    let mut c = if rng.random_bool(0.5) {
+        Cluster::new_fresh(n, seed, faults)
+    } else {
+        Cluster::new(n, seed, faults)
+    };
+    // Disk damage (a wiped disk, a damaged record or snapshot) on at most a
+    // minority at a time, in a third of the seeds.
+    let damage_rate = if rng.random_bool(0.33) { 2 } else { 0 };
     if trace {
         c.trace = Some(String::new());
     }
@@ -55,7 +73,12 @@ fn run_seed(seed: u64, trace: bool) -> Result<(u64, u64), Violation> {
                     let down = ids.iter().filter(|&&i| !c.nodes[&i].up).count();
                     if down < (n as usize - 1) / 2 {
                         let victim = ids[rng.random_range(0..ids.len())];
-                        if c.nodes[&victim].up {
+                        // A node that never wrote anything comes back as a
+                        // wiped one would: that counts as damage.
+                        let as_damage =
+                            c.nodes[&victim].disk.is_empty() && !c.not_voters().contains(&victim);
+                        let budget_left = c.not_voters().len() < (n as usize - 1) / 2;
+                        if c.nodes[&victim].up && (!as_damage || budget_left) {
                             c.crash(victim);
                         }
                     }
@@ -89,6 +112,20 @@ fn run_seed(seed: u64, trace: bool) -> Result<(u64, u64), Violation> {
                     }
                 }
                 56..=58 => c.heal(),
+                59..=60 if rng.random_range(0..2) < damage_rate => {
+                    let victim = ids[rng.random_range(0..ids.len())];
+                    let damaged = c.not_voters();
+                    if damaged.contains(&victim) || damaged.len() + 1 > (n as usize - 1) / 2 {
+                        continue;
+                    }
+                    if rng.random_bool(0.4) {
+                        c.wipe(victim)?;
+                    } else {
+                        let held = c.nodes[&victim].disk.entries.len();
+                        let keep = rng.random_range(0..=held);
+                        c.damage(victim, keep, rng.random_bool(0.2))?;
+                    }
+                }
                 _ => {}
             }
         }
@@ -127,15 +164,15 @@ fn run_seed(seed: u64, trace: bool) -> Result<(u64, u64), Violation> {
                         && node.applied == first.applied
                         && node.chain == first.chain
                 });
-                if converged {
+                // Every damaged node must be a voter again.
+                if converged && c.not_voters().is_empty() {
                     return Ok(());
                 }
             }
         }
         Err(Violation(format!(
-            "no convergence within {LIVENESS_STEPS} steps after healing (leader {:?}, applied {:?})",
-            c.leader(),
-            ids.iter().map(|id| c.nodes[id].applied).collect::<Vec<_>>()
+            "no convergence within {LIVENESS_STEPS} steps after healing:{}",
+            c.describe()
         )))
     })();
     if trace {
@@ -143,7 +180,12 @@ fn run_seed(seed: u64, trace: bool) -> Result<(u64, u64), Violation> {
             println!("{t}");
         }
     }
-    result.map(|()| (c.proposals, c.reads_served))
+    result.map(|()| Counts {
+        proposals: c.proposals,
+        reads: c.reads_served,
+        damaged: c.damaged,
+        repaired: c.repaired,
+    })
 }
 
 #[test]
@@ -163,12 +205,14 @@ fn safety_and_liveness_hold_across_seeds() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let (mut proposals, mut reads) = (0, 0);
+    let mut total = Counts::default();
     for seed in first..first + seeds {
         match run_seed(seed, false) {
-            Ok((p, r)) => {
-                proposals += p;
-                reads += r;
+            Ok(c) => {
+                total.proposals += c.proposals;
+                total.reads += c.reads;
+                total.damaged += c.damaged;
+                total.repaired += c.repaired;
             }
             Err(v) => panic!(
                 "seed {seed} failed: {}\nreplay with its trace: RAFT_SEED={seed} cargo test -p kv-engine --test seeded_network -- --nocapture",
@@ -176,7 +220,19 @@ fn safety_and_liveness_hold_across_seeds() {
             ),
         }
     }
-    println!("{seeds} seeds passed: {proposals} proposals accepted, {reads} reads served");
+    let Counts {
+        proposals,
+        reads,
+        damaged,
+        repaired,
+    } = total;
+    println!(
+        "{seeds} seeds passed: {proposals} proposals accepted, {reads} reads served, \
+         {damaged} disks wiped or damaged, {repaired} repairs"
+    );
     assert!(proposals > seeds, "the workload must actually write");
     assert!(reads > 0, "the workload must actually read");
+    if seeds >= 100 {
+        assert!(damaged > 0 && repaired > 0, "disk damage must be exercised");
+    }
 }

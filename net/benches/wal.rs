@@ -124,6 +124,7 @@ fn group_commit(writers: usize, secs: f64) -> (f64, Duration, Duration) {
                         term: 1,
                         vote: 1,
                         commit: index,
+                        ..Default::default()
                     }),
                     &entries,
                 )
@@ -182,6 +183,7 @@ fn restart_1m() -> (Duration, Duration, usize) {
                             term: 1,
                             vote: 1,
                             commit: i,
+                            ..Default::default()
                         }),
                         &batch,
                     )
@@ -209,6 +211,7 @@ fn restart_1m() -> (Duration, Duration, usize) {
         hard_state: recovered.hard_state,
         snapshot: recovered.snapshot,
         entries: recovered.entries,
+        ..Default::default()
     };
     let core = RaftCore::new(Config::new(1, vec![1, 2, 3]), restored).unwrap();
     let total_time = start.elapsed();

@@ -104,6 +104,7 @@ mod tests {
             term: 3,
             vote: 2,
             commit: 9,
+            ..Default::default()
         };
         let b = Entry {
             term: 1,
@@ -148,6 +149,7 @@ mod tests {
                     term: 1,
                     vote: 1,
                     commit: 1,
+                    ..Default::default()
                 },
                 &mut wire,
             );

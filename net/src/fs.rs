@@ -1,6 +1,9 @@
 //! The small file-system interface all persistent state goes through, with
 //! a real implementation (`StdFs`) and an in-memory one (`MemFs`) that models
-//! a crash: writes not yet synced are lost, and the last one may be torn.
+//! what disks do: a process crash keeps the page cache; a power loss drops
+//! writes not yet synced (the last one may be torn); bits rot; a disk gets
+//! replaced; writes, fsyncs and renames fail with EIO or ENOSPC, and a
+//! failed fsync leaves its pages clean but not on disk, as Linux does.
 //! The simulation keeps a `MemFs` outside each node, so it survives kills.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +29,14 @@ pub trait AppendFile: Send + 'static {
 pub trait FileSystem: Clone + Send + Sync + 'static {
     /// The handle type for appending.
     type File: AppendFile;
+    /// An exclusive lock, held until dropped.
+    type Lock: Send + 'static;
+    /// Takes an exclusive lock on `path` (created if needed) without
+    /// waiting: `ErrorKind::WouldBlock` if another holder has it.
+    fn lock(&self, path: &Path) -> io::Result<Self::Lock>;
+    /// Makes a file's whole contents durable (it may have been written by
+    /// an earlier process whose writes are still only in the page cache).
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
     /// Creates a directory and its parents.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Opens `path` for appending, creating it if needed. A newly created
@@ -77,6 +88,27 @@ impl AppendFile for StdFile {
 
 impl FileSystem for StdFs {
     type File = StdFile;
+    type Lock = std::fs::File;
+
+    fn lock(&self, path: &Path) -> io::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked by another process", path.display()),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::File::open(path)?.sync_all()
+    }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
@@ -128,10 +160,79 @@ impl FileSystem for StdFs {
 /// One in-memory file: what a crash keeps and what it may lose.
 #[derive(Debug, Clone, Default)]
 struct MemFile {
-    /// Current contents.
+    /// Current contents (the page cache).
     data: Vec<u8>,
-    /// Contents as of the last sync.
+    /// Contents on the disk.
     durable: Vec<u8>,
+    /// Byte ranges a failed fsync left clean in the page cache but never
+    /// wrote: later syncs skip them, so the disk holds zeros there.
+    lost: Vec<(usize, usize)>,
+}
+
+impl MemFile {
+    /// A successful sync: the disk gets the page cache, except lost ranges.
+    fn sync(&mut self) {
+        self.durable.clone_from(&self.data);
+        for &(from, to) in &self.lost {
+            let to = to.min(self.durable.len());
+            if let Some(bytes) = self.durable.get_mut(from.min(to)..to) {
+                bytes.fill(0);
+            }
+        }
+    }
+
+    /// A failed fsync: what was not yet on disk never will be.
+    fn fail_sync(&mut self) {
+        let (from, to) = (self.durable.len(), self.data.len());
+        if to > from {
+            self.lost.push((from, to));
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.data.truncate(len);
+        self.lost.retain_mut(|(from, to)| {
+            *to = (*to).min(len);
+            from < to
+        });
+        self.sync();
+    }
+}
+
+/// Faults a `MemFs` injects on request.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DiskFaults {
+    /// Fail this many coming appends with EIO (nothing written).
+    pub failing_writes: u32,
+    /// Fail this many coming fsyncs with EIO (their pages are lost).
+    pub failing_syncs: u32,
+    /// Fail this many coming renames with EIO (nothing renamed).
+    pub failing_renames: u32,
+    /// Total bytes the disk holds; writes past it fail with ENOSPC after
+    /// writing what fits (None: unlimited).
+    pub capacity: Option<usize>,
+    /// The machine dies after this many more changes to the disk: every
+    /// later change fails (a crash point, for tests; None: never).
+    pub dies_after: Option<u32>,
+}
+
+/// An operation a fault can be aimed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Appends and whole-file writes.
+    Write,
+    /// fsync of a file.
+    Sync,
+    /// Renames.
+    Rename,
+}
+
+fn eio(what: &str) -> io::Error {
+    io::Error::other(format!("injected EIO on {what}"))
+}
+
+fn enospc() -> io::Error {
+    io::Error::new(io::ErrorKind::StorageFull, "injected ENOSPC: disk full")
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +247,74 @@ struct MemState {
     /// The file written most recently, whose unsynced tail a crash may tear.
     last_written: Option<u64>,
     syncs: u64,
+    /// Paths locked by a live holder, with the holder's token.
+    locks: BTreeMap<PathBuf, u64>,
+    next_lock_token: u64,
+    faults: DiskFaults,
+}
+
+impl MemState {
+    /// Bytes held by live files.
+    fn used(&self) -> usize {
+        let live: BTreeSet<u64> = self.names.values().copied().collect();
+        self.files
+            .iter()
+            .filter(|(id, _)| live.contains(id))
+            .map(|(_, f)| f.data.len())
+            .sum()
+    }
+
+    /// How many of `wanted` bytes fit on the disk.
+    fn room_for(&self, wanted: usize) -> usize {
+        match self.faults.capacity {
+            Some(cap) => cap.saturating_sub(self.used()).min(wanted),
+            None => wanted,
+        }
+    }
+
+    /// Counts one change to the disk toward `dies_after`; fails once dead.
+    fn change(&mut self) -> io::Result<()> {
+        match self.faults.dies_after.as_mut() {
+            Some(0) => Err(io::Error::other(
+                "injected crash point: the machine is dead",
+            )),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Takes one injected failure of `op`, if any is pending.
+    fn take_fault(&mut self, op: DiskOp) -> bool {
+        let counter = match op {
+            DiskOp::Write => &mut self.faults.failing_writes,
+            DiskOp::Sync => &mut self.faults.failing_syncs,
+            DiskOp::Rename => &mut self.faults.failing_renames,
+        };
+        let fail = *counter > 0;
+        *counter = counter.saturating_sub(1);
+        fail
+    }
+}
+
+/// The lock on a `MemFs` path; dropping it releases the path (unless the
+/// holder's process already died and someone else took it since).
+#[derive(Debug)]
+pub struct MemLock {
+    fs: MemFs,
+    path: PathBuf,
+    token: u64,
+}
+
+impl Drop for MemLock {
+    fn drop(&mut self) {
+        let mut s = self.fs.lock();
+        if s.locks.get(&self.path) == Some(&self.token) {
+            s.locks.remove(&self.path);
+        }
+    }
 }
 
 /// What a simulated crash did to the disk.
@@ -196,6 +365,11 @@ impl MemFs {
         let torn = s.last_written.take();
         for (id, file) in s.files.iter_mut() {
             let mut keep = file.durable.clone();
+            if !file.lost.is_empty() {
+                // Lost pages stay lost: torn tails are not modelled on top.
+                file.data.clone_from(&file.durable);
+                continue;
+            }
             let unsynced = file.data.len().saturating_sub(file.durable.len());
             if Some(*id) == torn
                 && file.data.starts_with(&file.durable)
@@ -215,6 +389,78 @@ impl MemFs {
         let live: BTreeSet<u64> = s.names.values().copied().collect();
         s.files.retain(|id, _| live.contains(id));
         report
+    }
+
+    /// The process using this disk died: the OS drops its locks (its
+    /// handles may be dropped later; they no longer count).
+    pub fn release_locks(&self) {
+        self.lock().locks.clear();
+    }
+
+    /// A replaced disk: every file and directory is gone, durable copies
+    /// too. Call it while no process holds the disk.
+    pub fn wipe(&self) {
+        *self.lock() = MemState::default();
+    }
+
+    /// Makes the next `times` operations of kind `op` fail with EIO.
+    pub fn fail_next(&self, op: DiskOp, times: u32) {
+        let mut s = self.lock();
+        match op {
+            DiskOp::Write => s.faults.failing_writes = times,
+            DiskOp::Sync => s.faults.failing_syncs = times,
+            DiskOp::Rename => s.faults.failing_renames = times,
+        }
+    }
+
+    /// Limits the disk to `bytes` (None: unlimited): a full disk fails
+    /// writes with ENOSPC until space is freed.
+    pub fn set_capacity(&self, bytes: Option<usize>) {
+        self.lock().faults.capacity = bytes;
+    }
+
+    /// Bytes held by files now.
+    pub fn used_bytes(&self) -> usize {
+        self.lock().used()
+    }
+
+    /// Faults still pending.
+    pub fn faults(&self) -> DiskFaults {
+        self.lock().faults
+    }
+
+    /// Replaces every pending fault (`DiskFaults::default()` clears them).
+    pub fn set_faults(&self, faults: DiskFaults) {
+        self.lock().faults = faults;
+    }
+
+    /// An independent copy of this disk, page cache, durable state and
+    /// faults included (locks are not copied).
+    pub fn deep_copy(&self) -> MemFs {
+        let s = self.lock();
+        let copy = MemState {
+            names: s.names.clone(),
+            durable_names: s.durable_names.clone(),
+            files: s.files.clone(),
+            dirs: s.dirs.clone(),
+            next_id: s.next_id,
+            last_written: s.last_written,
+            syncs: s.syncs,
+            locks: BTreeMap::new(),
+            next_lock_token: 0,
+            faults: s.faults,
+        };
+        MemFs(Arc::new(Mutex::new(copy)))
+    }
+
+    /// Names of the files in `dir` (a listing for tests and the harness).
+    pub fn files_in(&self, dir: &Path) -> Vec<PathBuf> {
+        let s = self.lock();
+        s.names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .cloned()
+            .collect()
     }
 
     /// Flips one bit of a file's bytes, durable copy included (bit rot).
@@ -248,40 +494,88 @@ impl MemFs {
 impl AppendFile for MemFileHandle {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
         let mut s = self.fs.lock();
+        s.change()?;
+        if s.take_fault(DiskOp::Write) {
+            return Err(eio("write"));
+        }
+        let room = s.room_for(data.len());
         s.last_written = Some(self.id);
         let file = s
             .files
             .get_mut(&self.id)
             .ok_or_else(|| io::Error::other("file removed"))?;
-        file.data.extend_from_slice(data);
+        file.data.extend_from_slice(&data[..room]);
+        if room < data.len() {
+            return Err(enospc());
+        }
         Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
         let mut s = self.fs.lock();
+        s.change()?;
         s.syncs += 1;
+        let fail = s.take_fault(DiskOp::Sync);
         let file = s
             .files
             .get_mut(&self.id)
             .ok_or_else(|| io::Error::other("file removed"))?;
-        file.durable = file.data.clone();
+        if fail {
+            file.fail_sync();
+            return Err(eio("fsync"));
+        }
+        file.sync();
         Ok(())
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         let mut s = self.fs.lock();
+        s.change()?;
         let file = s
             .files
             .get_mut(&self.id)
             .ok_or_else(|| io::Error::other("file removed"))?;
-        file.data.truncate(len as usize);
-        file.durable = file.data.clone();
+        file.truncate(len as usize);
         Ok(())
     }
 }
 
 impl FileSystem for MemFs {
     type File = MemFileHandle;
+    type Lock = MemLock;
+
+    fn lock(&self, path: &Path) -> io::Result<MemLock> {
+        let mut s = self.lock();
+        if s.locks.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked by another process", path.display()),
+            ));
+        }
+        s.next_lock_token += 1;
+        let token = s.next_lock_token;
+        s.locks.insert(path.to_path_buf(), token);
+        Ok(MemLock {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            token,
+        })
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        s.change()?;
+        s.syncs += 1;
+        let fail = s.take_fault(DiskOp::Sync);
+        let id = *s.names.get(path).ok_or_else(|| not_found(path))?;
+        let file = s.files.get_mut(&id).ok_or_else(|| not_found(path))?;
+        if fail {
+            file.fail_sync();
+            return Err(eio("fsync"));
+        }
+        file.sync();
+        Ok(())
+    }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.lock().dirs.insert(dir.to_path_buf());
@@ -293,6 +587,7 @@ impl FileSystem for MemFs {
         let id = match s.names.get(path) {
             Some(&id) => id,
             None => {
+                s.change()?;
                 let id = s.next_id;
                 s.next_id += 1;
                 s.files.insert(id, MemFile::default());
@@ -314,6 +609,16 @@ impl FileSystem for MemFs {
 
     fn write_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let mut s = self.lock();
+        s.change()?;
+        if s.take_fault(DiskOp::Write) {
+            return Err(eio("write"));
+        }
+        if s.room_for(data.len()) < data.len() {
+            return Err(enospc());
+        }
+        if s.take_fault(DiskOp::Sync) {
+            return Err(eio("fsync"));
+        }
         let id = s.next_id;
         s.next_id += 1;
         s.files.insert(
@@ -321,6 +626,7 @@ impl FileSystem for MemFs {
             MemFile {
                 data: data.to_vec(),
                 durable: data.to_vec(),
+                lost: Vec::new(),
             },
         );
         s.names.insert(path.to_path_buf(), id);
@@ -330,6 +636,10 @@ impl FileSystem for MemFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = self.lock();
+        s.change()?;
+        if s.take_fault(DiskOp::Rename) {
+            return Err(eio("rename"));
+        }
         let id = s.names.remove(from).ok_or_else(|| not_found(from))?;
         s.names.insert(to.to_path_buf(), id);
         Ok(())
@@ -337,6 +647,7 @@ impl FileSystem for MemFs {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
+        s.change()?;
         s.names.remove(path).ok_or_else(|| not_found(path))?;
         Ok(())
     }
@@ -352,6 +663,7 @@ impl FileSystem for MemFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.lock();
+        s.change()?;
         s.syncs += 1;
         let in_dir = |p: &PathBuf| p.parent() == Some(dir);
         s.durable_names.retain(|p, _| !in_dir(p));

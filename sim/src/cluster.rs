@@ -19,6 +19,8 @@ use crate::invariants::InvariantChecker;
 pub const CLIENT_PORT: u16 = 7000;
 /// Peer port of every simulated node.
 pub const PEER_PORT: u16 = 7100;
+/// Where each node keeps its data, on its own simulated disk.
+pub const DATA_DIR: &str = "/data";
 
 /// The address of node `id` (ids start at 1).
 pub fn node_ip(id: u64) -> IpAddr {
@@ -84,7 +86,7 @@ impl SimCluster {
         let mut nodes = BTreeMap::new();
         for id in 1..=cfg.size {
             let disk = MemFs::new();
-            let mut node_cfg = NodeConfig::new(id, members.clone(), PathBuf::from("/data"));
+            let mut node_cfg = NodeConfig::new(id, members.clone(), PathBuf::from(DATA_DIR));
             node_cfg.snapshot_entries = cfg.snapshot_entries;
             node_cfg.segment_bytes = cfg.segment_bytes;
             node_cfg.net_faults = cfg.net_faults.clone();
@@ -149,6 +151,7 @@ impl SimCluster {
             Handle::current().resume(node.handle.id());
         }
         Handle::current().kill(node.handle.id());
+        node.disk.release_locks();
         let lost = node.disk.crash(tear_seed);
         node.down = true;
         node.paused = false;
@@ -157,6 +160,39 @@ impl SimCluster {
             lost.unsynced_bytes - lost.torn_bytes_kept,
             lost.torn_bytes_kept
         ));
+    }
+
+    /// Kills the process of node `id` but not the machine: the page cache
+    /// survives, so writes it never synced are still readable after a
+    /// restart (and lost only at a later power loss).
+    pub fn kill_process(&mut self, id: u64) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if node.down {
+            return;
+        }
+        if node.paused {
+            Handle::current().resume(node.handle.id());
+        }
+        Handle::current().kill(node.handle.id());
+        node.disk.release_locks();
+        node.down = true;
+        node.paused = false;
+        self.checker
+            .note(&format!("kill process n{id} (page cache kept)"));
+    }
+
+    /// Replaces the disk of a killed node with an empty one.
+    pub fn replace_disk(&mut self, id: u64) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if !node.down {
+            return;
+        }
+        node.disk.wipe();
+        self.checker.note(&format!("replace disk of n{id}"));
     }
 
     /// Kills `id` (if any) with a torn-write seed drawn from `rng`.
@@ -203,6 +239,16 @@ impl SimCluster {
         Handle::current().resume(node.handle.id());
         node.paused = false;
         self.checker.note(&format!("resume n{id}"));
+    }
+
+    /// Whether node `id` is killed.
+    pub fn is_down(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.down)
+    }
+
+    /// The disk of node `id`.
+    pub fn disk(&self, id: u64) -> Option<&MemFs> {
+        self.nodes.get(&id).map(|n| &n.disk)
     }
 
     /// Ids of all members.

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use kv_engine::raft::Role;
+use kv_engine::raft::{Role, Standing};
 use kv_net::node::events::{EventSink, NodeEvent};
 
 /// What the checker has learned so far.
@@ -36,6 +36,10 @@ struct State {
     digests: BTreeMap<u64, u64>,
     commit: BTreeMap<u64, u64>,
     last_applied: BTreeMap<u64, u64>,
+    /// Each node's latest standing (voter, discovering, recovering) and the
+    /// event count when it was reported.
+    standings: BTreeMap<u64, Standing>,
+    standing_at: BTreeMap<u64, u64>,
     violations: Vec<String>,
     trace: String,
     events: u64,
@@ -112,6 +116,30 @@ impl InvariantChecker {
         self.lock().last_applied.clone()
     }
 
+    /// The number of events seen so far: a point in the event stream.
+    pub fn now(&self) -> u64 {
+        self.lock().events
+    }
+
+    /// The node's standing if it reported one after event `since`.
+    pub fn standing_since(&self, node: u64, since: u64) -> Option<Standing> {
+        let s = self.lock();
+        match s.standing_at.get(&node) {
+            Some(&at) if at > since => s.standings.get(&node).copied(),
+            _ => None,
+        }
+    }
+
+    /// Nodes whose latest report says they are not voters.
+    pub fn not_voters(&self) -> Vec<u64> {
+        self.lock()
+            .standings
+            .iter()
+            .filter(|(_, &st)| st != Standing::Voter)
+            .map(|(&n, _)| n)
+            .collect()
+    }
+
     /// The digest recorded after applying `index`, if any node applied it.
     pub fn digest_at(&self, index: u64) -> Option<u64> {
         self.lock().digests.get(&index).copied()
@@ -133,14 +161,18 @@ impl InvariantChecker {
                 term,
                 commit,
                 snapshot_index,
+                standing,
             } => {
                 s.roles.insert(node, (term, Role::Follower));
                 s.commit.insert(node, commit);
                 s.last_applied.insert(node, snapshot_index);
+                s.standings.insert(node, standing);
+                let at_event = s.events;
+                s.standing_at.insert(node, at_event);
                 if self.keep_trace {
                     let _ = writeln!(
                         s.trace,
-                        "{at:>7} n{node} started term {term} commit {commit}"
+                        "{at:>7} n{node} started term {term} commit {commit} {standing:?}"
                     );
                 }
             }
@@ -149,13 +181,30 @@ impl InvariantChecker {
                 term,
                 role,
                 leader,
+                standing,
             } => {
                 s.max_term = s.max_term.max(term);
                 s.roles.insert(node, (term, role));
+                let before = s.standings.insert(node, standing);
+                if before != Some(standing) {
+                    let at_event = s.events;
+                    s.standing_at.insert(node, at_event);
+                }
                 if self.keep_trace {
+                    let standing = if before == Some(standing) {
+                        String::new()
+                    } else {
+                        format!(" {standing:?}")
+                    };
                     let _ = writeln!(
                         s.trace,
-                        "{at:>7} n{node} {role:?} term {term} leader {leader:?}"
+                        "{at:>7} n{node} {role:?} term {term} leader {leader:?}{standing}"
+                    );
+                }
+                if role == Role::Leader && standing != Standing::Voter {
+                    fail(
+                        &mut s,
+                        format!("n{node} leads term {term} while {standing:?}"),
                     );
                 }
                 if role == Role::Leader {
@@ -305,12 +354,14 @@ mod tests {
             term: 3,
             role: Role::Leader,
             leader: Some(1),
+            standing: Standing::Voter,
         });
         c.emit(NodeEvent::Role {
             node: 2,
             term: 4,
             role: Role::Leader,
             leader: Some(2),
+            standing: Standing::Voter,
         });
         assert!(c.violations().is_empty());
         c.emit(NodeEvent::Role {
@@ -318,6 +369,7 @@ mod tests {
             term: 4,
             role: Role::Leader,
             leader: Some(3),
+            standing: Standing::Voter,
         });
         assert_eq!(c.violations().len(), 1);
     }
@@ -373,6 +425,7 @@ mod tests {
             term: 2,
             commit: 3,
             snapshot_index: 0,
+            standing: Standing::Voter,
         });
         c.emit(NodeEvent::Commit { node: 1, commit: 4 });
         assert!(c.violations().is_empty());

@@ -9,6 +9,7 @@
 //! | `cluster` | madsim nodes running `kv_net::node::Node` | `--cfg madsim` |
 //! | `workload` | clients on the real text protocol | `--cfg madsim` |
 //! | `scenario` | one run: faults, heal, checks | `--cfg madsim` |
+//! | `disk_faults` | page cache, bit rot, replaced disks, EIO, ENOSPC on a minority | `--cfg madsim` |
 
 pub mod history;
 pub mod invariants;
@@ -16,6 +17,8 @@ pub mod linearizability;
 
 #[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod disk_faults;
 #[cfg(madsim)]
 pub mod scenario;
 #[cfg(madsim)]

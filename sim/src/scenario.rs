@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::time::{sleep, Instant};
 
 use crate::cluster::{ClusterConfig, SimCluster};
+use crate::disk_faults::DiskNemesis;
 use crate::history::HistoryRecorder;
 use crate::invariants::InvariantChecker;
 use crate::linearizability::{check_history, CheckResult};
@@ -49,6 +50,16 @@ pub enum Script {
     /// A follower is killed while writes are unsynced (slow fsync), so its
     /// WAL tail is lost or torn, and it restarts from what survived.
     TornWalTail,
+    /// A follower's process dies while its writes sit in the page cache
+    /// and comes back at once (the other follower is cut off, so the
+    /// leader commits only with it); once the leader has committed with
+    /// its acknowledgment, it loses power and the leader dies. A node that
+    /// trusts its page cache at start-up has acknowledged a write it lost.
+    PageCacheLoss,
+    /// One follower is cut off, so the leader commits only with the other;
+    /// that one's disk is then replaced by an empty one, and the leader dies
+    /// as the network heals. A wiped node that votes loses those commits.
+    ReplacedDisk,
 }
 
 impl Scenario {
@@ -106,7 +117,10 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         net_faults,
         snapshot_entries: rng.random_range(20..200),
         segment_bytes: rng.random_range(2048..32768),
-        disk_latency_max: if scenario.script == Some(Script::TornWalTail) {
+        disk_latency_max: if matches!(
+            scenario.script,
+            Some(Script::TornWalTail | Script::PageCacheLoss)
+        ) {
             Duration::from_millis(20)
         } else {
             Duration::from_micros(rng.random_range(100..5000))
@@ -138,14 +152,16 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         client_nodes.push(node.id());
     }
 
+    let mut disks = DiskNemesis::new();
     if let Some(script) = scenario.script {
         run_script(&mut cluster, script, stop_at).await;
     } else if scenario.nemesis {
-        nemesis(&mut cluster, &mut rng, stop_at).await;
+        nemesis(&mut cluster, &mut disks, &mut rng, stop_at).await;
     } else {
         sleep(scenario.fault_phase).await;
     }
 
+    disks.heal(&cluster);
     heal_all(&mut cluster);
     checker.note("heal all");
     // Outstanding client operations end within their timeouts.
@@ -204,8 +220,13 @@ async fn finish(
     let indeterminate = ops.iter().filter(|o| o.output.is_none()).count();
     match check_history(&ops) {
         CheckResult::Ok => {}
-        CheckResult::Illegal(why) => return Err(format!("history is not linearizable: {why}")),
-        CheckResult::Unknown => return Err("linearizability check gave up (search budget)".into()),
+        CheckResult::Illegal(why) => {
+            return Err(with_trace(format!("history is not linearizable: {why}")))
+        }
+        CheckResult::Unknown => return Err(with_trace(format!(
+            "linearizability check gave up (search budget; {} ops, {indeterminate} indeterminate)",
+            ops.len()
+        ))),
     }
     Ok(Report {
         seed,
@@ -228,8 +249,14 @@ fn random_net_faults(rng: &mut ChaCha8Rng, seed: u64) -> NetFaults {
 }
 
 /// Injects faults until `until`: kills and restarts, partitions of random
-/// halves, an isolated node, one-way links, pauses, and heals.
-async fn nemesis(cluster: &mut SimCluster, rng: &mut ChaCha8Rng, until: Instant) {
+/// halves, an isolated node, one-way links, pauses, disk faults on a
+/// minority (`disk_faults.rs`), and heals.
+async fn nemesis(
+    cluster: &mut SimCluster,
+    disks: &mut DiskNemesis,
+    rng: &mut ChaCha8Rng,
+    until: Instant,
+) {
     let net = NetSim::current();
     let ids = cluster.ids();
     let mut clogged: BTreeSet<(u64, u64)> = BTreeSet::new();
@@ -238,7 +265,7 @@ async fn nemesis(cluster: &mut SimCluster, rng: &mut ChaCha8Rng, until: Instant)
         let random = ids[rng.random_range(0..ids.len())];
         // Most faults aim at the leader: that is where Raft's hard cases are.
         let leader = cluster.checker.current_leader().unwrap_or(random);
-        match rng.random_range(0..21) {
+        match rng.random_range(0..24) {
             0 | 1 => cluster.kill(leader, rng.random()),
             // A new leader dies before its first entry spreads (Figure 8).
             2 | 3 => kill_next_leader(cluster, rng).await,
@@ -275,6 +302,7 @@ async fn nemesis(cluster: &mut SimCluster, rng: &mut ChaCha8Rng, until: Instant)
                 cluster.checker.note(&format!("isolate n{victim}"));
             }
             20 => swizzle(cluster, &net, &mut clogged, rng).await,
+            21..=23 => disks.strike(cluster, random, rng).await,
             14 => {
                 let other = ids[rng.random_range(0..ids.len())];
                 if other != random {
@@ -332,11 +360,90 @@ async fn run_script(cluster: &mut SimCluster, script: Script, until: Instant) {
             sleep(Duration::from_secs(1)).await;
             cluster.restart(follower);
         }
+        Script::PageCacheLoss => page_cache_loss(cluster, &net, &mut clogged, leader).await,
+        Script::ReplacedDisk => replaced_disk(cluster, &net, &mut clogged, leader).await,
     }
     let now = Instant::now();
     if until > now {
         sleep(until - now).await;
     }
+}
+
+/// The steps of `Script::PageCacheLoss` (see there).
+async fn page_cache_loss(
+    cluster: &mut SimCluster,
+    net: &NetSim,
+    clogged: &mut BTreeSet<(u64, u64)>,
+    leader: u64,
+) {
+    let ids = cluster.ids();
+    let others: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
+    let (Some(&victim), Some(&bystander)) = (others.first(), others.get(1)) else {
+        return;
+    };
+    for &o in &ids {
+        if o != bystander {
+            clog(cluster, net, clogged, bystander, o);
+            clog(cluster, net, clogged, o, bystander);
+        }
+    }
+    cluster.checker.note(&format!("isolate n{bystander}"));
+    sleep(Duration::from_millis(300)).await;
+    cluster.kill_process(victim);
+    cluster.restart(victim);
+    // Wait until the leader commits with the restarted follower's answers.
+    let applied_at_restart = cluster.checker.last_applied().get(&leader).copied();
+    let give_up = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < give_up
+        && cluster.checker.last_applied().get(&leader).copied() == applied_at_restart
+    {
+        sleep(Duration::from_millis(1)).await;
+    }
+    for &o in &ids {
+        if o != victim {
+            clog(cluster, net, clogged, victim, o);
+            clog(cluster, net, clogged, o, victim);
+        }
+    }
+    cluster.checker.note(&format!("isolate n{victim}"));
+    cluster.kill(victim, 11);
+    cluster.kill(leader, 13);
+    unclog_all(cluster, net, clogged);
+    cluster.checker.note("heal network");
+    cluster.restart(victim);
+    sleep(Duration::from_secs(3)).await;
+    cluster.restart(leader);
+}
+
+/// The steps of `Script::ReplacedDisk` (see there).
+async fn replaced_disk(
+    cluster: &mut SimCluster,
+    net: &NetSim,
+    clogged: &mut BTreeSet<(u64, u64)>,
+    leader: u64,
+) {
+    let ids = cluster.ids();
+    let others: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
+    let (Some(&victim), Some(&bystander)) = (others.first(), others.get(1)) else {
+        return;
+    };
+    for &o in &ids {
+        if o != bystander {
+            clog(cluster, net, clogged, bystander, o);
+            clog(cluster, net, clogged, o, bystander);
+        }
+    }
+    cluster.checker.note(&format!("isolate n{bystander}"));
+    sleep(Duration::from_millis(500)).await;
+    cluster.kill(victim, 3);
+    cluster.replace_disk(victim);
+    cluster.restart(victim);
+    sleep(Duration::from_millis(100)).await;
+    cluster.kill(leader, 5);
+    unclog_all(cluster, net, clogged);
+    cluster.checker.note("heal network");
+    sleep(Duration::from_secs(3)).await;
+    cluster.restart(leader);
 }
 
 /// Waits (up to 2 s) for leadership to change hands, then kills the new
@@ -457,7 +564,8 @@ async fn converge(
     handle.kill(probe_node.id());
     if !wrote {
         return Err(format!(
-            "liveness: no write committed within {deadline:?} after healing"
+            "liveness: no write committed within {deadline:?} after healing (not voters {:?})",
+            cluster.checker.not_voters()
         ));
     }
     loop {
@@ -468,14 +576,17 @@ async fn converge(
             .map(|id| applied.get(id).copied().unwrap_or(0))
             .collect();
         let same = indexes.windows(2).all(|w| w[0] == w[1]) && indexes[0] > 0;
-        if same {
+        // Every damaged node must be a voter again, too.
+        let not_voters = cluster.checker.not_voters();
+        if same && not_voters.is_empty() {
             // Digests are recorded per index and compared across nodes as
             // they apply; equal indexes mean equal states.
             return Ok(());
         }
         if Instant::now() >= give_up {
             return Err(format!(
-                "liveness: nodes did not converge within {deadline:?} (applied {indexes:?})"
+                "liveness: nodes did not converge within {deadline:?} (applied {indexes:?}, \
+                 not voters {not_voters:?})"
             ));
         }
         sleep(Duration::from_millis(100)).await;

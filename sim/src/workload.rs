@@ -247,5 +247,7 @@ impl Client {
 
 /// Errors after which the operation surely did not happen.
 fn is_safe_retry(msg: &str) -> bool {
-    msg.starts_with("no leader") || msg.starts_with("not applied") || msg.starts_with("overloaded")
+    ["no leader", "not applied", "overloaded", "unavailable"]
+        .iter()
+        .any(|p| msg.starts_with(p))
 }

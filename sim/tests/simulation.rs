@@ -120,3 +120,18 @@ fn torn_wal_tail_trace() {
     assert!(trace.contains("kept as a torn tail"), "{trace}");
     insta::assert_snapshot!(trace);
 }
+
+/// Seeds of `Script::PageCacheLoss` and `Script::ReplacedDisk` that lost an
+/// acknowledged write before start-up fsyncs and recovering nodes existed.
+#[test]
+fn disk_fault_scripts_lose_nothing() {
+    for script in [Script::ReplacedDisk, Script::PageCacheLoss] {
+        for seed in 1..=20 {
+            let trace = scripted_trace(seed, script);
+            assert!(
+                !trace.starts_with("FAILED"),
+                "{script:?} seed {seed}: {trace}"
+            );
+        }
+    }
+}

@@ -19,16 +19,23 @@ use super::log::RaftLog;
 use super::progress::Progress;
 use super::read_index::ReadIndex;
 use super::ready::{ProposeError, Proposed, ReadState, Ready, Role, SoftState};
+use super::standing::{Found, StandingState};
 
 /// The durable state a core restarts from (what storage recovered).
 #[derive(Debug, Clone, Default)]
 pub struct Restored {
-    /// Term, vote and commit index last persisted.
+    /// Term, vote and commit index last persisted (and whether the node is
+    /// recovering).
     pub hard_state: HardState,
     /// The latest snapshot, if any.
     pub snapshot: Option<Snapshot>,
     /// The durable entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
+    /// What storage found: intact, empty, or damaged (see `standing.rs`).
+    pub found: Found,
+    /// A value fresh for every start of the node (the runtime draws it at
+    /// random), so answers meant for an earlier start are told apart.
+    pub nonce: u64,
 }
 
 /// A snapshot being received from the leader, chunk by chunk.
@@ -73,6 +80,10 @@ pub struct RaftCore {
     last_hard: HardState,
     /// Reused buffer for commit-index arithmetic.
     pub(super) match_scratch: Vec<u64>,
+    /// Voter, discovering or recovering, and what that takes.
+    pub(super) st: StandingState,
+    /// The next Ready carries the hard state even if unchanged.
+    pub(super) force_hard_state: bool,
 }
 
 impl RaftCore {
@@ -99,6 +110,12 @@ impl RaftCore {
             .collect();
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let hard = restored.hard_state;
+        let st = StandingState::new(
+            restored.found,
+            hard.recovering,
+            hard.repair_floor,
+            restored.nonce,
+        );
         let mut core = RaftCore {
             peers,
             term: hard.term,
@@ -123,13 +140,20 @@ impl RaftCore {
                 role: Role::Follower,
                 term: hard.term,
                 leader: None,
+                standing: st.standing,
             },
             last_hard: hard,
             match_scratch: Vec::with_capacity(cfg.voters.len()),
+            st,
+            force_hard_state: false,
             cfg,
         };
         core.last_hard.commit = core.log.committed();
         core.reset_election_timer();
+        if !core.is_voter() {
+            core.send_status_queries();
+            core.maybe_conclude_status();
+        }
         Ok(core)
     }
 
@@ -173,6 +197,8 @@ impl RaftCore {
         self.election_elapsed += 1;
         if self.role == Role::Leader {
             self.tick_leader();
+        } else if !self.is_voter() {
+            self.tick_standing();
         } else if self.election_elapsed >= self.randomized_election_ticks {
             self.campaign();
         }
@@ -229,6 +255,8 @@ impl RaftCore {
         if self.role == Role::Leader {
             // The leader counts itself toward a commit only once durable.
             self.maybe_commit();
+        } else {
+            self.maybe_finish_repair();
         }
     }
 
@@ -268,6 +296,20 @@ impl RaftCore {
             return;
         }
         let Some(body) = m.body else { return };
+        // Status traffic stands outside the term rules: it changes no term.
+        let body = match body {
+            Body::StatusQuery(q) => return self.answer_status_query(m.from, q),
+            Body::StatusReply(r) => return self.on_status_reply(m.from, m.term, r),
+            other => other,
+        };
+        if self.st.standing == super::Standing::Discovering {
+            // Until it knows whether the cluster is new, a node with empty
+            // storage writes nothing; a leader's message settles it.
+            if !matches!(body, Body::AppendEntries(_) | Body::InstallSnapshot(_)) {
+                return;
+            }
+            self.begin_recovering("a leader exists while this node's data dir is empty");
+        }
         if m.term > self.term && !self.step_higher_term(m.from, m.term, &body) {
             return;
         }
@@ -282,6 +324,9 @@ impl RaftCore {
             Body::AppendEntriesResponse(r) => self.handle_append_response(m.from, r),
             Body::InstallSnapshot(is) => self.handle_snapshot_chunk(m.from, is),
             Body::InstallSnapshotResponse(r) => self.handle_snapshot_response(m.from, r),
+            Body::RepairRequest(r) => self.handle_repair_request(m.from, r),
+            Body::TimeoutNow(_) => self.handle_timeout_now(m.from),
+            Body::StatusQuery(_) | Body::StatusReply(_) => {}
         }
     }
 
@@ -291,7 +336,9 @@ impl RaftCore {
             Body::RequestVote(rv) => {
                 // Thesis §4.2.3: while we hear from a leader, a vote request
                 // (real or pre-vote) from a higher term is not worth a term change.
+                // A transfer election was asked for by the leader itself.
                 let in_lease = self.cfg.check_quorum
+                    && !rv.transfer
                     && self.leader.is_some()
                     && self.election_elapsed < self.cfg.election_ticks;
                 if in_lease {
@@ -324,6 +371,7 @@ impl RaftCore {
             Body::AppendEntries(_) | Body::InstallSnapshot(_) => {
                 let resp = AppendEntriesResponse {
                     success: false,
+                    recovering: !self.is_voter(),
                     ..Default::default()
                 };
                 self.send(from, Body::AppendEntriesResponse(resp));
@@ -356,6 +404,11 @@ impl RaftCore {
             Body::RequestVoteResponse(r) => !r.pre_vote,
             // Acknowledgements claim durable entries and a durable term.
             Body::AppendEntriesResponse(_) | Body::InstallSnapshotResponse(_) => true,
+            // These promise nothing about this node's storage.
+            Body::StatusQuery(_)
+            | Body::StatusReply(_)
+            | Body::RepairRequest(_)
+            | Body::TimeoutNow(_) => false,
         };
         let m = Message {
             from: self.cfg.id,
@@ -411,6 +464,7 @@ impl RaftCore {
             || self.snapshot_to_install.is_some()
             || self.soft_state() != self.last_soft
             || self.hard_state() != self.last_hard
+            || self.force_hard_state
     }
 
     fn soft_state(&self) -> SoftState {
@@ -418,6 +472,7 @@ impl RaftCore {
             role: self.role,
             term: self.term,
             leader: self.leader,
+            standing: self.st.standing,
         }
     }
 
@@ -426,6 +481,9 @@ impl RaftCore {
             term: self.term,
             vote: self.vote,
             commit: self.log.committed(),
+            // A discovering node writes nothing until it has decided.
+            recovering: self.st.standing == super::Standing::Recovering,
+            repair_floor: self.st.repair_floor,
         }
     }
 
@@ -445,7 +503,8 @@ impl RaftCore {
         let soft = self.soft_state();
         let hard = self.hard_state();
         let soft_state = (soft != self.last_soft).then_some(soft);
-        let hard_state = (hard != self.last_hard).then_some(hard);
+        let hard_state = (hard != self.last_hard || self.force_hard_state).then_some(hard);
+        self.force_hard_state = false;
         self.last_soft = soft;
         self.last_hard = hard;
         let (read_states, failed_reads): (Vec<ReadState>, Vec<u64>) = self.reads.take_output();

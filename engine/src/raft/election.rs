@@ -1,20 +1,77 @@
 //! Leader election (§5.2, §5.4.1) with an optional pre-vote round (thesis §9.6).
 
-use kv_proto::raft::{message::Body, RequestVote, RequestVoteResponse};
+use kv_proto::raft::{message::Body, RequestVote, RequestVoteResponse, TimeoutNow};
 
 use super::core::RaftCore;
 use super::progress::Progress;
 use super::quorum::majority;
-use super::ready::Role;
+use super::ready::{ProposeError, Role};
 
 impl RaftCore {
     /// The election timer fired: start a (pre-)election.
     pub(super) fn campaign(&mut self) {
+        debug_assert!(self.is_voter(), "only a voter campaigns");
         if self.cfg.pre_vote {
             self.become_pre_candidate();
         } else {
-            self.become_candidate();
+            self.become_candidate(self.term + 1, false);
         }
+    }
+
+    /// An election asked for by the leader of the current term (thesis
+    /// §3.10), or held by the leader itself: no pre-vote, at a term of at
+    /// least `min_term`, and voters do not ignore it for having a leader.
+    pub(super) fn campaign_transfer(&mut self, min_term: u64) {
+        if self.role == Role::Leader {
+            self.become_follower(self.term, None);
+        }
+        self.become_candidate(min_term.max(self.term + 1), true);
+    }
+
+    /// The leader asks us to take over at once.
+    pub(super) fn handle_timeout_now(&mut self, from: u64) {
+        if !self.is_voter() || self.role == Role::Leader || self.leader != Some(from) {
+            return;
+        }
+        tracing::info!(
+            node = self.cfg.id,
+            term = self.term,
+            from,
+            "leader handed over: starting an election"
+        );
+        self.campaign_transfer(self.term + 1);
+    }
+
+    /// Hands leadership to `to`, or to the most up-to-date voter, by asking
+    /// it to hold an election at once (TimeoutNow). Returns the chosen
+    /// member. The election may still fail (then another one follows).
+    pub fn transfer_leadership(&mut self, to: Option<u64>) -> Result<u64, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        let target = match to {
+            Some(id) if self.progress.get(&id).is_some_and(|p| !p.recovering) => Some(id),
+            Some(_) => None,
+            None => self
+                .progress
+                .iter()
+                .filter(|(_, p)| !p.recovering)
+                .max_by_key(|(&id, p)| (p.match_index, std::cmp::Reverse(id)))
+                .map(|(&id, _)| id),
+        };
+        let Some(target) = target else {
+            return Err(ProposeError::NoTransferTarget);
+        };
+        tracing::info!(
+            node = self.cfg.id,
+            term = self.term,
+            to = target,
+            "handing leadership over"
+        );
+        self.send(target, Body::TimeoutNow(TimeoutNow {}));
+        Ok(target)
     }
 
     /// Asks the others whether they would vote for us in the next term,
@@ -32,24 +89,27 @@ impl RaftCore {
         self.reset_election_timer();
         tracing::debug!(node = self.cfg.id, term = self.term, "starting pre-vote");
         if self.tally_won() {
-            self.become_candidate();
+            self.become_candidate(self.term + 1, false);
             return;
         }
-        let rv = self.vote_request(true);
+        let rv = self.vote_request(true, false);
         for to in self.peers.clone() {
             self.send_with_term(to, self.term + 1, Body::RequestVote(rv));
         }
     }
 
     /// §5.2: "increment currentTerm, vote for self, reset election timer,
-    /// send RequestVote RPCs to all other servers".
-    fn become_candidate(&mut self) {
+    /// send RequestVote RPCs to all other servers" (to `term`, usually the
+    /// next one).
+    fn become_candidate(&mut self, term: u64, transfer: bool) {
         assert_ne!(
             self.role,
             Role::Leader,
             "invalid transition [leader -> candidate]"
         );
-        self.term += 1;
+        assert!(term > self.term, "a candidate moves to a later term");
+        debug_assert!(self.is_voter(), "only a voter campaigns");
+        self.term = term;
         self.vote = self.cfg.id;
         self.role = Role::Candidate;
         self.leader = None;
@@ -61,17 +121,18 @@ impl RaftCore {
             self.become_leader();
             return;
         }
-        let rv = self.vote_request(false);
+        let rv = self.vote_request(false, transfer);
         for to in self.peers.clone() {
             self.send(to, Body::RequestVote(rv));
         }
     }
 
-    fn vote_request(&self, pre_vote: bool) -> RequestVote {
+    fn vote_request(&self, pre_vote: bool, transfer: bool) -> RequestVote {
         RequestVote {
             pre_vote,
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
+            transfer,
         }
     }
 
@@ -112,8 +173,10 @@ impl RaftCore {
     /// §5.2, §5.4.1: grant at most one vote per term, and only to a
     /// candidate whose log is at least as up-to-date as ours. A pre-vote is
     /// granted on the log alone and changes nothing here.
+    /// A node that is not a voter (see `standing.rs`) grants nothing.
     pub(super) fn handle_vote_request(&mut self, from: u64, msg_term: u64, rv: RequestVote) {
-        let up_to_date = self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
+        let up_to_date =
+            self.is_voter() && self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
         if rv.pre_vote {
             let granted = msg_term > self.term && up_to_date;
             let term = if granted { msg_term } else { self.term };
@@ -171,7 +234,7 @@ impl RaftCore {
         self.votes.insert(from, r.granted);
         if self.tally_won() {
             if self.role == Role::PreCandidate {
-                self.become_candidate();
+                self.become_candidate(self.term + 1, false);
             } else {
                 self.become_leader();
             }

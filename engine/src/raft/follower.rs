@@ -63,6 +63,7 @@ impl RaftCore {
                 conflict_term,
                 round: ae.round,
                 rejected_index: ae.prev_log_index,
+                recovering: !self.is_voter(),
             };
             self.send(from, Body::AppendEntriesResponse(resp));
             return;
@@ -78,6 +79,7 @@ impl RaftCore {
         }
         self.log.commit_to(ae.leader_commit.min(last_new));
         self.respond_append_success(from, last_new, ae.round);
+        self.maybe_finish_repair();
     }
 
     fn respond_append_success(&mut self, to: u64, match_index: u64, round: u64) {
@@ -85,6 +87,7 @@ impl RaftCore {
             success: true,
             match_index,
             round,
+            recovering: !self.is_voter(),
             ..Default::default()
         };
         self.send(to, Body::AppendEntriesResponse(resp));
@@ -169,6 +172,7 @@ impl RaftCore {
             done,
             reject,
             round,
+            recovering: !self.is_voter(),
         };
         self.send(to, Body::InstallSnapshotResponse(resp));
     }

@@ -11,6 +11,7 @@
 //! | `quorum.rs` | majority arithmetic |
 //! | `read_index.rs` | linearizable reads (ReadIndex) |
 //! | `ready.rs` | the output contract |
+//! | `standing.rs` | voter, discovering or recovering: repair after storage damage |
 
 mod config;
 mod core;
@@ -22,8 +23,10 @@ mod quorum;
 mod read_index;
 mod ready;
 mod replication;
+mod standing;
 
 pub use self::config::{Config, ConfigError};
 pub use self::core::{RaftCore, Restored};
 pub use self::log::RaftLog;
 pub use self::ready::{ProposeError, Proposed, ReadState, Ready, Role, SoftState};
+pub use self::standing::{Found, Standing};

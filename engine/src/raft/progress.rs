@@ -49,6 +49,9 @@ pub struct Progress {
     pub recent_active: bool,
     /// Highest read round the follower has acknowledged in this term.
     pub acked_round: u64,
+    /// The follower says its storage is recovering: it counts toward no
+    /// quorum until it says otherwise.
+    pub recovering: bool,
 }
 
 impl Progress {
@@ -64,6 +67,27 @@ impl Progress {
             transfer: None,
             recent_active: false,
             acked_round: 0,
+            recovering: false,
+        }
+    }
+
+    /// The follower lost state it had acknowledged: forget its match and
+    /// find where its log now ends, probing back from `next_index`.
+    pub fn mark_recovering(&mut self, next_index: u64) {
+        self.recovering = true;
+        self.match_index = 0;
+        self.acked_round = 0;
+        self.recent_active = false;
+        self.become_probe(next_index);
+        debug_assert_eq!(self.match_index, 0, "nothing is known to match");
+    }
+
+    /// The match index as quorums may count it: nothing while recovering.
+    pub fn counted_match(&self) -> u64 {
+        if self.recovering {
+            0
+        } else {
+            self.match_index
         }
     }
 

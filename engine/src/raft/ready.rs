@@ -41,6 +41,8 @@ pub struct SoftState {
     pub term: u64,
     /// The leader of the current term, if known.
     pub leader: Option<u64>,
+    /// Whether this node votes (see `standing.rs`).
+    pub standing: super::Standing,
 }
 
 /// A linearizable read that may be served once the state machine has
@@ -68,6 +70,10 @@ pub enum ProposeError {
     /// Empty data is reserved for the leader's no-op entry.
     #[error("empty proposal")]
     Empty,
+    /// No voter can take leadership over (none named, or the one named is
+    /// not a voter).
+    #[error("no member to hand leadership to")]
+    NoTransferTarget,
 }
 
 /// Where a proposal was placed; it succeeded if the entry applied at

@@ -40,7 +40,7 @@ impl RaftCore {
     fn quorum_active(&mut self) -> bool {
         let mut active = 1; // the leader itself
         for p in self.progress.values_mut() {
-            if p.recent_active {
+            if p.recent_active && !p.recovering {
                 active += 1;
             }
             p.recent_active = false;
@@ -161,20 +161,45 @@ impl RaftCore {
     }
 
     /// The progress of a follower that answered in our term, marked active
-    /// (check-quorum) and credited with the read round it echoed (ReadIndex).
-    fn responder(&mut self, from: u64, round: u64) -> Option<&mut Progress> {
+    /// (check-quorum) and credited with the read round it echoed (ReadIndex)
+    /// unless it says it is recovering; the first time it says so, what we
+    /// knew of its log is forgotten.
+    fn responder(
+        &mut self,
+        from: u64,
+        round: u64,
+        recovering: bool,
+        lacks_match: bool,
+    ) -> Option<&mut Progress> {
         if self.role != Role::Leader {
             return None;
         }
+        let next = self.log.last_index() + 1;
         let p = self.progress.get_mut(&from)?;
-        p.recent_active = true;
-        p.acked_round = p.acked_round.max(round);
+        // A recovering follower may lose its state again: then it lacks an
+        // entry it acknowledged, which a healthy one never does.
+        let lost_again = p.recovering && lacks_match && p.match_index > 0;
+        if recovering && (!p.recovering || lost_again) {
+            tracing::info!(
+                node = self.cfg.id,
+                term = self.term,
+                peer = from,
+                "follower is recovering: not counting it until it is repaired"
+            );
+            p.mark_recovering(next);
+        }
+        p.recovering = recovering;
+        if !recovering {
+            p.recent_active = true;
+            p.acked_round = p.acked_round.max(round);
+        }
         Some(p)
     }
 
     /// A follower answered an append in our term.
     pub(super) fn handle_append_response(&mut self, from: u64, r: AppendEntriesResponse) {
-        let Some(p) = self.responder(from, r.round) else {
+        let lacks_match = !r.success && r.rejected_index <= self.match_of(from);
+        let Some(p) = self.responder(from, r.round, r.recovering, lacks_match) else {
             return;
         };
         if r.success {
@@ -196,6 +221,10 @@ impl RaftCore {
         }
         self.send_appends(from);
         self.confirm_reads();
+    }
+
+    fn match_of(&self, peer: u64) -> u64 {
+        self.progress.get(&peer).map_or(0, |p| p.match_index)
     }
 
     /// §5.3: "If AppendEntries fails because of log inconsistency: decrement
@@ -243,7 +272,7 @@ impl RaftCore {
         self.match_scratch.clear();
         self.match_scratch.push(self.log.persisted());
         self.match_scratch
-            .extend(self.progress.values().map(|p| p.match_index));
+            .extend(self.progress.values().map(Progress::counted_match));
         let index = committed_index(&mut self.match_scratch);
         if index <= self.log.committed() || self.log.term(index) != Some(self.term) {
             return;
@@ -262,8 +291,13 @@ impl RaftCore {
     fn confirm_reads(&mut self) {
         self.match_scratch.clear();
         self.match_scratch.push(u64::MAX); // the leader acknowledges every round
-        self.match_scratch
-            .extend(self.progress.values().map(|p| p.acked_round));
+        self.match_scratch.extend(self.progress.values().map(|p| {
+            if p.recovering {
+                0
+            } else {
+                p.acked_round
+            }
+        }));
         let round = committed_index(&mut self.match_scratch);
         self.reads.confirm_up_to(round);
     }
@@ -312,7 +346,7 @@ impl RaftCore {
 
     /// A follower answered a snapshot chunk.
     pub(super) fn handle_snapshot_response(&mut self, from: u64, r: InstallSnapshotResponse) {
-        let Some(p) = self.responder(from, r.round) else {
+        let Some(p) = self.responder(from, r.round, r.recovering, false) else {
             return;
         };
         let current = p.transfer.as_ref().map(|t| t.snapshot.meta);

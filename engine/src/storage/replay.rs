@@ -112,21 +112,20 @@ impl ReplayedLog {
         Ok(())
     }
 
-    /// Final consistency checks once every record is applied.
-    pub fn finish(self) -> Result<Self, ReplayError> {
-        if self.hard_state.commit > self.last_index() {
-            return Err(ReplayError {
-                reason: format!(
-                    "hard state commit {} is beyond the last log index {}",
-                    self.hard_state.commit,
-                    self.last_index()
-                ),
-            });
-        }
-        // Entries may carry a term newer than the hard state: a batch writes
-        // entries before its hard state, and a crash can tear in between.
-        // Nothing was acknowledged for them, so that is not corruption.
-        Ok(self)
+    /// Once every record is applied: a commit index beyond the last entry
+    /// is cut back to it. The hard state is written ahead of the entries of
+    /// the same batch, so a torn write can leave it ahead of them; a commit
+    /// index is only ever learned again, never promised.
+    pub fn finish(mut self) -> Self {
+        self.hard_state.commit = self.hard_state.commit.min(self.last_index());
+        // Entries may carry a term newer than the hard state's: nothing was
+        // acknowledged for them, so that is not corruption either.
+        self
+    }
+
+    /// The highest term this log mentions (hard state or entries).
+    pub fn max_term(&self) -> u64 {
+        self.hard_state.term.max(self.last_term())
     }
 }
 
@@ -149,6 +148,7 @@ mod tests {
             term,
             vote: 1,
             commit,
+            ..Default::default()
         })
     }
 
@@ -157,7 +157,7 @@ mod tests {
         for r in records {
             log.apply(r)?;
         }
-        log.finish()
+        Ok(log.finish())
     }
 
     #[test]
@@ -188,7 +188,7 @@ mod tests {
         for r in [e(50, 2), e(51, 2), e(52, 2), e(51, 3), hs(3, 51)] {
             log.apply(r).unwrap();
         }
-        let log = log.finish().unwrap();
+        let log = log.finish();
         assert_eq!(
             log.entries
                 .iter()
@@ -208,10 +208,11 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("below"));
-        assert!(replay(vec![e(1, 1), hs(1, 5)])
-            .unwrap_err()
-            .reason
-            .contains("beyond the last log index"));
+        assert_eq!(
+            replay(vec![hs(1, 5), e(1, 1)]).unwrap().hard_state.commit,
+            1,
+            "a commit index ahead of a torn batch's entries is cut back"
+        );
         assert!(replay(vec![hs(3, 0), hs(2, 0)])
             .unwrap_err()
             .reason

@@ -25,7 +25,7 @@ pub enum SnapshotFileError {
 }
 
 /// Encodes a snapshot as a file's bytes.
-pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
+pub fn encode_snapshot_file(snapshot: &Snapshot) -> Vec<u8> {
     let meta = snapshot.meta.unwrap_or_default();
     let mut out = Vec::with_capacity(HEADER_BYTES + snapshot.data.len() + 4);
     out.extend_from_slice(MAGIC);
@@ -39,7 +39,7 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
 }
 
 /// Decodes a snapshot file's bytes.
-pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotFileError> {
+pub fn decode_snapshot_file(bytes: &[u8]) -> Result<Snapshot, SnapshotFileError> {
     let truncated = SnapshotFileError::Truncated { len: bytes.len() };
     if bytes.len() < HEADER_BYTES + 4 {
         return Err(truncated);
@@ -82,19 +82,22 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        assert_eq!(decode(&encode(&sample())).unwrap(), sample());
+        assert_eq!(
+            decode_snapshot_file(&encode_snapshot_file(&sample())).unwrap(),
+            sample()
+        );
     }
 
     #[test]
     fn every_truncation_and_every_flipped_byte_is_refused() {
-        let bytes = encode(&sample());
+        let bytes = encode_snapshot_file(&sample());
         for cut in 0..bytes.len() {
-            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(decode_snapshot_file(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         for at in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x10;
-            assert!(decode(&damaged).is_err(), "flip at {at}");
+            assert!(decode_snapshot_file(&damaged).is_err(), "flip at {at}");
         }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use kv_engine::raft::{Config, RaftCore, Ready, Restored, Role};
+use kv_engine::raft::{Config, Found, RaftCore, Ready, Restored, Role, Standing};
 use kv_proto::raft::{message::Body, Entry, HardState, Message, Snapshot, SnapshotMeta};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,9 +28,16 @@ pub struct Disk {
     pub hard: HardState,
     pub snapshot: Option<Snapshot>,
     pub entries: Vec<Entry>,
+    /// Any record was ever written (storage holding one is not empty).
+    pub written: bool,
 }
 
 impl Disk {
+    /// Whether storage would find nothing at all here.
+    pub fn is_empty(&self) -> bool {
+        !self.written
+    }
+
     fn first_index(&self) -> u64 {
         self.snapshot
             .as_ref()
@@ -40,6 +47,7 @@ impl Disk {
     }
 
     fn write(&mut self, w: &PendingWrite) {
+        self.written |= w.hard.is_some() || w.snapshot.is_some() || !w.entries.is_empty();
         if let Some(snap) = &w.snapshot {
             self.snapshot = Some(snap.clone());
             self.entries.clear();
@@ -84,6 +92,8 @@ pub struct Node {
     pub applied_data: Vec<(u64, Bytes)>,
     /// Commit index last checked (resets with the process).
     seen_commit: u64,
+    /// Its last reported standing was recovering.
+    was_recovering: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +127,9 @@ pub struct Cluster {
     pub trace: Option<String>,
     pub proposals: u64,
     pub reads_served: u64,
+    /// Disks wiped or damaged, and nodes that became voters again after.
+    pub damaged: u64,
+    pub repaired: u64,
     read_floor: BTreeMap<(u64, u64), u64>,
     next_read: u64,
 }
@@ -132,9 +145,21 @@ fn hash(a: u64, b: &[u8]) -> u64 {
 }
 
 impl Cluster {
-    /// `n` nodes with ids 1..=n, seeded by `seed`.
+    /// `n` nodes with ids 1..=n, seeded by `seed`, started as members of a
+    /// cluster known to be new.
     pub fn new(n: u64, seed: u64, faults: NetFaults) -> Self {
+        Self::with_found(n, seed, faults, Found::Intact)
+    }
+
+    /// As `new`, but every node starts from empty storage as the runtime
+    /// reports it (`Found::Empty`), so the cluster must discover that it is new.
+    pub fn new_fresh(n: u64, seed: u64, faults: NetFaults) -> Self {
+        Self::with_found(n, seed, faults, Found::Empty)
+    }
+
+    fn with_found(n: u64, seed: u64, faults: NetFaults, found: Found) -> Self {
         let ids: Vec<u64> = (1..=n).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut configs = BTreeMap::new();
         let mut nodes = BTreeMap::new();
         for &id in &ids {
@@ -143,14 +168,19 @@ impl Cluster {
             cfg.max_append_entries = 8;
             cfg.max_inflight_appends = 4;
             cfg.snapshot_chunk_bytes = 16;
-            let core = RaftCore::new(cfg.clone(), Restored::default()).expect("valid config");
+            let restored = Restored {
+                found,
+                nonce: rng.random(),
+                ..Default::default()
+            };
+            let core = RaftCore::new(cfg.clone(), restored).expect("valid config");
             nodes.insert(id, Node::new(core, Disk::default()));
             configs.insert(id, cfg);
         }
         Cluster {
             nodes,
             configs,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng,
             faults,
             now: 0,
             seq: 0,
@@ -164,6 +194,8 @@ impl Cluster {
             trace: None,
             proposals: 0,
             reads_served: 0,
+            damaged: 0,
+            repaired: 0,
             read_floor: BTreeMap::new(),
             next_read: 1,
         }
@@ -242,11 +274,22 @@ impl Cluster {
     fn handle_ready(&mut self, id: u64, rd: Ready) -> Result<(), Violation> {
         if let Some(ss) = rd.soft_state {
             self.log(|| {
+                let standing = match ss.standing {
+                    Standing::Voter => String::new(),
+                    other => format!(" {other:?}"),
+                };
                 format!(
-                    "n{id} {:?} term {} leader {:?}",
+                    "n{id} {:?} term {} leader {:?}{standing}",
                     ss.role, ss.term, ss.leader
                 )
             });
+            if ss.standing == Standing::Voter && self.nodes[&id].was_recovering {
+                self.repaired += 1;
+            }
+            self.node(id).was_recovering = ss.standing == Standing::Recovering;
+            if ss.role == Role::Leader && ss.standing != Standing::Voter {
+                return Err(Violation(format!("n{id} leads while {:?}", ss.standing)));
+            }
             if ss.role == Role::Leader {
                 self.check_new_leader(id, ss.term)?;
             }
@@ -529,15 +572,72 @@ impl Cluster {
         node.pending.clear();
     }
 
-    /// Restarts `id` from its disk.
+    /// Restarts `id` from its disk, which storage finds intact (or empty).
     pub fn restart(&mut self, id: u64) -> Result<(), Violation> {
-        self.log(|| format!("n{id} restarted"));
+        let found = if self.nodes[&id].disk.is_empty() {
+            Found::Empty
+        } else {
+            Found::Intact
+        };
+        self.restart_found(id, found)
+    }
+
+    /// A crashed node's disk is replaced by an empty one; it restarts.
+    pub fn wipe(&mut self, id: u64) -> Result<(), Violation> {
+        self.log(|| format!("n{id} disk replaced"));
+        self.damaged += 1;
+        self.crash(id);
+        self.node(id).disk = Disk::default();
+        self.restart_found(id, Found::Empty)
+    }
+
+    /// A crashed node's storage turns out damaged: what storage keeps is the
+    /// log before the damaged record (`keep` entries; none if the snapshot
+    /// is damaged) and a hard state that lost its vote. It restarts.
+    pub fn damage(&mut self, id: u64, keep: usize, snapshot_too: bool) -> Result<(), Violation> {
+        if self.nodes[&id].disk.is_empty() {
+            // Storage cannot damage what is not there: an empty dir.
+            return self.wipe(id);
+        }
+        self.log(|| {
+            format!("n{id} storage damaged (keeping {keep} entries, snapshot lost: {snapshot_too})")
+        });
+        self.damaged += 1;
+        self.crash(id);
+        let disk = &mut self.node(id).disk;
+        if snapshot_too {
+            disk.snapshot = None;
+            disk.entries.clear();
+        }
+        disk.entries.truncate(keep);
+        let last_index = disk.first_index() - 1 + disk.entries.len() as u64;
+        let snapshot_term = disk
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.meta)
+            .map_or(0, |m| m.term);
+        let last_term = disk.entries.last().map_or(snapshot_term, |e| e.term);
+        // Storage marks the node recovering itself, before the core runs.
+        disk.hard = HardState {
+            term: last_term,
+            commit: disk.hard.commit.min(last_index),
+            recovering: true,
+            ..Default::default()
+        };
+        disk.written = true;
+        self.restart_found(id, Found::Damaged)
+    }
+
+    fn restart_found(&mut self, id: u64, found: Found) -> Result<(), Violation> {
+        self.log(|| format!("n{id} restarted ({found:?})"));
         let cfg = self.configs[&id].clone();
         let disk = self.nodes[&id].disk.clone();
         let restored = Restored {
             hard_state: disk.hard,
             snapshot: disk.snapshot.clone(),
             entries: disk.entries.clone(),
+            found,
+            nonce: self.rng.random(),
         };
         let core =
             RaftCore::new(cfg, restored).map_err(|e| Violation(format!("restart failed: {e}")))?;
@@ -621,6 +721,43 @@ impl Cluster {
         self.network.iter().filter(|m| f(&m.msg)).count()
     }
 
+    /// One line per node: what an engineer chasing a stuck seed needs first.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (id, n) in &self.nodes {
+            let log = n.core.log();
+            let _ = write!(
+                out,
+                "\n  n{id}: {} {:?} {:?} term {} floor {} leader {:?} last {} committed {} persisted {} applied {}",
+                if n.up { "up" } else { "down" },
+                n.core.role(),
+                n.core.standing(),
+                n.core.term(),
+                n.core.repair_floor(),
+                n.core.leader(),
+                log.last_index(),
+                log.committed(),
+                log.persisted(),
+                n.applied,
+            );
+        }
+        out
+    }
+
+    /// Nodes that are not voters (recovering or discovering), and down
+    /// nodes that will not come back as voters (an empty disk comes back as
+    /// a wiped member would; a repair may not have reached the disk).
+    pub fn not_voters(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.core.standing() != Standing::Voter
+                    || (!n.up && (n.disk.is_empty() || n.disk.hard.recovering))
+            })
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
     /// Whether a message body is an append with entries.
     pub fn is_append_with_entries(m: &Message) -> bool {
         matches!(&m.body, Some(Body::AppendEntries(ae)) if !ae.entries.is_empty())
@@ -638,6 +775,7 @@ impl Node {
             chain: 0,
             applied_data: Vec::new(),
             seen_commit: 0,
+            was_recovering: false,
         }
     }
 }

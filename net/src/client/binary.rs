@@ -92,6 +92,9 @@ fn error(id: u64, kind: pb::error::Kind, message: impl Into<String>) -> pb::Resp
     }
 }
 
+/// What a node whose disk failed says (in both protocols).
+pub const UNAVAILABLE_MESSAGE: &str = "unavailable: this node's disk failed; retry on another node";
+
 /// The binary rendering of a node's reply.
 pub fn reply_to_response(id: u64, reply: ClientReply) -> pb::Response {
     use pb::error::Kind;
@@ -114,6 +117,7 @@ pub fn reply_to_response(id: u64, reply: ClientReply) -> pb::Response {
                 FailKind::Overloaded => (Kind::Overloaded, "overloaded, retry later"),
                 FailKind::Timeout => (Kind::Unknown, "timeout: outcome unknown"),
                 FailKind::ShuttingDown => (Kind::Unknown, "shutting down: outcome unknown"),
+                FailKind::Unavailable => (Kind::Unavailable, UNAVAILABLE_MESSAGE),
             };
             return error(id, k, msg);
         }

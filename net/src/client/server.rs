@@ -195,6 +195,7 @@ pub fn reply_to_text(reply: ClientReply) -> Response {
                 FailKind::Overloaded => "overloaded, retry later",
                 FailKind::Timeout => "timeout: outcome unknown",
                 FailKind::ShuttingDown => "shutting down: outcome unknown",
+                FailKind::Unavailable => super::binary::UNAVAILABLE_MESSAGE,
             }
             .into(),
         ),

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kv_engine::raft::Config as RaftConfig;
+use kv_engine::storage::meta::DataDirMeta;
 
 use super::events::Events;
 use crate::client::text::TextLimits;
@@ -163,6 +164,7 @@ impl NodeConfig {
     pub fn storage_options(&self) -> StorageOptions {
         StorageOptions {
             segment_size_bytes: self.segment_bytes,
+            identity: DataDirMeta::new(self.cluster_id, self.id),
             ..StorageOptions::default()
         }
     }

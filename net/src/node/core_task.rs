@@ -15,12 +15,13 @@ use bytes::Bytes;
 use kv_engine::kv::{encode_command, CommandResult, KvStore};
 use kv_engine::raft::{ProposeError, RaftCore, Ready, Role};
 use kv_proto::command::{command::Op, Cas, Command, Del, Set};
-use kv_proto::raft::{Entry, Message, Snapshot, SnapshotMeta};
-use tokio::sync::{mpsc, oneshot, watch};
+use kv_proto::raft::{Entry, Snapshot, SnapshotMeta};
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::events::{fnv1a, term_runs, Events, NodeEvent};
 use super::storage_task::{StorageDone, StorageJob, WriteJob};
+use super::supervisor::{Ended, Inputs};
 use super::{ClientOp, ClientReply, ClientRequest, FailKind, NodeConfig, NodeError};
 use crate::transport::PeerTransport;
 
@@ -42,14 +43,14 @@ struct PendingRead {
 }
 
 /// The state owned by the core task.
-pub(crate) struct CoreTask {
+pub(crate) struct CoreTask<'a> {
     id: u64,
     core: RaftCore,
     kv: KvStore,
     applied: u64,
     tick: Duration,
     client_addrs: BTreeMap<u64, SocketAddr>,
-    transport: PeerTransport,
+    transport: &'a PeerTransport,
     storage: mpsc::Sender<StorageJob>,
     /// Writes by log index.
     writes: BTreeMap<u64, PendingWrite>,
@@ -65,12 +66,12 @@ pub(crate) struct CoreTask {
     events: Events,
 }
 
-impl CoreTask {
+impl<'a> CoreTask<'a> {
     pub(crate) fn new(
         cfg: &NodeConfig,
         core: RaftCore,
         kv: KvStore,
-        transport: PeerTransport,
+        transport: &'a PeerTransport,
         storage: mpsc::Sender<StorageJob>,
     ) -> Self {
         let applied = core.log().snapshot_index();
@@ -98,50 +99,60 @@ impl CoreTask {
         }
     }
 
-    /// Runs until shutdown or a storage failure.
+    /// Runs until shutdown, a disk failure, or an error.
     pub(crate) async fn run(
         mut self,
-        mut peer_rx: mpsc::Receiver<Message>,
-        mut request_rx: mpsc::Receiver<ClientRequest>,
+        inputs: &mut Inputs,
         mut storage_done: mpsc::Receiver<StorageDone>,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Result<(), NodeError> {
+    ) -> Ended {
         let span = tracing::info_span!("node", node = self.id);
         async move {
             let mut ticker = tokio::time::interval(self.tick);
-            let result = loop {
+            let ended = loop {
                 // `biased` keeps the simulation deterministic (tokio's
                 // random branch choice draws from a process-wide seed);
                 // fairness comes from draining every queue below.
-                tokio::select! {
+                let step = tokio::select! {
                     biased;
-                    _ = shutdown.changed() => break Ok(()),
-                    _ = ticker.tick() => self.core.tick(),
+                    _ = inputs.shutdown.changed() => Err(Ended::Shutdown),
+                    _ = ticker.tick() => {
+                        self.core.tick();
+                        Ok(())
+                    }
                     done = storage_done.recv() => match done {
-                        Some(done) => {
-                            if let Err(e) = self.on_storage_done(done) {
-                                break Err(e);
-                            }
-                        }
-                        None => break Ok(()),
+                        Some(done) => self.on_storage_done(done),
+                        None => Err(stopped("storage task")),
                     },
-                    Some(m) = peer_rx.recv() => self.core.step(m),
-                    Some(req) = request_rx.recv() => self.on_request(req),
-                }
-                if let Err(e) = self.drain_inputs(&mut peer_rx, &mut request_rx, &mut storage_done)
-                {
-                    break Err(e);
-                }
-                if let Err(e) = self.drain_ready().await {
-                    break Err(e);
+                    Some(m) = inputs.peer_rx.recv() => {
+                        self.core.step(m);
+                        Ok(())
+                    }
+                    Some(req) = inputs.request_rx.recv() => {
+                        self.on_request(req);
+                        Ok(())
+                    }
+                };
+                let step = match step {
+                    Ok(()) => self.drain_inputs(inputs, &mut storage_done),
+                    Err(end) => Err(end),
+                };
+                let step = match step {
+                    Ok(()) => self.drain_ready().await,
+                    Err(end) => Err(end),
+                };
+                if let Err(end) = step {
+                    break end;
                 }
             };
-            self.fail_everything(FailKind::ShuttingDown);
-            self.transport.shutdown();
-            if let Err(e) = &result {
+            let kind = match &ended {
+                Ended::DiskFailed { .. } => FailKind::Unknown,
+                _ => FailKind::ShuttingDown,
+            };
+            self.fail_everything(kind);
+            if let Ended::Failed(e) = &ended {
                 tracing::error!(node = self.id, error = %e, "node stopping on error");
             }
-            result
+            ended
         }
         .instrument(span)
         .await
@@ -151,10 +162,9 @@ impl CoreTask {
     /// proposals share one append and no queue starves another.
     fn drain_inputs(
         &mut self,
-        peer_rx: &mut mpsc::Receiver<Message>,
-        request_rx: &mut mpsc::Receiver<ClientRequest>,
+        inputs: &mut Inputs,
         storage_done: &mut mpsc::Receiver<StorageDone>,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), Ended> {
         for _ in 0..INPUT_BATCH_MAX {
             match storage_done.try_recv() {
                 Ok(done) => self.on_storage_done(done)?,
@@ -162,13 +172,13 @@ impl CoreTask {
             }
         }
         for _ in 0..INPUT_BATCH_MAX {
-            match peer_rx.try_recv() {
+            match inputs.peer_rx.try_recv() {
                 Ok(m) => self.core.step(m),
                 Err(_) => break,
             }
         }
         for _ in 0..INPUT_BATCH_MAX {
-            match request_rx.try_recv() {
+            match inputs.request_rx.try_recv() {
                 Ok(req) => self.on_request(req),
                 Err(_) => break,
             }
@@ -233,12 +243,14 @@ impl CoreTask {
         match e {
             ProposeError::NotLeader { .. } => self.leader_reply(),
             ProposeError::Overloaded => ClientReply::Failed(FailKind::Overloaded),
-            ProposeError::Empty => ClientReply::Failed(FailKind::NotApplied),
+            ProposeError::Empty | ProposeError::NoTransferTarget => {
+                ClientReply::Failed(FailKind::NotApplied)
+            }
         }
     }
 
     /// Drains every Ready the core has.
-    async fn drain_ready(&mut self) -> Result<(), NodeError> {
+    async fn drain_ready(&mut self) -> Result<(), Ended> {
         while self.core.has_ready() {
             let rd = self.core.ready();
             self.handle_ready(rd).await?;
@@ -246,15 +258,16 @@ impl CoreTask {
         Ok(())
     }
 
-    async fn handle_ready(&mut self, rd: Ready) -> Result<(), NodeError> {
+    async fn handle_ready(&mut self, rd: Ready) -> Result<(), Ended> {
         if let Some(ss) = rd.soft_state {
-            tracing::info!(node = self.id, term = ss.term, role = ?ss.role, leader = ?ss.leader, "role change");
+            tracing::info!(node = self.id, term = ss.term, role = ?ss.role, leader = ?ss.leader, standing = ?ss.standing, "role change");
             let node = self.id;
             self.events.emit(|| NodeEvent::Role {
                 node,
                 term: ss.term,
                 role: ss.role,
                 leader: ss.leader,
+                standing: ss.standing,
             });
             if ss.role == Role::Leader {
                 let log = self.core.log();
@@ -286,7 +299,7 @@ impl CoreTask {
             self.transport.send(m);
         }
         if let Some(snapshot) = &rd.snapshot {
-            self.install_snapshot(snapshot)?;
+            self.install_snapshot(snapshot).map_err(Ended::Failed)?;
         }
         if must_persist || !rd.persisted_messages.is_empty() {
             let job = WriteJob {
@@ -297,7 +310,7 @@ impl CoreTask {
                 point,
             };
             if self.storage.send(StorageJob::Write(job)).await.is_err() {
-                return Err(NodeError::Config("storage task stopped".into()));
+                return Err(stopped("storage task"));
             }
         }
         for entry in rd.committed_entries {
@@ -415,7 +428,7 @@ impl CoreTask {
     }
 
     /// Takes a snapshot once enough entries were applied since the last one.
-    async fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+    async fn maybe_snapshot(&mut self) -> Result<(), Ended> {
         if self.snapshot_in_flight
             || self.applied < self.last_snapshot_index + self.snapshot_entries
         {
@@ -443,12 +456,12 @@ impl CoreTask {
             .await
             .is_err()
         {
-            return Err(NodeError::Config("storage task stopped".into()));
+            return Err(stopped("storage task"));
         }
         Ok(())
     }
 
-    fn on_storage_done(&mut self, done: StorageDone) -> Result<(), NodeError> {
+    fn on_storage_done(&mut self, done: StorageDone) -> Result<(), Ended> {
         match done {
             StorageDone::Written {
                 persisted_messages,
@@ -468,9 +481,26 @@ impl CoreTask {
                 }
                 self.core.compact(snapshot);
             }
-            StorageDone::Failed(e) => return Err(NodeError::Storage(e)),
+            StorageDone::Failed(error, cut_back) => {
+                self.hand_over();
+                return Err(Ended::DiskFailed { error, cut_back });
+            }
         }
         Ok(())
+    }
+
+    /// This node's disk failed: a leader asks its most up-to-date follower
+    /// to take over at once rather than leave the cluster waiting for an
+    /// election timeout.
+    fn hand_over(&mut self) {
+        if self.core.transfer_leadership(None).is_err() {
+            return;
+        }
+        // Only messages that promise nothing about our storage may go.
+        let rd = self.core.ready();
+        for m in rd.messages {
+            self.transport.send(m);
+        }
     }
 
     fn fail_everything(&mut self, kind: FailKind) {
@@ -486,4 +516,8 @@ impl CoreTask {
             }
         }
     }
+}
+
+fn stopped(what: &str) -> Ended {
+    Ended::Failed(NodeError::Config(format!("{what} stopped")))
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use kv_engine::raft::{RaftLog, Role};
+use kv_engine::raft::{RaftLog, Role, Standing};
 
 /// Something a node did that a checker can verify against other nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub enum NodeEvent {
         commit: u64,
         /// Index of the snapshot it restored its state machine from (0: none).
         snapshot_index: u64,
+        /// Whether it starts as a voter (its storage intact).
+        standing: Standing,
     },
     /// Its role, term or leader changed.
     Role {
@@ -30,6 +32,8 @@ pub enum NodeEvent {
         role: Role,
         /// Leader it follows, if known.
         leader: Option<u64>,
+        /// Whether it votes and counts toward quorums.
+        standing: Standing,
     },
     /// It became leader; `term_runs` describes its whole log at that moment.
     BecameLeader {

@@ -16,21 +16,17 @@ mod config;
 mod core_task;
 pub mod events;
 mod storage_task;
+mod supervisor;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kv_engine::kv::KvStore;
-use kv_engine::raft::{RaftCore, Restored};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::config::{Member, NodeConfig};
-use self::core_task::CoreTask;
 use crate::client::server::ClientServer;
 use crate::fs::FileSystem;
-use crate::storage::Storage;
 use crate::transport::PeerTransport;
 
 /// A client operation handed to the node.
@@ -109,6 +105,8 @@ pub enum FailKind {
     Timeout,
     /// The node is stopping; it may or may not have happened.
     ShuttingDown,
+    /// This node cannot serve now (its disk failed); it did not happen.
+    Unavailable,
 }
 
 /// A client operation with the channel its reply goes to.
@@ -196,40 +194,12 @@ impl Node {
         fs: F,
     ) -> Result<Node, NodeError> {
         cfg.validate().map_err(NodeError::Config)?;
-        let (storage, recovered) =
-            Storage::open(fs, Path::new(&cfg.data_dir), cfg.storage_options())?;
-        let kv = match &recovered.snapshot {
-            Some(snapshot) => {
-                KvStore::restore(&snapshot.data).map_err(|e| NodeError::Snapshot(e.to_string()))?
-            }
-            None => KvStore::new(),
+        // A data dir in use, or someone else's, stops the start here; a
+        // failing disk does not (the node waits for it to work).
+        let first = match supervisor::open_storage(&cfg, &fs, None) {
+            Err(e) if !e.is_disk_fault() => return Err(NodeError::Storage(e)),
+            opened => opened,
         };
-        let restored = Restored {
-            hard_state: recovered.hard_state,
-            snapshot: recovered.snapshot,
-            entries: recovered.entries,
-        };
-        let core = RaftCore::new(cfg.raft_config(), restored)
-            .map_err(|e| NodeError::Config(e.to_string()))?;
-        let (node, term, commit, snapshot_index) = (
-            cfg.id,
-            core.term(),
-            core.log().committed(),
-            core.log().snapshot_index(),
-        );
-        cfg.events.emit(|| events::NodeEvent::Started {
-            node,
-            term,
-            commit,
-            snapshot_index,
-        });
-        tracing::info!(
-            node = cfg.id,
-            term = core.term(),
-            last_index = core.log().last_index(),
-            commit = core.log().committed(),
-            "recovered"
-        );
 
         let (peer_tx, peer_rx) = mpsc::channel(cfg.peer_inbound_capacity);
         let transport = PeerTransport::start(cfg.transport_config(), peer_tx).await?;
@@ -254,18 +224,12 @@ impl Node {
         let client_addr = client_server.local_addr();
         tokio::spawn(client_server.run());
 
-        let latency = storage_task::DiskLatency::new(cfg.disk_latency_max, cfg.seed ^ 0xd15c);
-        let (storage_tx, storage_done_rx, storage_join) =
-            storage_task::spawn(storage, cfg.storage_queue_capacity, latency);
-        let task = CoreTask::new(&cfg, core, kv, transport, storage_tx);
-        let core = tokio::spawn(async move {
-            let result = task
-                .run(peer_rx, request_rx, storage_done_rx, shutdown_rx)
-                .await;
-            // The storage task ends once the core drops its queue.
-            let _ = storage_join.await;
-            result
-        });
+        let inputs = supervisor::Inputs {
+            peer_rx,
+            request_rx,
+            shutdown: shutdown_rx,
+        };
+        let core = tokio::spawn(supervisor::supervise(cfg, fs, first, transport, inputs));
         Ok(Node {
             handle,
             shutdown,

@@ -44,8 +44,9 @@ pub(crate) enum StorageDone {
     },
     /// A snapshot is durable and the WAL behind it may go.
     SnapshotSaved(Snapshot),
-    /// Storage failed; the node must stop.
-    Failed(StorageError),
+    /// Storage failed: nothing it was given since is durable. The node
+    /// must reopen it from disk, cutting this segment back first.
+    Failed(StorageError, Option<(std::path::PathBuf, u64)>),
 }
 
 /// Starts the storage task.
@@ -136,8 +137,9 @@ async fn run<F: FileSystem + Send + 'static>(
     mut latency: DiskLatency,
 ) {
     let mut next: Option<StorageJob> = None;
-    // Term and vote as of the last fsync.
-    let mut synced_term_vote = (0u64, 0u64);
+    // The hard state as of the last fsync, but its commit index (None: no
+    // fsync yet in this life, so the first hard state is always synced).
+    let mut synced_hard: Option<HardState> = None;
     loop {
         let job = match next.take() {
             Some(job) => job,
@@ -163,18 +165,20 @@ async fn run<F: FileSystem + Send + 'static>(
                     }
                 }
                 debug_assert!(!batch.is_empty());
-                // Entries, a term or a vote must be durable before anything
-                // that depends on them leaves. A commit index alone need
-                // not be: a crash that loses it only makes the node relearn
-                // it from the leader. Skipping those fsyncs halves the disk
-                // work of a lone client's write.
+                // Entries and anything in the hard state but its commit
+                // index must be durable before anything that depends on them
+                // leaves. A commit index alone need not be: a crash that
+                // loses it only makes the node relearn it from the leader.
+                // Skipping those fsyncs halves the disk work of a lone
+                // client's write.
+                let without_commit = |h: HardState| HardState { commit: 0, ..h };
                 let must_sync = !batch.entries.is_empty()
                     || batch
                         .hard_state
-                        .is_some_and(|h| (h.term, h.vote) != synced_term_vote);
+                        .is_some_and(|h| Some(without_commit(h)) != synced_hard);
                 if let Some(h) = batch.hard_state {
                     if must_sync {
-                        synced_term_vote = (h.term, h.vote);
+                        synced_hard = Some(without_commit(h));
                     }
                 }
                 if must_sync && latency.max.is_zero() {
@@ -230,8 +234,8 @@ async fn run<F: FileSystem + Send + 'static>(
             }
         };
         if let Err(e) = result {
-            tracing::error!(error = %e, "storage write failed");
-            let _ = done.send(StorageDone::Failed(e)).await;
+            let cut_back = storage.cut_back();
+            let _ = done.send(StorageDone::Failed(e, cut_back)).await;
             return;
         }
         for c in completions {

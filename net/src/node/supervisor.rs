@@ -1,0 +1,216 @@
+//! A node's lives over its storage. Each life opens the data dir, rebuilds
+//! the state machine and the Raft core from it, and runs the core task
+//! until shutdown or a disk failure. A disk failure (EIO, ENOSPC) ends the
+//! life, never the process: whatever the failed call covered was never
+//! acknowledged, the core and its in-memory state are dropped, and once the
+//! disk takes a test write again the next life starts from what is on disk,
+//! exactly as after a crash. Meanwhile the node answers clients that it is
+//! unavailable and drops peer messages (peers see it as down).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kv_engine::kv::KvStore;
+use kv_engine::raft::{RaftCore, Restored};
+use kv_proto::raft::Message;
+use tokio::sync::{mpsc, watch};
+
+use super::core_task::CoreTask;
+use super::events::NodeEvent;
+use super::{storage_task, ClientReply, ClientRequest, FailKind, NodeConfig, NodeError};
+use crate::fs::FileSystem;
+use crate::storage::{Recovered, Storage, StorageError};
+use crate::transport::PeerTransport;
+
+/// First wait before a failed disk is tried again; it doubles up to the most.
+const DISK_RETRY_FIRST: Duration = Duration::from_millis(500);
+const DISK_RETRY_MOST: Duration = Duration::from_secs(10);
+
+/// What reaches a node from outside; it outlives each life of the core.
+pub(crate) struct Inputs {
+    pub(crate) peer_rx: mpsc::Receiver<Message>,
+    pub(crate) request_rx: mpsc::Receiver<ClientRequest>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// How one life of the core ended.
+pub(crate) enum Ended {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The disk failed: reopen storage from disk once it works again,
+    /// cutting this segment back to its last fsync first.
+    DiskFailed {
+        error: StorageError,
+        cut_back: Option<(PathBuf, u64)>,
+    },
+    /// Something retrying cannot fix.
+    Failed(NodeError),
+}
+
+/// Opens the data dir.
+pub(crate) fn open_storage<F: FileSystem>(
+    cfg: &NodeConfig,
+    fs: &F,
+    cut_back: Option<(PathBuf, u64)>,
+) -> Result<(Storage<F>, Recovered), StorageError> {
+    let mut opts = cfg.storage_options();
+    opts.cut_back = cut_back;
+    Storage::open(fs.clone(), Path::new(&cfg.data_dir), opts)
+}
+
+/// Runs lives until shutdown or an error no retry can fix.
+pub(crate) async fn supervise<F: FileSystem>(
+    cfg: NodeConfig,
+    fs: F,
+    first: Result<(Storage<F>, Recovered), StorageError>,
+    transport: PeerTransport,
+    mut inputs: Inputs,
+) -> Result<(), NodeError> {
+    let mut next = first;
+    let mut cut_back = None;
+    let result = loop {
+        let (storage, recovered) = match next {
+            Ok(opened) => opened,
+            Err(e) if e.is_disk_fault() => {
+                match wait_for_disk(&cfg, &fs, &mut inputs, &e, cut_back.take()).await {
+                    Some(opened) => opened,
+                    None => break Ok(()),
+                }
+            }
+            Err(e) => break Err(NodeError::Storage(e)),
+        };
+        match live(&cfg, storage, recovered, &transport, &mut inputs).await {
+            Ended::Shutdown => break Ok(()),
+            Ended::Failed(e) => break Err(e),
+            Ended::DiskFailed { error, cut_back: c } => {
+                cut_back = c;
+                next = Err(error);
+            }
+        }
+    };
+    transport.shutdown();
+    result
+}
+
+/// One life: the state machine and core rebuilt from storage, run until
+/// they end.
+async fn live<F: FileSystem>(
+    cfg: &NodeConfig,
+    storage: Storage<F>,
+    recovered: Recovered,
+    transport: &PeerTransport,
+    inputs: &mut Inputs,
+) -> Ended {
+    let (core, kv) = match rebuild(cfg, recovered) {
+        Ok(built) => built,
+        Err(e) => return Ended::Failed(e),
+    };
+    let latency = storage_task::DiskLatency::new(cfg.disk_latency_max, cfg.seed ^ 0xd15c);
+    let (storage_tx, storage_done_rx, storage_join) =
+        storage_task::spawn(storage, cfg.storage_queue_capacity, latency);
+    let task = CoreTask::new(cfg, core, kv, transport, storage_tx);
+    let ended = task.run(inputs, storage_done_rx).await;
+    // The storage task ends once the core drops its queue; it holds the
+    // data dir's lock until then.
+    let _ = storage_join.await;
+    ended
+}
+
+/// The state machine and the Raft core, from what storage recovered.
+fn rebuild(cfg: &NodeConfig, recovered: Recovered) -> Result<(RaftCore, KvStore), NodeError> {
+    let kv = match &recovered.snapshot {
+        Some(snapshot) => {
+            KvStore::restore(&snapshot.data).map_err(|e| NodeError::Snapshot(e.to_string()))?
+        }
+        None => KvStore::new(),
+    };
+    let restored = Restored {
+        hard_state: recovered.hard_state,
+        snapshot: recovered.snapshot,
+        entries: recovered.entries,
+        found: recovered.found,
+        nonce: rand::random(),
+    };
+    let core =
+        RaftCore::new(cfg.raft_config(), restored).map_err(|e| NodeError::Config(e.to_string()))?;
+    let (node, term, commit, snapshot_index, standing) = (
+        cfg.id,
+        core.term(),
+        core.log().committed(),
+        core.log().snapshot_index(),
+        core.standing(),
+    );
+    cfg.events.emit(|| NodeEvent::Started {
+        node,
+        term,
+        commit,
+        snapshot_index,
+        standing,
+    });
+    tracing::info!(
+        node,
+        term,
+        last_index = core.log().last_index(),
+        commit,
+        ?standing,
+        found = ?recovered.found,
+        "recovered"
+    );
+    Ok((core, kv))
+}
+
+/// Waits until the disk takes a test write and the data dir opens again.
+/// Returns None if the node is shut down meanwhile.
+async fn wait_for_disk<F: FileSystem>(
+    cfg: &NodeConfig,
+    fs: &F,
+    inputs: &mut Inputs,
+    error: &StorageError,
+    mut cut_back: Option<(PathBuf, u64)>,
+) -> Option<(Storage<F>, Recovered)> {
+    tracing::error!(
+        node = cfg.id,
+        %error,
+        "disk failed: this node takes no part in the cluster until its disk works again \
+         (nothing it acknowledged is affected)"
+    );
+    let mut wait = DISK_RETRY_FIRST;
+    let mut retry = Box::pin(tokio::time::sleep(wait));
+    loop {
+        tokio::select! {
+            biased;
+            _ = inputs.shutdown.changed() => return None,
+            _ = &mut retry => {
+                if probe(cfg, fs).is_ok() {
+                    match open_storage(cfg, fs, cut_back.clone()) {
+                        Ok(opened) => {
+                            tracing::info!(node = cfg.id, "disk works again: rejoining the cluster");
+                            return Some(opened);
+                        }
+                        Err(e) if e.is_disk_fault() => {
+                            tracing::debug!(node = cfg.id, error = %e, "data dir still fails to open");
+                        }
+                        Err(e) => {
+                            tracing::error!(node = cfg.id, error = %e, "data dir cannot be reopened");
+                            cut_back = None;
+                        }
+                    }
+                }
+                wait = (wait * 2).min(DISK_RETRY_MOST);
+                retry = Box::pin(tokio::time::sleep(wait));
+            }
+            Some(req) = inputs.request_rx.recv() => {
+                let _ = req.reply.send(ClientReply::Failed(FailKind::Unavailable));
+            }
+            Some(_) = inputs.peer_rx.recv() => {}
+        }
+    }
+}
+
+/// A test write: a small file written, synced and removed.
+fn probe<F: FileSystem>(cfg: &NodeConfig, fs: &F) -> std::io::Result<()> {
+    let path = Path::new(&cfg.data_dir).join("probe.tmp");
+    fs.write_synced(&path, &[0u8; 4096])?;
+    fs.remove(&path)?;
+    fs.sync_dir(Path::new(&cfg.data_dir))
+}

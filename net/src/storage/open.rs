@@ -1,0 +1,417 @@
+//! Opening a data dir: the lock, the identity check, recovery (decided by
+//! `kv_engine::storage::recovery`, carried out here), and start-up
+//! durability: every file the node will rely on is fsynced, with the
+//! directory and its parent, before anything is read back as durable (an
+//! earlier process may have died with its writes still in the page cache).
+
+use std::path::{Path, PathBuf};
+
+use kv_engine::raft::Found;
+use kv_engine::storage::meta::{
+    decode_meta_file, encode_meta_file, DataDirMeta, MetaError, FORMAT_VERSION,
+};
+use kv_engine::storage::record::encode_hard_state;
+use kv_engine::storage::recovery::{
+    check_identity, check_snapshot_file, segment_name, snapshot_name, Damage, DirListing,
+    IdentityCheck, KeptSegment, Recovery, WalScan, DAMAGED_SUFFIX, META_FILE, REPAIR_MARKER,
+    TEMP_SUFFIX,
+};
+use kv_proto::raft::{HardState, Snapshot, SnapshotMeta};
+
+use super::{io_err, Recovered, SegmentInfo, Storage, StorageError, StorageOptions, LOCK_FILE};
+use crate::fs::{AppendFile, FileSystem};
+
+impl<F: FileSystem> Storage<F> {
+    /// Opens (or creates) the data directory and recovers its state.
+    pub fn open(
+        fs: F,
+        dir: &Path,
+        opts: StorageOptions,
+    ) -> Result<(Self, Recovered), StorageError> {
+        fs.create_dir_all(dir)
+            .map_err(io_err("create directory", dir))?;
+        let lock = take_lock(&fs, dir)?;
+        let names = fs.list(dir).map_err(io_err("list", dir))?;
+        let listing = DirListing::from_names(&names);
+        for tmp in &listing.temporaries {
+            let path = dir.join(tmp);
+            fs.remove(&path).map_err(io_err("remove", &path))?;
+        }
+        if let Some((path, len)) = &opts.cut_back {
+            cut_to(&fs, path, *len)?;
+        }
+        let meta = read_meta(&fs, dir, &listing)?;
+        let identity = check_identity(meta, opts.identity, &listing);
+        let mut recovery = match &identity {
+            IdentityCheck::Mismatch(found) => return Err(mismatch(dir, *found, opts.identity)),
+            IdentityCheck::Fresh => {
+                write_meta(&fs, dir, &opts.identity)?;
+                scan(&fs, dir, &listing)?
+            }
+            IdentityCheck::Matches => scan(&fs, dir, &listing)?,
+            IdentityCheck::Damaged(cause) => Recovery::untrusted(&listing, cause.clone()),
+        };
+        if recovery.found == Found::Damaged {
+            let rewrite_meta =
+                matches!(identity, IdentityCheck::Damaged(_)).then_some(&opts.identity);
+            repair(&fs, dir, &mut recovery, &listing, rewrite_meta)?;
+        } else {
+            tidy(&fs, dir, &recovery)?;
+        }
+        make_durable(&fs, dir, &recovery)?;
+        Self::start(fs, dir, opts, recovery, lock)
+    }
+
+    /// The storage, positioned after the recovered log, and what it holds.
+    fn start(
+        fs: F,
+        dir: &Path,
+        opts: StorageOptions,
+        recovery: Recovery,
+        lock: F::Lock,
+    ) -> Result<(Self, Recovered), StorageError> {
+        let mut segments: Vec<SegmentInfo> = recovery
+            .segments
+            .iter()
+            .map(|s| SegmentInfo {
+                seq: s.seq,
+                path: dir.join(segment_name(s.seq)),
+                max_index: s.max_index,
+            })
+            .collect();
+        let current_len = recovery.segments.last().map_or(0, |s| s.len);
+        if segments.is_empty() {
+            let seq = recovery.next_segment_seq();
+            segments.push(SegmentInfo {
+                seq,
+                path: dir.join(segment_name(seq)),
+                max_index: 0,
+            });
+        }
+        let current_path = segments.last().map(|s| s.path.clone()).unwrap_or_default();
+        let current = fs
+            .open_append(&current_path)
+            .map_err(io_err("open", &current_path))?;
+        fs.sync_dir(dir).map_err(io_err("sync directory", dir))?;
+        let snapshot_index = recovery
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.meta)
+            .map_or(0, |m| m.index);
+        let recovered = Recovered {
+            hard_state: recovery.log.hard_state,
+            snapshot: recovery.snapshot,
+            entries: recovery.log.entries,
+            found: recovery.found,
+            damage: recovery.damage,
+        };
+        let storage = Storage {
+            fs,
+            dir: dir.to_path_buf(),
+            opts,
+            segments,
+            current,
+            current_len,
+            synced_len: current_len,
+            hard_state: recovered.hard_state,
+            snapshot_index,
+            buf: Vec::with_capacity(64 * 1024),
+            failed: None,
+            _lock: lock,
+        };
+        Ok((storage, recovered))
+    }
+}
+
+fn take_lock<F: FileSystem>(fs: &F, dir: &Path) -> Result<F::Lock, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    fs.lock(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => StorageError::Locked {
+            dir: dir.to_path_buf(),
+        },
+        _ => StorageError::Io {
+            op: "lock",
+            path,
+            source: e,
+        },
+    })
+}
+
+fn mismatch(dir: &Path, found: DataDirMeta, expected: DataDirMeta) -> StorageError {
+    if (found.cluster_id, found.node_id) == (expected.cluster_id, expected.node_id) {
+        return StorageError::Format {
+            dir: dir.to_path_buf(),
+            found: found.format_version,
+            supported: FORMAT_VERSION,
+        };
+    }
+    StorageError::IdentityMismatch {
+        dir: dir.to_path_buf(),
+        found_node: found.node_id,
+        found_cluster: found.cluster_id,
+        node: expected.node_id,
+        cluster: expected.cluster_id,
+    }
+}
+
+fn read_meta<F: FileSystem>(
+    fs: &F,
+    dir: &Path,
+    listing: &DirListing,
+) -> Result<Option<Result<DataDirMeta, MetaError>>, StorageError> {
+    if !listing.meta {
+        return Ok(None);
+    }
+    let path = dir.join(META_FILE);
+    let bytes = fs.read(&path).map_err(io_err("read", &path))?;
+    Ok(Some(decode_meta_file(&bytes)))
+}
+
+/// Writes the identity file durably: temp file, fsync, rename, then the
+/// directory and its parent (so the data dir itself exists after a crash).
+fn write_meta<F: FileSystem>(fs: &F, dir: &Path, meta: &DataDirMeta) -> Result<(), StorageError> {
+    let path = dir.join(META_FILE);
+    let tmp = dir.join(format!("{META_FILE}{TEMP_SUFFIX}"));
+    fs.write_synced(&tmp, &encode_meta_file(meta))
+        .map_err(io_err("write", &tmp))?;
+    fs.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+    fs.sync_dir(dir).map_err(io_err("sync directory", dir))?;
+    sync_parent(fs, dir)
+}
+
+fn sync_parent<F: FileSystem>(fs: &F, dir: &Path) -> Result<(), StorageError> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs.sync_dir(&parent)
+        .map_err(io_err("sync directory", &parent))
+}
+
+/// Reads what recovery needs: snapshots newest first until one checks out,
+/// then the segments in order (none after the first damage).
+fn scan<F: FileSystem>(fs: &F, dir: &Path, listing: &DirListing) -> Result<Recovery, StorageError> {
+    let mut snapshot: Option<Snapshot> = None;
+    let mut bad = Vec::new();
+    for &index in &listing.snapshots {
+        let path = dir.join(snapshot_name(index));
+        let bytes = fs.read(&path).map_err(io_err("read", &path))?;
+        match check_snapshot_file(index, &bytes) {
+            Ok(s) => {
+                snapshot = Some(s);
+                break;
+            }
+            Err(reason) => {
+                tracing::error!(file = %path.display(), %reason, "invalid snapshot; trying an older one");
+                bad.push((index, reason));
+            }
+        }
+    }
+    let mut wal = WalScan::new(snapshot.as_ref().and_then(|s| s.meta));
+    for (i, &seq) in listing.segments.iter().enumerate() {
+        let is_last = i + 1 == listing.segments.len();
+        if wal.is_damaged() {
+            wal.feed(seq, &[], is_last);
+            continue;
+        }
+        let path = dir.join(segment_name(seq));
+        let bytes = fs.read(&path).map_err(io_err("read", &path))?;
+        wal.feed(seq, &bytes, is_last);
+    }
+    Ok(Recovery::new(snapshot, bad, wal, listing.repair_marker))
+}
+
+/// No damage: cut a torn tail, set aside snapshots that did not check out.
+fn tidy<F: FileSystem>(fs: &F, dir: &Path, recovery: &Recovery) -> Result<(), StorageError> {
+    if let Some((seq, len)) = recovery.cut {
+        let path = dir.join(segment_name(seq));
+        tracing::warn!(file = %path.display(), offset = len, "cutting off a torn WAL tail (a write a crash interrupted)");
+        cut_to(fs, &path, len)?;
+    }
+    set_aside(fs, dir, recovery)
+}
+
+/// Keeps a copy of each file named as evidence, then removes those to go.
+fn set_aside<F: FileSystem>(fs: &F, dir: &Path, recovery: &Recovery) -> Result<(), StorageError> {
+    for name in &recovery.evidence {
+        let path = dir.join(name);
+        let copy = dir.join(format!("{name}{DAMAGED_SUFFIX}"));
+        let bytes = fs.read(&path).map_err(io_err("read", &path))?;
+        fs.write_synced(&copy, &bytes)
+            .map_err(io_err("write", &copy))?;
+    }
+    for name in &recovery.remove {
+        let path = dir.join(name);
+        fs.remove(&path).map_err(io_err("remove", &path))?;
+    }
+    fs.sync_dir(dir).map_err(io_err("sync directory", dir))
+}
+
+fn cut_to<F: FileSystem>(fs: &F, path: &Path, len: u64) -> Result<(), StorageError> {
+    let mut file = fs.open_append(path).map_err(io_err("open", path))?;
+    file.truncate(len).map_err(io_err("truncate", path))
+}
+
+/// Damage: this node may have lost what it acknowledged. Sets the damage
+/// aside and marks the node recovering, in an order a crash cannot undo:
+/// the repair marker first, the recovering hard state in a new segment
+/// last, and only then the marker goes.
+fn repair<F: FileSystem>(
+    fs: &F,
+    dir: &Path,
+    recovery: &mut Recovery,
+    listing: &DirListing,
+    rewrite_meta: Option<&DataDirMeta>,
+) -> Result<(), StorageError> {
+    for d in &recovery.damage {
+        tracing::error!(dir = %dir.display(), damage = %d, "storage damaged");
+    }
+    tracing::warn!(
+        dir = %dir.display(),
+        "setting damaged files aside (*{DAMAGED_SUFFIX}); this node starts recovering and votes \
+         again once a leader has repaired it"
+    );
+    let marker = dir.join(REPAIR_MARKER);
+    if !listing.repair_marker {
+        fs.write_synced(&marker, b"a repair of this data dir is under way\n")
+            .map_err(io_err("write", &marker))?;
+        fs.sync_dir(dir).map_err(io_err("sync directory", dir))?;
+    }
+    set_aside(fs, dir, recovery)?;
+    if let Some((seq, len)) = recovery.cut {
+        cut_to(fs, &dir.join(segment_name(seq)), len)?;
+    }
+    if let Some(meta) = rewrite_meta {
+        write_meta(fs, dir, meta)?;
+    }
+    let hard_state = recovery.recovering_hard_state();
+    let seq = recovery.next_segment_seq();
+    let len = write_segment(fs, dir, seq, &hard_state)?;
+    recovery.segments.push(KeptSegment {
+        seq,
+        len,
+        max_index: 0,
+    });
+    recovery.log.hard_state = hard_state;
+    fs.remove(&marker).map_err(io_err("remove", &marker))?;
+    fs.sync_dir(dir).map_err(io_err("sync directory", dir))
+}
+
+/// A new segment holding only `hard_state`, durable with its name.
+fn write_segment<F: FileSystem>(
+    fs: &F,
+    dir: &Path,
+    seq: u64,
+    hard_state: &HardState,
+) -> Result<u64, StorageError> {
+    let path = dir.join(segment_name(seq));
+    let mut buf = Vec::new();
+    encode_hard_state(hard_state, &mut buf);
+    let mut file = fs.open_append(&path).map_err(io_err("create", &path))?;
+    file.append(&buf).map_err(io_err("append", &path))?;
+    file.sync().map_err(io_err("fdatasync", &path))?;
+    fs.sync_dir(dir).map_err(io_err("sync directory", dir))?;
+    Ok(buf.len() as u64)
+}
+
+/// Start-up durability: every segment and the snapshot in use, the dir and
+/// its parent, fsynced before the node trusts any of it.
+fn make_durable<F: FileSystem>(
+    fs: &F,
+    dir: &Path,
+    recovery: &Recovery,
+) -> Result<(), StorageError> {
+    for seg in &recovery.segments {
+        let path = dir.join(segment_name(seg.seq));
+        fs.sync_file(&path).map_err(io_err("fsync", &path))?;
+    }
+    if let Some(meta) = recovery.snapshot.as_ref().and_then(|s| s.meta) {
+        let path = dir.join(snapshot_name(meta.index));
+        fs.sync_file(&path).map_err(io_err("fsync", &path))?;
+    }
+    let meta = dir.join(META_FILE);
+    fs.sync_file(&meta).map_err(io_err("fsync", &meta))?;
+    fs.sync_dir(dir).map_err(io_err("sync directory", dir))?;
+    sync_parent(fs, dir)
+}
+
+/// What a data dir holds, read without changing anything (`kv-server check`).
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// The files by kind.
+    pub listing: DirListing,
+    /// The identity file (None: missing).
+    pub meta: Option<Result<DataDirMeta, MetaError>>,
+    /// Another process holds the lock (its files may change while read).
+    pub in_use: bool,
+    /// Bytes of each segment, by sequence number.
+    pub segment_bytes: Vec<(u64, u64)>,
+    /// The snapshot recovery would use.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Snapshot files that do not check out, and why.
+    pub bad_snapshots: Vec<(u64, String)>,
+    /// What a start would find: intact, empty or damaged.
+    pub found: Found,
+    /// What is damaged.
+    pub damage: Vec<Damage>,
+    /// The hard state a start would recover.
+    pub hard_state: HardState,
+    /// First and last log index a start would recover.
+    pub first_index: u64,
+    /// Last log index.
+    pub last_index: u64,
+    /// A torn tail a start would cut: (segment, length kept).
+    pub torn_tail: Option<(u64, u64)>,
+}
+
+/// Reads a data dir as `open` would, changing nothing.
+pub fn inspect<F: FileSystem>(fs: &F, dir: &Path) -> Result<Inspection, StorageError> {
+    let names = fs.list(dir).map_err(io_err("list", dir))?;
+    let listing = DirListing::from_names(&names);
+    let in_use = matches!(take_lock(fs, dir), Err(StorageError::Locked { .. }));
+    let meta = read_meta(fs, dir, &listing)?;
+    let mut segment_bytes = Vec::new();
+    for &seq in &listing.segments {
+        let path = dir.join(segment_name(seq));
+        let bytes = fs.read(&path).map_err(io_err("read", &path))?;
+        segment_bytes.push((seq, bytes.len() as u64));
+    }
+    let mut recovery = match &meta {
+        Some(Err(e)) => Recovery::untrusted(
+            &listing,
+            Damage {
+                file: META_FILE.into(),
+                offset: 0,
+                reason: format!("unreadable identity file: {e}"),
+            },
+        ),
+        _ => scan(fs, dir, &listing)?,
+    };
+    if meta.is_none() && listing.has_data_files() {
+        recovery.damage.insert(
+            0,
+            Damage {
+                file: META_FILE.into(),
+                offset: 0,
+                reason: "the identity file is missing beside WAL or snapshot files".into(),
+            },
+        );
+        recovery.found = Found::Damaged;
+    }
+    let bad_snapshots = recovery.bad_snapshots.clone();
+    let torn_tail = recovery.cut.filter(|_| recovery.found != Found::Damaged);
+    Ok(Inspection {
+        listing,
+        meta,
+        in_use,
+        segment_bytes,
+        snapshot: recovery.snapshot.as_ref().and_then(|s| s.meta),
+        bad_snapshots,
+        found: recovery.found,
+        damage: recovery.damage.clone(),
+        hard_state: recovery.log.hard_state,
+        first_index: recovery.log.snapshot_index + 1,
+        last_index: recovery.log.last_index(),
+        torn_tail,
+    })
+}

@@ -1,0 +1,464 @@
+use bytes::Bytes;
+use kv_engine::raft::Found;
+use kv_engine::storage::meta::DataDirMeta;
+use kv_engine::storage::record::encode_entry;
+use kv_engine::storage::recovery::{segment_name, snapshot_name, DAMAGED_SUFFIX};
+use kv_proto::raft::{Entry, HardState, Snapshot, SnapshotMeta};
+
+use super::*;
+use crate::fs::{DiskFaults, DiskOp, MemFs};
+
+fn dir() -> PathBuf {
+    PathBuf::from("/data")
+}
+
+fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
+    (from..=to)
+        .map(|i| Entry {
+            index: i,
+            term,
+            data: Bytes::from(format!("e{i}")),
+        })
+        .collect()
+}
+
+fn hs(term: u64, commit: u64) -> HardState {
+    HardState {
+        term,
+        vote: 1,
+        commit,
+        ..Default::default()
+    }
+}
+
+fn opts(segment_size_bytes: u64) -> StorageOptions {
+    StorageOptions {
+        segment_size_bytes,
+        snapshots_kept: 2,
+        identity: DataDirMeta::new(1, 1),
+        cut_back: None,
+    }
+}
+
+fn open(fs: &MemFs) -> Result<(Storage<MemFs>, Recovered), StorageError> {
+    Storage::open(fs.clone(), &dir(), opts(200))
+}
+
+fn indexes(r: &Recovered) -> Vec<u64> {
+    r.entries.iter().map(|e| e.index).collect()
+}
+
+fn snapshot(index: u64, term: u64) -> Snapshot {
+    Snapshot {
+        meta: Some(SnapshotMeta { index, term }),
+        data: Bytes::from(format!("state@{index}")),
+    }
+}
+
+/// A storage with entries 1..=n of term 1, each appended and synced alone.
+fn written(fs: &MemFs, n: u64, segment_size: u64) -> Storage<MemFs> {
+    let (mut s, _) = Storage::open(fs.clone(), &dir(), opts(segment_size)).unwrap();
+    for i in 1..=n {
+        s.append(Some(&hs(1, i - 1)), &entries(i, i, 1)).unwrap();
+    }
+    s
+}
+
+#[test]
+fn appends_survive_a_restart_and_rotate_segments() {
+    let fs = MemFs::new();
+    let s = written(&fs, 30, 200);
+    assert!(s.segment_count() > 3, "segments rotate at 200 bytes");
+    drop(s);
+    fs.crash(7);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.entries.len(), 30);
+    assert_eq!(r.hard_state, hs(1, 29));
+    assert_eq!(r.found, Found::Intact);
+}
+
+#[test]
+fn a_fresh_dir_is_empty_and_stays_empty_until_something_is_written() {
+    let fs = MemFs::new();
+    let (s, r) = open(&fs).unwrap();
+    assert_eq!(r.found, Found::Empty);
+    drop(s);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(
+        r.found,
+        Found::Empty,
+        "a start that wrote nothing leaves it empty"
+    );
+}
+
+#[test]
+fn an_overwritten_suffix_stays_overwritten_after_restart() {
+    let fs = MemFs::new();
+    let (mut s, _) = open(&fs).unwrap();
+    s.append(Some(&hs(1, 0)), &entries(1, 5, 1)).unwrap();
+    s.append(Some(&hs(2, 2)), &entries(3, 3, 2)).unwrap();
+    drop(s);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(
+        r.entries
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect::<Vec<_>>(),
+        vec![(1, 1), (2, 1), (3, 2)]
+    );
+}
+
+#[test]
+fn a_power_loss_loses_only_unsynced_writes() {
+    for seed in 0..50 {
+        let fs = MemFs::new();
+        let mut s = written(&fs, 3, 1 << 20);
+        // A write that never reaches its fsync.
+        s.write(None, &entries(4, 4, 1)).unwrap();
+        drop(s);
+        fs.crash(seed);
+        let (mut s, r) = open(&fs).unwrap();
+        // The synced entries survive; the unsynced one survives only whole.
+        assert!(
+            matches!(r.entries.len(), 3 | 4),
+            "seed {seed}: {}",
+            r.entries.len()
+        );
+        assert_eq!(
+            r.found,
+            Found::Intact,
+            "seed {seed}: a torn tail is not damage"
+        );
+        // The torn tail was cut, so later appends decode cleanly.
+        s.append(Some(&hs(1, 0)), &entries(4, 4, 1)).unwrap();
+        drop(s);
+        assert_eq!(open(&fs).unwrap().1.entries.len(), 4, "seed {seed}");
+    }
+}
+
+#[test]
+fn what_a_dead_process_left_in_the_page_cache_is_made_durable_before_it_is_trusted() {
+    for seed in 0..20 {
+        let fs = MemFs::new();
+        let mut s = written(&fs, 3, 1 << 20);
+        // The process dies between its write and its fsync: the page cache
+        // keeps the write (no MemFs crash), so the next start reads it.
+        s.write(None, &entries(4, 6, 1)).unwrap();
+        drop(s);
+        let (s, r) = open(&fs).unwrap();
+        assert_eq!(indexes(&r), vec![1, 2, 3, 4, 5, 6]);
+        drop(s);
+        // Then the power goes: what the start read must still be there.
+        fs.crash(seed);
+        let (_, r) = open(&fs).unwrap();
+        assert_eq!(indexes(&r), vec![1, 2, 3, 4, 5, 6], "seed {seed}");
+    }
+}
+
+#[test]
+fn cutting_the_last_segment_at_every_byte_recovers_the_complete_records() {
+    let fs = MemFs::new();
+    let (mut s, _) = Storage::open(fs.clone(), &dir(), opts(1 << 20)).unwrap();
+    let path = dir().join(segment_name(1));
+    let mut ends = Vec::new();
+    for i in 1..=4 {
+        s.append(None, &entries(i, i, 1)).unwrap();
+        ends.push(fs.len(&path).unwrap());
+    }
+    drop(s);
+    let full = fs.read(&path).unwrap();
+    for cut in 0..=full.len() {
+        let copy = fs.deep_copy();
+        let mut f = copy.open_append(&path).unwrap();
+        f.truncate(cut as u64).unwrap();
+        let (_, r) =
+            Storage::open(copy, &dir(), opts(1 << 20)).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        let complete = ends.iter().filter(|&&e| e <= cut).count();
+        assert_eq!(r.entries.len(), complete, "cut at {cut}");
+        assert_ne!(r.found, Found::Damaged, "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_bad_record_mid_log_is_set_aside_and_the_node_starts_recovering() {
+    let fs = MemFs::new();
+    drop(written(&fs, 5, 1 << 20));
+    let path = dir().join(segment_name(1));
+    fs.corrupt(&path, 80, 2).unwrap();
+    let (s, r) = open(&fs).unwrap();
+    assert_eq!(r.found, Found::Damaged);
+    let why = r.damage[0].to_string();
+    assert!(
+        why.contains("wal-00000000000000000001.log") && why.contains("offset"),
+        "{why}"
+    );
+    assert!(r.hard_state.recovering, "the recovering mark is durable");
+    let kept = indexes(&r);
+    assert!(
+        !kept.is_empty() && kept.len() < 5,
+        "the prefix before the damage: {kept:?}"
+    );
+    assert!(fs
+        .read(&dir().join(format!("wal-00000000000000000001.log{DAMAGED_SUFFIX}")))
+        .is_ok());
+    drop(s);
+    // The next start finds a clean WAL that says the node is recovering.
+    let (_, again) = open(&fs).unwrap();
+    assert_eq!(again.found, Found::Intact);
+    assert!(again.hard_state.recovering);
+    assert_eq!(indexes(&again), kept);
+}
+
+#[test]
+fn a_missing_segment_is_damage_and_what_follows_it_is_set_aside() {
+    let fs = MemFs::new();
+    drop(written(&fs, 30, 200));
+    fs.remove(&dir().join(segment_name(2))).unwrap();
+    fs.sync_dir(&dir()).unwrap();
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.found, Found::Damaged);
+    assert!(
+        r.damage[0].reason.contains("segment missing"),
+        "{:?}",
+        r.damage
+    );
+    assert!(r.hard_state.recovering);
+}
+
+#[test]
+fn a_repair_interrupted_at_any_step_still_leaves_the_node_recovering() {
+    let damaged = MemFs::new();
+    drop(written(&damaged, 12, 200));
+    damaged
+        .corrupt(&dir().join(segment_name(2)), 30, 1)
+        .unwrap();
+    let mut completed = false;
+    for step in 0..60 {
+        let fs = damaged.deep_copy();
+        fs.set_faults(DiskFaults {
+            dies_after: Some(step),
+            ..Default::default()
+        });
+        completed = open(&fs).is_ok();
+        fs.crash(step as u64);
+        fs.set_faults(DiskFaults::default());
+        let (_, r) = open(&fs).unwrap();
+        assert!(
+            r.found == Found::Damaged || r.hard_state.recovering,
+            "a crash at step {step} of the repair lost the recovering mark: {r:?}"
+        );
+        if completed {
+            break;
+        }
+    }
+    assert!(
+        completed,
+        "the repair finishes within 60 changes to the disk"
+    );
+}
+
+#[test]
+fn a_failed_fsync_is_never_taken_for_a_durable_write() {
+    let fs = MemFs::new();
+    let mut s = written(&fs, 3, 1 << 20);
+    fs.fail_next(DiskOp::Sync, 1);
+    assert!(s.append(Some(&hs(1, 3)), &entries(4, 5, 1)).is_err());
+    assert!(
+        s.append(None, &entries(4, 4, 1)).is_err(),
+        "no write after a failed one: it must be reopened"
+    );
+    let cut_back = s.cut_back();
+    drop(s);
+    let mut o = opts(1 << 20);
+    o.cut_back = cut_back;
+    let (mut s, r) = Storage::open(fs.clone(), &dir(), o).unwrap();
+    assert_eq!(
+        indexes(&r),
+        vec![1, 2, 3],
+        "what the failed fsync covered is gone"
+    );
+    s.append(Some(&hs(1, 3)), &entries(4, 6, 1)).unwrap();
+    drop(s);
+    fs.crash(3);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(
+        r.found,
+        Found::Intact,
+        "no hole where the failed pages were"
+    );
+    assert_eq!(indexes(&r), vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn a_full_disk_fails_the_write_and_works_again_once_space_is_freed() {
+    let fs = MemFs::new();
+    let mut s = written(&fs, 3, 1 << 20);
+    fs.set_capacity(Some(fs.used_bytes() + 10));
+    let err = s.append(Some(&hs(1, 3)), &entries(4, 8, 1)).unwrap_err();
+    assert!(err.to_string().contains("ENOSPC"), "{err}");
+    let cut_back = s.cut_back();
+    drop(s);
+    fs.set_capacity(None);
+    let mut o = opts(1 << 20);
+    o.cut_back = cut_back;
+    let (mut s, r) = Storage::open(fs.clone(), &dir(), o).unwrap();
+    assert_eq!(indexes(&r), vec![1, 2, 3]);
+    s.append(Some(&hs(1, 3)), &entries(4, 8, 1)).unwrap();
+    drop(s);
+    assert_eq!(open(&fs).unwrap().1.entries.len(), 8);
+}
+
+#[test]
+fn a_second_process_on_the_same_dir_is_refused() {
+    let fs = MemFs::new();
+    let (first, _) = open(&fs).unwrap();
+    let err = open(&fs).err().expect("the dir is locked");
+    assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    drop(first);
+    assert!(open(&fs).is_ok(), "the lock goes with its holder");
+}
+
+#[test]
+fn a_dir_of_another_node_or_cluster_is_refused_naming_both() {
+    let fs = MemFs::new();
+    drop(written(&fs, 2, 1 << 20));
+    let mut other = opts(1 << 20);
+    other.identity = DataDirMeta::new(1, 2);
+    let err = Storage::open(fs.clone(), &dir(), other.clone())
+        .err()
+        .expect("node 2 is not node 1");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("belongs to node 1") && msg.contains("this is node 2"),
+        "{msg}"
+    );
+    other.identity = DataDirMeta::new(9, 1);
+    let err = Storage::open(fs.clone(), &dir(), other)
+        .err()
+        .expect("cluster 9 is not 1");
+    assert!(
+        err.to_string().contains("of cluster 1") && err.to_string().contains("cluster 9"),
+        "{err}"
+    );
+    assert_eq!(open(&fs).unwrap().1.entries.len(), 2, "nothing was touched");
+}
+
+#[test]
+fn a_damaged_identity_file_sets_everything_aside() {
+    let fs = MemFs::new();
+    drop(written(&fs, 4, 1 << 20));
+    fs.corrupt(&dir().join("meta"), 12, 0).unwrap();
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.found, Found::Damaged);
+    assert!(r.entries.is_empty());
+    assert!(r.hard_state.recovering);
+    assert!(fs
+        .read(&dir().join(format!("{}{DAMAGED_SUFFIX}", segment_name(1))))
+        .is_ok());
+}
+
+#[test]
+fn a_snapshot_compacts_covered_segments_and_restart_gives_the_same_state() {
+    let fs = MemFs::new();
+    let (mut s, _) = open(&fs).unwrap();
+    for i in 1..=40 {
+        s.append(Some(&hs(1, i)), &entries(i, i, 1)).unwrap();
+    }
+    let before = s.segment_count();
+    s.save_snapshot(&snapshot(30, 1)).unwrap();
+    assert!(s.segment_count() < before, "covered segments removed");
+    drop(s);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.snapshot, Some(snapshot(30, 1)));
+    assert_eq!(r.entries.first().map(|e| e.index), Some(31));
+    assert_eq!(r.entries.last().map(|e| e.index), Some(40));
+    assert_eq!(r.hard_state, hs(1, 40));
+}
+
+#[test]
+fn an_installed_snapshot_replaces_the_whole_log() {
+    let fs = MemFs::new();
+    let (mut s, _) = open(&fs).unwrap();
+    s.append(Some(&hs(1, 2)), &entries(1, 10, 1)).unwrap();
+    s.install_snapshot(&snapshot(50, 3)).unwrap();
+    s.append(Some(&hs(3, 51)), &entries(51, 51, 3)).unwrap();
+    drop(s);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(
+        r.snapshot.as_ref().and_then(|s| s.meta).map(|m| m.index),
+        Some(50)
+    );
+    assert_eq!(indexes(&r), vec![51]);
+}
+
+#[test]
+fn a_damaged_newest_snapshot_the_wal_cannot_bridge_makes_the_node_recover() {
+    let fs = MemFs::new();
+    let (mut s, _) = open(&fs).unwrap();
+    for i in 1..=40 {
+        s.append(Some(&hs(1, i)), &entries(i, i, 1)).unwrap();
+    }
+    s.save_snapshot(&snapshot(10, 1)).unwrap();
+    s.save_snapshot(&snapshot(35, 1)).unwrap();
+    drop(s);
+    fs.corrupt(&dir().join(snapshot_name(35)), 40, 0).unwrap();
+    // Segments up to 35 are gone, so the older snapshot at 10 cannot be
+    // completed from the WAL: the node recovers from the leader.
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.found, Found::Damaged);
+    assert_eq!(
+        r.snapshot.as_ref().and_then(|s| s.meta).map(|m| m.index),
+        Some(10)
+    );
+    assert!(r.hard_state.recovering);
+    assert!(fs
+        .read(&dir().join(format!("{}{DAMAGED_SUFFIX}", snapshot_name(35))))
+        .is_ok());
+}
+
+#[test]
+fn hard_state_is_written_ahead_of_its_entries() {
+    // A torn batch can keep its hard state without its entries, never the
+    // reverse: an entry never outlives a recovering mark written with it.
+    let fs = MemFs::new();
+    let (mut s, _) = open(&fs).unwrap();
+    let marked = HardState {
+        term: 2,
+        recovering: true,
+        ..Default::default()
+    };
+    s.write(Some(&marked), &entries(1, 3, 2)).unwrap();
+    let bytes = fs.read(&dir().join(segment_name(1))).unwrap();
+    let mut entry_bytes = Vec::new();
+    encode_entry(&entries(1, 1, 2)[0], &mut entry_bytes);
+    let entry_at = bytes
+        .windows(entry_bytes.len())
+        .position(|w| w == entry_bytes.as_slice())
+        .unwrap();
+    assert!(entry_at > 0, "the hard state record comes first");
+}
+
+#[test]
+fn a_failed_fsync_is_cut_back_at_once_so_a_new_process_cannot_trust_its_pages() {
+    let fs = MemFs::new();
+    let mut s = written(&fs, 3, 1 << 20);
+    fs.fail_next(DiskOp::Sync, 1);
+    assert!(s.append(Some(&hs(1, 3)), &entries(4, 5, 1)).is_err());
+    // The process dies here: no hint of what to cut survives it.
+    drop(s);
+    let (s, r) = open(&fs).unwrap();
+    assert_eq!(
+        indexes(&r),
+        vec![1, 2, 3],
+        "the failed pages are not read back"
+    );
+    drop(s);
+    fs.crash(1);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.found, Found::Intact);
+    assert_eq!(indexes(&r), vec![1, 2, 3]);
+}
