@@ -9,10 +9,12 @@
 //! | `frame` | length-prefixed frames |
 //! | `storage` | WAL segments, snapshots, recovery |
 //! | `fs` | the file-system trait, real and in-memory |
+//! | `log_limit` | rate limits for warnings outsiders can trigger |
 
 pub mod client;
 pub mod frame;
 pub mod fs;
+pub mod log_limit;
 pub mod node;
 pub mod storage;
 pub mod transport;

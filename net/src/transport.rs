@@ -1,11 +1,13 @@
 //! Peer transport: Raft messages between nodes over TCP.
 //!
-//! Each message travels as one frame holding an `Envelope` (cluster id and
-//! the message, which names sender and receiver). A node dials each peer
-//! from one task per peer that owns a bounded queue: `send` never blocks and
-//! never grows memory; when a peer is slow or down its queue fills and new
-//! messages are dropped (Raft retransmits). Inbound connections are accepted
-//! from anyone; every envelope is validated before it reaches the core.
+//! A connection opens with a `Hello` frame naming cluster, sender and
+//! receiver; the receiver refuses the connection (once, logged at a limited
+//! rate) unless it names this cluster, this node, and a member. Each
+//! message then travels as one frame holding an `Envelope` (cluster id and
+//! the message, which names sender and receiver), checked against the
+//! hello. A node dials each peer from one task per peer that owns a bounded
+//! queue: `send` never blocks and never grows memory; when a peer is slow or
+//! down its queue fills and new messages are dropped (Raft retransmits).
 //!
 //! For the simulation, `NetFaults` drops, duplicates and delays (hence
 //! reorders) messages on the sending side, seeded; it is off by default.
@@ -16,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kv_proto::raft::{Envelope, Message};
+use kv_proto::raft::{Envelope, Hello, Message};
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -25,6 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::frame::{encode_frame, FrameReader};
+use crate::log_limit::LogLimiter;
+
+/// How often each kind of refusal is logged.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// Seeded message faults injected before the socket (simulation only).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -102,7 +108,7 @@ pub struct TransportStats {
     pub faults: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     sent: AtomicU64,
     dropped: AtomicU64,
@@ -110,6 +116,32 @@ struct Counters {
     received: AtomicU64,
     connects: AtomicU64,
     faults: AtomicU64,
+    /// Refusals are logged at a limited rate: a stranger can cause them.
+    refusal_log: LogLimiter,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            faults: AtomicU64::new(0),
+            refusal_log: LogLimiter::new(REFUSAL_LOG_PERIOD),
+        }
+    }
+}
+
+impl Counters {
+    /// Counts a refused connection or frame and logs it at a limited rate.
+    fn refuse(&self, node: u64, from: SocketAddr, kind: &'static str, detail: &str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(held) = self.refusal_log.allow(kind) {
+            tracing::warn!(node, %from, held_back = held, "refusing peer connection: {kind} ({detail})");
+        }
+    }
 }
 
 /// The running transport of one node.
@@ -294,7 +326,9 @@ async fn accept_loop(
     }
 }
 
-/// Reads envelopes from one inbound connection until it closes.
+/// Reads envelopes from one inbound connection until it closes: first the
+/// hello, then envelopes from the member it named. Anything that does not
+/// check out closes the connection.
 async fn read_loop(
     stream: TcpStream,
     from: SocketAddr,
@@ -304,6 +338,7 @@ async fn read_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut frames = FrameReader::new(stream, cfg.max_frame_bytes);
+    let mut peer = None;
     loop {
         let frame = tokio::select! {
             biased;
@@ -318,9 +353,16 @@ async fn read_loop(
                 return;
             }
         };
-        let Some(msg) = validate(&cfg, &payload, from) else {
-            counters.refused.fetch_add(1, Ordering::Relaxed);
+        let Some(sender) = peer else {
+            match check_hello(&cfg, &payload) {
+                Ok(sender) => peer = Some(sender),
+                Err((kind, detail)) => return counters.refuse(cfg.node_id, from, kind, &detail),
+            }
             continue;
+        };
+        let msg = match validate(&cfg, &payload, sender) {
+            Ok(msg) => msg,
+            Err((kind, detail)) => return counters.refuse(cfg.node_id, from, kind, &detail),
         };
         counters.received.fetch_add(1, Ordering::Relaxed);
         // Backpressure: a busy core slows this connection, not memory.
@@ -330,25 +372,59 @@ async fn read_loop(
     }
 }
 
-/// Decodes and checks one envelope: our cluster, addressed to us, from a peer.
-fn validate(cfg: &TransportConfig, payload: &[u8], from: SocketAddr) -> Option<Message> {
-    let envelope = match Envelope::decode(payload) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(node = cfg.node_id, %from, error = %e, "refusing undecodable peer frame");
-            return None;
-        }
-    };
+/// A refusal: its kind (for rate-limited logging) and what was seen.
+type Refusal = (&'static str, String);
+
+/// Checks a connection's hello: our cluster, to us, from a member.
+fn check_hello(cfg: &TransportConfig, payload: &[u8]) -> Result<u64, Refusal> {
+    let hello = Hello::decode(payload).map_err(|e| ("undecodable hello", e.to_string()))?;
+    if hello.cluster_id != cfg.cluster_id {
+        return Err((
+            "another cluster",
+            format!(
+                "cluster {} dialed cluster {}",
+                hello.cluster_id, cfg.cluster_id
+            ),
+        ));
+    }
+    if hello.to != cfg.node_id {
+        return Err((
+            "meant for another node",
+            format!(
+                "node {} dialed node {} at this node's address",
+                hello.from, hello.to
+            ),
+        ));
+    }
+    if !cfg.peers.contains_key(&hello.from) {
+        return Err((
+            "not a member",
+            format!("node {} is not a member", hello.from),
+        ));
+    }
+    Ok(hello.from)
+}
+
+/// Decodes and checks one envelope: our cluster, to us, from `sender`.
+fn validate(cfg: &TransportConfig, payload: &[u8], sender: u64) -> Result<Message, Refusal> {
+    let envelope = Envelope::decode(payload).map_err(|e| ("undecodable frame", e.to_string()))?;
     if envelope.cluster_id != cfg.cluster_id {
-        tracing::warn!(node = cfg.node_id, %from, cluster = envelope.cluster_id, "refusing frame from another cluster");
-        return None;
+        return Err((
+            "another cluster",
+            format!("envelope of cluster {}", envelope.cluster_id),
+        ));
     }
-    let msg = envelope.message?;
-    if msg.to != cfg.node_id || !cfg.peers.contains_key(&msg.from) {
-        tracing::warn!(node = cfg.node_id, %from, msg_from = msg.from, msg_to = msg.to, "refusing misaddressed frame");
-        return None;
+    let msg = envelope.message.ok_or(("empty envelope", String::new()))?;
+    if msg.to != cfg.node_id || msg.from != sender {
+        return Err((
+            "misaddressed message",
+            format!(
+                "from {} to {} on node {sender}'s connection",
+                msg.from, msg.to
+            ),
+        ));
     }
-    Some(msg)
+    Ok(msg)
 }
 
 /// Keeps a connection to one peer and writes its queue to it.
@@ -388,6 +464,16 @@ async fn dial_loop(
         backoff = cfg.reconnect_backoff_min;
         counters.connects.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(node = cfg.node_id, peer, %addr, "connected to peer");
+        buf.clear();
+        let hello = Hello {
+            cluster_id: cfg.cluster_id,
+            from: cfg.node_id,
+            to: peer,
+        };
+        encode_frame(&hello, &mut buf);
+        if write_all_flush(&mut stream, &buf).await.is_err() {
+            continue;
+        }
         loop {
             let first = tokio::select! {
                 biased;
@@ -501,52 +587,75 @@ mod tests {
         assert_eq!(nodes[0].stats().sent, 2);
     }
 
+    /// Opens a raw connection to `addr` that says `hello` and sends `msgs`.
+    async fn raw_peer(addr: SocketAddr, hello: Hello, msgs: Vec<(u64, Message)>) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        encode_frame(&hello, &mut buf);
+        for (cluster_id, m) in msgs {
+            encode_frame(
+                &Envelope {
+                    cluster_id,
+                    message: Some(m),
+                },
+                &mut buf,
+            );
+        }
+        stream.write_all(&buf).await.unwrap();
+        stream.flush().await.unwrap();
+        stream
+    }
+
+    fn hello(cluster_id: u64, from: u64, to: u64) -> Hello {
+        Hello {
+            cluster_id,
+            from,
+            to,
+        }
+    }
+
     #[tokio::test]
-    async fn frames_from_another_cluster_or_for_another_node_are_refused() {
+    async fn a_connection_whose_hello_names_another_cluster_node_or_stranger_is_refused() {
         let mut addrs = BTreeMap::new();
         for id in 1..=2 {
             addrs.insert(id, free_addr().await);
         }
         let (tx, mut rx) = mpsc::channel(64);
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
-        let mut stream = TcpStream::connect(addrs[&1]).await.unwrap();
-        let mut buf = Vec::new();
-        encode_frame(
-            &Envelope {
-                cluster_id: 8,
-                message: Some(msg(2, 1, 1)),
-            },
-            &mut buf,
+        let mut kept = Vec::new();
+        for bad in [hello(8, 2, 1), hello(7, 2, 3), hello(7, 9, 1)] {
+            // Valid envelopes after a bad hello never get through.
+            kept.push(raw_peer(addrs[&1], bad, vec![(7, msg(2, 1, 1))]).await);
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err(),
+            "nothing from a refused connection"
         );
-        encode_frame(
-            &Envelope {
-                cluster_id: 7,
-                message: Some(msg(2, 3, 2)),
-            },
-            &mut buf,
+        assert_eq!(t1.stats().refused, 3, "once per connection, not per frame");
+        let _good = raw_peer(addrs[&1], hello(7, 2, 1), vec![(7, msg(2, 1, 4))]).await;
+        assert_eq!(recv(&mut rx).await.unwrap().term, 4);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_sends_for_another_sender_is_cut_off() {
+        let mut addrs = BTreeMap::new();
+        for id in 1..=3 {
+            addrs.insert(id, free_addr().await);
+        }
+        let (tx, mut rx) = mpsc::channel(64);
+        let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
+        let msgs = vec![(7, msg(2, 1, 1)), (7, msg(3, 1, 2)), (7, msg(2, 1, 3))];
+        let _conn = raw_peer(addrs[&1], hello(7, 2, 1), msgs).await;
+        assert_eq!(recv(&mut rx).await.unwrap().term, 1);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err(),
+            "after a message claiming to be from node 3, the connection is closed"
         );
-        encode_frame(
-            &Envelope {
-                cluster_id: 7,
-                message: Some(msg(9, 1, 3)),
-            },
-            &mut buf,
-        );
-        encode_frame(
-            &Envelope {
-                cluster_id: 7,
-                message: Some(msg(2, 1, 4)),
-            },
-            &mut buf,
-        );
-        stream.write_all(&buf).await.unwrap();
-        stream.flush().await.unwrap();
-        assert_eq!(
-            recv(&mut rx).await.unwrap().term,
-            4,
-            "only the valid envelope gets through"
-        );
-        assert_eq!(t1.stats().refused, 3);
+        assert_eq!(t1.stats().refused, 1);
     }
 
     #[tokio::test]

@@ -223,10 +223,12 @@ async fn finish(
         CheckResult::Illegal(why) => {
             return Err(with_trace(format!("history is not linearizable: {why}")))
         }
-        CheckResult::Unknown => return Err(with_trace(format!(
+        CheckResult::Unknown => {
+            return Err(with_trace(format!(
             "linearizability check gave up (search budget; {} ops, {indeterminate} indeterminate)",
             ops.len()
-        ))),
+        )))
+        }
     }
     Ok(Report {
         seed,
