@@ -96,6 +96,12 @@ impl HistoryRecorder {
         }
     }
 
+    /// A point in the history: operations invoked later have a greater
+    /// `invoke` number.
+    pub fn mark(&self) -> u64 {
+        self.lock().1
+    }
+
     /// The operations so far.
     pub fn operations(&self) -> Vec<Operation> {
         self.lock().0.clone()

@@ -56,6 +56,11 @@ pub enum Script {
     /// its acknowledgment, it loses power and the leader dies. A node that
     /// trusts its page cache at start-up has acknowledged a write it lost.
     PageCacheLoss,
+    /// A majority of the nodes lose their disks (replaced, or rotten) at
+    /// once. The cluster must stop serving (no operation started after the
+    /// damage succeeds) and never lose or invent data; the damaged nodes
+    /// stay recovering. Checked instead of convergence.
+    MajorityDamage,
     /// One follower is cut off, so the leader commits only with the other;
     /// that one's disk is then replaced by an empty one, and the leader dies
     /// as the network heals. A wiped node that votes loses those commits.
@@ -153,8 +158,9 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
     }
 
     let mut disks = DiskNemesis::new();
+    let mut damaged_at = None;
     if let Some(script) = scenario.script {
-        run_script(&mut cluster, script, stop_at).await;
+        damaged_at = run_script(&mut cluster, script, stop_at, &history).await;
     } else if scenario.nemesis {
         nemesis(&mut cluster, &mut disks, &mut rng, stop_at).await;
     } else {
@@ -168,10 +174,17 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
     for t in client_tasks {
         let _ = t.await;
     }
-    let result = finish(
-        &scenario, &cluster, &handle, &checker, &history, seed, start,
-    )
-    .await;
+    let result = match damaged_at {
+        Some(mark) => {
+            finish_stopped(&scenario, &cluster, &checker, &history, mark, seed, start).await
+        }
+        None => {
+            finish(
+                &scenario, &cluster, &handle, &checker, &history, seed, start,
+            )
+            .await
+        }
+    };
     // Kill every simulated node so their tasks are dropped now: tasks that
     // wait on each other through channels would otherwise keep each other
     // (and every simulated disk) alive after the runtime ends, and a long
@@ -184,6 +197,53 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
     }
     sleep(Duration::from_millis(1)).await;
     result
+}
+
+/// After a majority was damaged: the cluster must have stopped serving,
+/// with every property but liveness intact.
+async fn finish_stopped(
+    scenario: &Scenario,
+    cluster: &SimCluster,
+    checker: &InvariantChecker,
+    history: &HistoryRecorder,
+    damaged_at: u64,
+    seed: u64,
+    start: Instant,
+) -> Result<Report, String> {
+    // Give a healed cluster every chance to serve again: it must not.
+    sleep(scenario.heal_deadline / 3).await;
+    let violations = checker.violations();
+    if let Some(v) = violations.first() {
+        return Err(format!("invariant violated: {v}"));
+    }
+    let not_voters = checker.not_voters();
+    let majority = cluster.ids().len() / 2 + 1;
+    if not_voters.len() < majority {
+        return Err(format!(
+            "a damaged majority must stay recovering; not voters: {not_voters:?}"
+        ));
+    }
+    let ops = history.operations();
+    if let Some(served) = ops
+        .iter()
+        .find(|o| o.invoke > damaged_at && o.output.is_some())
+    {
+        return Err(format!("served after a majority lost its data: {served:?}"));
+    }
+    let indeterminate = ops.iter().filter(|o| o.output.is_none()).count();
+    match check_history(&ops) {
+        CheckResult::Ok => {}
+        CheckResult::Illegal(why) => return Err(format!("history is not linearizable: {why}")),
+        CheckResult::Unknown => return Err("linearizability check gave up".into()),
+    }
+    Ok(Report {
+        seed,
+        ops: ops.len(),
+        indeterminate,
+        events: checker.event_count(),
+        trace: checker.trace(),
+        simulated: start.elapsed(),
+    })
 }
 
 /// Liveness, invariants and linearizability, once the faults are over.
@@ -332,8 +392,15 @@ async fn nemesis(
     unclog_all(cluster, &net, &mut clogged);
 }
 
-/// Runs one fixed fault sequence until `until`.
-async fn run_script(cluster: &mut SimCluster, script: Script, until: Instant) {
+/// Runs one fixed fault sequence until `until`. Returns the history's mark
+/// at the moment a majority was damaged, if the script does that.
+async fn run_script(
+    cluster: &mut SimCluster,
+    script: Script,
+    until: Instant,
+    history: &HistoryRecorder,
+) -> Option<u64> {
+    let mut damaged_at = None;
     let net = NetSim::current();
     let ids = cluster.ids();
     let mut clogged = BTreeSet::new();
@@ -364,11 +431,26 @@ async fn run_script(cluster: &mut SimCluster, script: Script, until: Instant) {
         }
         Script::PageCacheLoss => page_cache_loss(cluster, &net, &mut clogged, leader).await,
         Script::ReplacedDisk => replaced_disk(cluster, &net, &mut clogged, leader).await,
+        Script::MajorityDamage => {
+            let victims: Vec<u64> = ids.iter().copied().take(ids.len() / 2 + 1).collect();
+            for (i, &v) in victims.iter().enumerate() {
+                cluster.kill(v, i as u64);
+                if let Some(disk) = cluster.disk(v) {
+                    disk.wipe();
+                }
+                cluster.checker.note(&format!("n{v}: disk replaced"));
+            }
+            damaged_at = Some(history.mark());
+            for &v in &victims {
+                cluster.restart(v);
+            }
+        }
     }
     let now = Instant::now();
     if until > now {
         sleep(until - now).await;
     }
+    damaged_at
 }
 
 /// The steps of `Script::PageCacheLoss` (see there).

@@ -87,9 +87,13 @@ fn replay_trace_of_one_seed() {
 
 /// A fixed scenario's trace, as kept in `sim/tests/snapshots/`.
 fn scripted_trace(seed: u64, script: Script) -> String {
+    scripted_trace_of(seed, script, 3)
+}
+
+fn scripted_trace_of(seed: u64, script: Script, nodes: u64) -> String {
     let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     rt.block_on(async move {
-        let mut scenario = Scenario::standard(3);
+        let mut scenario = Scenario::standard(nodes);
         scenario.trace = true;
         scenario.clients = 2;
         scenario.fault_phase = std::time::Duration::from_secs(8);
@@ -131,6 +135,21 @@ fn disk_fault_scripts_lose_nothing() {
             assert!(
                 !trace.starts_with("FAILED"),
                 "{script:?} seed {seed}: {trace}"
+            );
+        }
+    }
+}
+
+/// A majority loses its disks at once: the cluster stops serving, and
+/// never loses or invents data.
+#[test]
+fn a_damaged_majority_stops_serving_and_never_serves_lost_data() {
+    for seed in 1..=10 {
+        for nodes in [3, 5] {
+            let trace = scripted_trace_of(seed, Script::MajorityDamage, nodes);
+            assert!(
+                !trace.starts_with("FAILED"),
+                "seed {seed}, {nodes} nodes: {trace}"
             );
         }
     }
