@@ -1,5 +1,6 @@
 //! Shared pieces of the `kv-server` and `kv-cli` binaries.
 
+pub mod check;
 pub mod client;
 pub mod logging;
 pub mod members;

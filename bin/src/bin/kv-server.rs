@@ -20,8 +20,11 @@ use kv_net::node::{Member, Node, NodeConfig};
 /// Clients speak a line protocol on the client port: SET k v, GET k, DEL k,
 /// CAS k expected new, PING. Followers answer REDIRECT <leader>.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, subcommand_negates_reqs = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Start a whole local cluster on 127.0.0.1 in this process (data under --data-dir).
     #[arg(long, env = "KV_DEV")]
     dev: bool,
@@ -97,6 +100,18 @@ struct Args {
     request_timeout_ms: u64,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Reads a data directory without starting a node or changing it, and
+    /// prints what is there and what is damaged. Exit code: 0 healthy (or a
+    /// fresh directory), 1 damaged or recovering, 2 unreadable.
+    Check {
+        /// The data directory of one node.
+        #[arg(long, env = "KV_DATA_DIR", default_value = "kv-data")]
+        data_dir: PathBuf,
+    },
+}
+
 impl Args {
     fn node_config(
         &self,
@@ -122,6 +137,11 @@ impl Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(Command::Check { data_dir }) = &args.command {
+        let (report, code) = kv_bin::check::check(data_dir);
+        print!("{report}");
+        std::process::exit(code);
+    }
     kv_bin::logging::init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

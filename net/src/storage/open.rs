@@ -368,7 +368,9 @@ pub struct Inspection {
 pub fn inspect<F: FileSystem>(fs: &F, dir: &Path) -> Result<Inspection, StorageError> {
     let names = fs.list(dir).map_err(io_err("list", dir))?;
     let listing = DirListing::from_names(&names);
-    let in_use = matches!(take_lock(fs, dir), Err(StorageError::Locked { .. }));
+    // Only a lock file that exists can be held; reading creates none.
+    let in_use = names.iter().any(|n| n == LOCK_FILE)
+        && matches!(take_lock(fs, dir), Err(StorageError::Locked { .. }));
     let meta = read_meta(fs, dir, &listing)?;
     let mut segment_bytes = Vec::new();
     for &seq in &listing.segments {

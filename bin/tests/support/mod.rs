@@ -1,0 +1,177 @@
+//! Shared helpers of the process-level tests: a cluster of real
+//! `kv-server` processes on loopback with ephemeral ports and temporary
+//! data directories, and one-line text-protocol requests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A cluster of kv-server processes.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub members: String,
+    clients: Vec<SocketAddr>,
+    procs: Vec<Option<Child>>,
+    extra: Vec<String>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    pub fn start(name: &str, n: usize, extra: &[&str]) -> Cluster {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut members = Vec::new();
+        let mut clients = Vec::new();
+        for id in 1..=n {
+            let peer = free_port();
+            let client = free_port();
+            members.push(format!("{id}=127.0.0.1:{peer}/127.0.0.1:{client}"));
+            clients.push(SocketAddr::from(([127, 0, 0, 1], client)));
+        }
+        let mut c = Cluster {
+            dir,
+            members: members.join(","),
+            clients,
+            procs: (0..n).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
+    pub fn spawn(&mut self, id: usize) {
+        let log = std::fs::File::create(self.dir.join(format!("node{id}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--members")
+            .arg(&self.members)
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("node{id}")))
+            .args([
+                "--tick-ms",
+                "10",
+                "--election-ticks",
+                "10",
+                "--heartbeat-ticks",
+                "2",
+            ])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kv-server");
+        self.procs[id - 1] = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self, id: usize) {
+        if let Some(mut child) = self.procs[id - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn client(&self, id: usize) -> SocketAddr {
+        self.clients[id - 1]
+    }
+
+    /// The id of the leader, as the nodes report it.
+    pub fn leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            for id in 1..=self.clients.len() {
+                if self.procs[id - 1].is_none() {
+                    continue;
+                }
+                match try_request(self.client(id), "GET lp") {
+                    Some(r) if r.starts_with("VALUE") || r == "NOT_FOUND" => return id,
+                    Some(r) if r.starts_with("REDIRECT ") => {
+                        let addr: SocketAddr = r[9..].parse().unwrap();
+                        if let Some(pos) = self.clients.iter().position(|a| *a == addr) {
+                            if self.procs[pos].is_some() {
+                                return pos + 1;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no leader within {within:?}; logs in {}",
+            self.dir.display()
+        );
+    }
+
+    /// Sends `line` to the leader, retrying until it answers something
+    /// other than a redirect or "no leader".
+    pub fn request(&self, line: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let leader = self.leader(Duration::from_secs(10));
+            if let Some(r) = try_request(self.client(leader), line) {
+                if !r.starts_with("REDIRECT")
+                    && r != "ERR no leader"
+                    && !r.starts_with("ERR not applied")
+                {
+                    return r;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no answer to {line:?}; logs in {}", self.dir.display());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 1..=self.procs.len() {
+            self.kill(id);
+        }
+    }
+}
+
+/// One request on a fresh connection; None if the node is unreachable or silent.
+pub fn try_request(addr: SocketAddr, line: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(6))).ok()?;
+    s.write_all(format!("{line}\n").as_bytes()).ok()?;
+    let mut r = BufReader::new(s);
+    let mut resp = String::new();
+    r.read_line(&mut resp).ok()?;
+    if resp.is_empty() {
+        return None;
+    }
+    Some(resp.trim_end().to_string())
+}
+
+/// A connection kept open for several requests.
+pub fn connect(addr: SocketAddr) -> (BufReader<TcpStream>, TcpStream) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (BufReader::new(s.try_clone().unwrap()), s)
+}
+
+pub fn roundtrip(conn: &mut (BufReader<TcpStream>, TcpStream), bytes: &[u8]) -> String {
+    conn.1.write_all(bytes).unwrap();
+    let mut resp = String::new();
+    conn.0.read_line(&mut resp).unwrap();
+    resp.trim_end().to_string()
+}
