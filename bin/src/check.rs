@@ -82,10 +82,10 @@ pub fn render(dir: &Path, i: &Inspection) -> (String, i32) {
         i.segment_bytes.len()
     );
     let hs = i.hard_state;
-    let entries = if i.last_index >= i.first_index {
-        format!("entries {}..={}", i.first_index, i.last_index)
-    } else {
-        "no entries".to_string()
+    let entries = match (i.last_index >= i.first_index, i.snapshot) {
+        (true, _) => format!("entries {}..={}", i.first_index, i.last_index),
+        (false, Some(_)) => "no entries after the snapshot".to_string(),
+        (false, None) => "no entries".to_string(),
     };
     let _ = writeln!(
         out,
