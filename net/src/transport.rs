@@ -427,7 +427,10 @@ fn validate(cfg: &TransportConfig, payload: &[u8], sender: u64) -> Result<Messag
     Ok(msg)
 }
 
-/// Keeps a connection to one peer and writes its queue to it.
+/// Keeps a connection to one peer and writes its queue to it. Reconnects
+/// with exponential back-off and jitter (so restarted clusters do not dial
+/// in lockstep); a connection that dies within a second counts as a failed
+/// attempt, so a peer that refuses us is not redialled at message rate.
 async fn dial_loop(
     peer: u64,
     addr: SocketAddr,
@@ -445,73 +448,119 @@ async fn dial_loop(
             c = TcpStream::connect(addr) => c,
             _ = shutdown.changed() => return,
         };
-        let mut stream = match connected {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(node = cfg.node_id, peer, %addr, error = %e, "peer unreachable");
-                // Exponential backoff with jitter, so restarted clusters do not dial in lockstep.
-                let jitter = rng.random_range(0..=backoff.as_millis() as u64 / 2);
-                let wait = backoff + Duration::from_millis(jitter);
-                backoff = (backoff * 2).min(cfg.reconnect_backoff_max);
-                tokio::select! {
-                    biased;
-                    _ = tokio::time::sleep(wait) => continue,
-                    _ = shutdown.changed() => return,
+        let lived = match connected {
+            Ok(stream) => {
+                counters.connects.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(node = cfg.node_id, peer, %addr, "connected to peer");
+                let since = tokio::time::Instant::now();
+                let link = Link {
+                    peer,
+                    cfg: &cfg,
+                    counters: &counters,
+                };
+                match link.pump(stream, &mut queue, &mut shutdown, &mut buf).await {
+                    Pumped::Stopped => return,
+                    Pumped::Broken => since.elapsed(),
                 }
             }
+            Err(e) => {
+                tracing::debug!(node = cfg.node_id, peer, %addr, error = %e, "peer unreachable");
+                Duration::ZERO
+            }
         };
+        if lived >= cfg.reconnect_backoff_max {
+            backoff = cfg.reconnect_backoff_min;
+            continue;
+        }
+        let jitter = rng.random_range(0..=backoff.as_millis() as u64 / 2);
+        let wait = backoff + Duration::from_millis(jitter);
+        backoff = (backoff * 2).min(cfg.reconnect_backoff_max);
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// How a connection's life ended.
+enum Pumped {
+    /// The transport is shutting down (or its queue closed).
+    Stopped,
+    /// A write failed: reconnect.
+    Broken,
+}
+
+/// One outbound connection to `peer`.
+struct Link<'a> {
+    peer: u64,
+    cfg: &'a TransportConfig,
+    counters: &'a Counters,
+}
+
+impl Link<'_> {
+    /// Says hello, then writes batches of queued messages until a write fails.
+    async fn pump(
+        &self,
+        mut stream: TcpStream,
+        queue: &mut mpsc::Receiver<Message>,
+        shutdown: &mut watch::Receiver<bool>,
+        buf: &mut Vec<u8>,
+    ) -> Pumped {
         let _ = stream.set_nodelay(true);
-        backoff = cfg.reconnect_backoff_min;
-        counters.connects.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(node = cfg.node_id, peer, %addr, "connected to peer");
         buf.clear();
         let hello = Hello {
-            cluster_id: cfg.cluster_id,
-            from: cfg.node_id,
-            to: peer,
+            cluster_id: self.cfg.cluster_id,
+            from: self.cfg.node_id,
+            to: self.peer,
         };
-        encode_frame(&hello, &mut buf);
-        if write_all_flush(&mut stream, &buf).await.is_err() {
-            continue;
+        encode_frame(&hello, buf);
+        if write_all_flush(&mut stream, buf).await.is_err() {
+            return Pumped::Broken;
         }
         loop {
             let first = tokio::select! {
                 biased;
                 m = queue.recv() => m,
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => return Pumped::Stopped,
             };
-            let Some(first) = first else { return };
-            buf.clear();
-            let mut count = 1;
-            encode_frame(
-                &Envelope {
-                    cluster_id: cfg.cluster_id,
-                    message: Some(first),
-                },
-                &mut buf,
-            );
-            // Batch whatever else is queued into the same write.
-            while buf.len() < 1 << 20 {
-                match queue.try_recv() {
-                    Ok(m) => {
-                        encode_frame(
-                            &Envelope {
-                                cluster_id: cfg.cluster_id,
-                                message: Some(m),
-                            },
-                            &mut buf,
-                        );
-                        count += 1;
-                    }
-                    Err(_) => break,
-                }
+            let Some(first) = first else {
+                return Pumped::Stopped;
+            };
+            let count = self.encode_batch(first, queue, buf);
+            if let Err(e) = write_all_flush(&mut stream, buf).await {
+                tracing::debug!(node = self.cfg.node_id, peer = self.peer, error = %e, "peer write failed; reconnecting");
+                return Pumped::Broken;
             }
-            if let Err(e) = write_all_flush(&mut stream, &buf).await {
-                tracing::debug!(node = cfg.node_id, peer, error = %e, "peer write failed; reconnecting");
-                break;
-            }
-            counters.sent.fetch_add(count, Ordering::Relaxed);
+            self.counters.sent.fetch_add(count, Ordering::Relaxed);
         }
+    }
+
+    /// Encodes `first` and whatever else is queued (up to 1 MiB) into `buf`
+    /// for one write; returns how many messages it holds.
+    fn encode_batch(
+        &self,
+        first: Message,
+        queue: &mut mpsc::Receiver<Message>,
+        buf: &mut Vec<u8>,
+    ) -> u64 {
+        buf.clear();
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some(message) = next {
+            let envelope = Envelope {
+                cluster_id: self.cfg.cluster_id,
+                message: Some(message),
+            };
+            encode_frame(&envelope, buf);
+            count += 1;
+            next = if buf.len() < 1 << 20 {
+                queue.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        count
     }
 }
 

@@ -56,6 +56,13 @@ pub enum Script {
     /// its acknowledgment, it loses power and the leader dies. A node that
     /// trusts its page cache at start-up has acknowledged a write it lost.
     PageCacheLoss,
+    /// The leader's next fsync fails (EIO): it must hand leadership over at
+    /// once (the trace notes how long the cluster went without one) and
+    /// rejoin once its disk takes writes again.
+    LeaderDiskFails,
+    /// The leader's disk fills up (ENOSPC); three seconds later space is
+    /// freed: the node must rejoin by itself.
+    DiskFull,
     /// A majority of the nodes lose their disks (replaced, or rotten) at
     /// once. The cluster must stop serving (no operation started after the
     /// damage succeeds) and never lose or invent data; the damaged nodes
@@ -431,6 +438,27 @@ async fn run_script(
         }
         Script::PageCacheLoss => page_cache_loss(cluster, &net, &mut clogged, leader).await,
         Script::ReplacedDisk => replaced_disk(cluster, &net, &mut clogged, leader).await,
+        Script::LeaderDiskFails => {
+            if let Some(disk) = cluster.disk(leader) {
+                disk.fail_next(kv_net::fs::DiskOp::Sync, 1);
+            }
+            cluster
+                .checker
+                .note(&format!("n{leader}: next fsync fails with EIO"));
+            note_next_leader(cluster, leader).await;
+        }
+        Script::DiskFull => {
+            if let Some(disk) = cluster.disk(leader) {
+                disk.set_capacity(Some(disk.used_bytes()));
+            }
+            cluster.checker.note(&format!("n{leader}: disk full"));
+            note_next_leader(cluster, leader).await;
+            sleep(Duration::from_secs(3)).await;
+            if let Some(disk) = cluster.disk(leader) {
+                disk.set_capacity(None);
+            }
+            cluster.checker.note(&format!("n{leader}: space freed"));
+        }
         Script::MajorityDamage => {
             let victims: Vec<u64> = ids.iter().copied().take(ids.len() / 2 + 1).collect();
             for (i, &v) in victims.iter().enumerate() {
@@ -451,6 +479,24 @@ async fn run_script(
         sleep(until - now).await;
     }
     damaged_at
+}
+
+/// Waits (up to 5 s) until a node other than `old` leads, and notes in the
+/// trace how long that took.
+async fn note_next_leader(cluster: &SimCluster, old: u64) {
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(5) {
+        match cluster.checker.current_leader() {
+            Some(new) if new != old => {
+                let ms = since.elapsed().as_millis();
+                cluster
+                    .checker
+                    .note(&format!("new leader n{new} after {ms} ms"));
+                return;
+            }
+            _ => sleep(Duration::from_millis(1)).await,
+        }
+    }
 }
 
 /// The steps of `Script::PageCacheLoss` (see there).

@@ -154,3 +154,36 @@ fn a_damaged_majority_stops_serving_and_never_serves_lost_data() {
         }
     }
 }
+
+/// A leader whose fsync fails hands over at once: a new leader within the
+/// shortest election timeout (150 ms here), where waiting for followers to
+/// time out would take longer. It then rejoins, and the cluster converges.
+#[test]
+fn a_leader_whose_disk_fails_hands_over_and_rejoins() {
+    for seed in 1..=10 {
+        let trace = scripted_trace(seed, Script::LeaderDiskFails);
+        assert!(!trace.starts_with("FAILED"), "seed {seed}: {trace}");
+        let ms: u64 = trace
+            .lines()
+            .find_map(|l| {
+                l.split("new leader n")
+                    .nth(1)?
+                    .split(" after ")
+                    .nth(1)?
+                    .strip_suffix(" ms")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("seed {seed}: no new leader: {trace}"));
+        assert!(ms < 150, "seed {seed}: {ms} ms without a leader\n{trace}");
+    }
+}
+
+/// A full disk takes its node out; once space is freed it rejoins by itself.
+#[test]
+fn a_node_whose_disk_fills_up_rejoins_once_space_is_freed() {
+    for seed in 1..=10 {
+        let trace = scripted_trace(seed, Script::DiskFull);
+        assert!(!trace.starts_with("FAILED"), "seed {seed}: {trace}");
+    }
+}
