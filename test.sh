@@ -12,10 +12,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
-echo "== unit, integration and process-level tests (seeded Raft network: ${RAFT_SEEDS:-1000} seeds)"
-RAFT_SEEDS="${RAFT_SEEDS:-1000}" cargo nextest run --workspace --profile ci --cargo-profile release-test
+echo "== unit, integration and process-level tests (seeded Raft network: ${RAFT_SEEDS:-5000} seeds)"
+RAFT_SEEDS="${RAFT_SEEDS:-5000}" cargo nextest run --workspace --profile ci --cargo-profile release-test
 
-echo "== deterministic simulation (RUSTFLAGS=--cfg madsim, target/sim): ${SIM_SEEDS:-200} seeds per cluster size"
-MADSIM_TEST_SEED="${SIM_FIRST_SEED:-1}" MADSIM_TEST_NUM="${SIM_SEEDS:-200}" \
+echo "== deterministic simulation (RUSTFLAGS=--cfg madsim, target/sim): ${SIM_SEEDS:-1000} seeds per cluster size"
+MADSIM_TEST_SEED="${SIM_FIRST_SEED:-1}" MADSIM_TEST_NUM="${SIM_SEEDS:-1000}" \
 RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim \
   cargo nextest run -p kv-sim --profile sim --cargo-profile release-test
