@@ -7,10 +7,12 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use kv_engine::raft::{Config, ProposeError, RaftCore, Ready, Restored, Role};
+use kv_engine::raft::{
+    Config, ProposeError, RaftCore, Ready, Restored, Role, SnapshotChunkIn, SnapshotInfo,
+};
 use kv_proto::raft::{
     message::Body, AppendEntries, AppendEntriesResponse, Entry, HardState, InstallSnapshot,
-    Message, RequestVote, RequestVoteResponse, Snapshot, SnapshotMeta,
+    Message, RequestVote, RequestVoteResponse, SnapshotMeta,
 };
 
 fn config(id: u64, n: u64) -> Config {
@@ -413,7 +415,11 @@ fn a_follower_refuses_an_append_that_does_not_match_and_hints_where_to_resume() 
     let mut c = core_with_log(1, 3, 3, &[1, 2, 2, 2]);
     c.step(append(2, 1, 3, (4, 3), vec![entry(5, 3)], 0));
     let rd = c.ready();
-    let Some(Body::AppendEntriesResponse(r)) = &rd.persisted_messages[0].body else {
+    assert!(
+        rd.persisted_messages.is_empty(),
+        "a rejection claims nothing durable: it goes at once"
+    );
+    let Some(Body::AppendEntriesResponse(r)) = &rd.messages[0].body else {
         panic!()
     };
     assert!(!r.success);
@@ -425,7 +431,7 @@ fn a_follower_refuses_an_append_that_does_not_match_and_hints_where_to_resume() 
 
     c.step(append(2, 1, 3, (7, 3), vec![], 0));
     let rd = c.ready();
-    let Some(Body::AppendEntriesResponse(r)) = &rd.persisted_messages[0].body else {
+    let Some(Body::AppendEntriesResponse(r)) = &rd.messages[0].body else {
         panic!()
     };
     assert_eq!(
@@ -645,19 +651,42 @@ fn snapshot_chunks_are_reassembled_and_installed_and_a_gap_changes_nothing() {
         msg(1, 2, 2, Body::InstallSnapshot(is))
     };
     c.step(chunk(0, b"abc", false));
+    let rd = c.ready();
+    let taken = |offset, data: &'static [u8], done| SnapshotChunkIn {
+        meta,
+        offset,
+        data: Bytes::from_static(data),
+        done,
+    };
+    assert_eq!(rd.snapshot_chunks_in, vec![taken(0, b"abc", false)]);
+    assert!(
+        rd.messages.is_empty(),
+        "the answer waits until the chunk is written"
+    );
+    c.on_snapshot_chunk_written(meta, 3);
+    let rd = c.ready();
+    assert!(
+        matches!(&rd.messages[0].body, Some(Body::InstallSnapshotResponse(r)) if r.next_offset == 3 && !r.done),
+        "{:?}",
+        rd.messages
+    );
     c.step(chunk(9, b"zzz", true)); // a gap: refused
+    let rd = c.ready();
+    assert!(
+        rd.snapshot_chunks_in.is_empty(),
+        "a chunk out of place is not taken"
+    );
     assert_eq!(c.log().last_index(), 2, "the old log is intact");
-    assert!(c.ready().snapshot.is_none());
     c.step(chunk(3, b"def", true));
     let rd = c.ready();
-    let snap = rd.snapshot.expect("installed");
-    assert_eq!(
-        snap,
-        Snapshot {
-            meta: Some(meta),
-            data: Bytes::from_static(b"abcdef")
-        }
+    assert_eq!(rd.snapshot_chunks_in, vec![taken(3, b"def", true)]);
+    assert!(
+        rd.snapshot.is_none() && c.log().last_index() == 2,
+        "nothing is installed until the runtime says the snapshot is durable"
     );
+    assert!(c.on_snapshot_received(SnapshotInfo { meta, size: 6 }));
+    let rd = c.ready();
+    assert_eq!(rd.snapshot, Some(meta));
     assert_eq!(
         (
             c.log().snapshot_index(),

@@ -17,9 +17,10 @@ use bytes::Bytes;
 use kv_engine::kv::{encode_command, KvStore};
 use kv_engine::raft::{Config, RaftCore, Restored};
 use kv_net::fs::StdFs;
+use kv_net::snapshots::{restore, write_snapshot};
 use kv_net::storage::{Storage, StorageOptions};
 use kv_proto::command::{command::Op, Command, Set};
-use kv_proto::raft::{Entry, HardState, Snapshot, SnapshotMeta};
+use kv_proto::raft::{Entry, HardState, SnapshotMeta};
 
 fn bench_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -191,21 +192,19 @@ fn restart_1m() -> (Duration, Duration, usize) {
                 batch.clear();
             }
             if i == snap_at {
-                let snapshot = Snapshot {
-                    meta: Some(SnapshotMeta {
-                        index: snap_at,
-                        term: 1,
-                    }),
-                    data: kv.snapshot(),
+                let meta = SnapshotMeta {
+                    index: snap_at,
+                    term: 1,
                 };
-                storage.save_snapshot(&snapshot).unwrap();
+                write_snapshot(&StdFs::new(), &dir, meta, &kv.capture()).unwrap();
+                storage.compact(meta).unwrap();
             }
         }
     }
     let start = Instant::now();
     let (_storage, recovered) = Storage::open(StdFs::new(), &dir, opts).unwrap();
     let opened = start.elapsed();
-    let kv = KvStore::restore(&recovered.snapshot.as_ref().unwrap().data).unwrap();
+    let kv = restore(&StdFs::new(), &dir, recovered.snapshot.unwrap()).unwrap();
     let entries = recovered.entries.len();
     let restored = Restored {
         hard_state: recovered.hard_state,

@@ -44,6 +44,10 @@ pub trait FileSystem: Clone + Send + Sync + 'static {
     fn open_append(&self, path: &Path) -> io::Result<Self::File>;
     /// Reads a whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Reads `len` bytes at `offset` (fewer only at the end of the file).
+    fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// A file's length in bytes.
+    fn file_len(&self, path: &Path) -> io::Result<u64>;
     /// Creates or replaces `path` with `data` and syncs it.
     fn write_synced(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     /// Renames a file (atomic; durable after `sync_dir`).
@@ -124,6 +128,19 @@ impl FileSystem for StdFs {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+
+    fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::io::{Read as _, Seek as _};
+        let mut file = std::fs::File::open(path)?;
+        file.seek(io::SeekFrom::Start(offset))?;
+        let mut buf = Vec::with_capacity(len);
+        file.take(len as u64).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
     }
 
     fn write_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
@@ -605,6 +622,25 @@ impl FileSystem for MemFs {
         let s = self.lock();
         let id = s.names.get(path).ok_or_else(|| not_found(path))?;
         Ok(s.files.get(id).map(|f| f.data.clone()).unwrap_or_default())
+    }
+
+    fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let s = self.lock();
+        let id = s.names.get(path).ok_or_else(|| not_found(path))?;
+        let data = s
+            .files
+            .get(id)
+            .map(|f| f.data.as_slice())
+            .unwrap_or_default();
+        let from = (offset as usize).min(data.len());
+        let to = from.saturating_add(len).min(data.len());
+        Ok(data[from..to].to_vec())
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        let s = self.lock();
+        let id = s.names.get(path).ok_or_else(|| not_found(path))?;
+        Ok(s.files.get(id).map_or(0, |f| f.data.len() as u64))
     }
 
     fn write_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {

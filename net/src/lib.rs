@@ -7,7 +7,8 @@
 //! | `client` | the text protocol and the client listener |
 //! | `transport` | peer connections (framed protobuf), fault injection |
 //! | `frame` | length-prefixed frames |
-//! | `storage` | WAL segments, snapshots, recovery |
+//! | `storage` | WAL segments, recovery, the data dir's identity and lock |
+//! | `snapshots` | snapshot files, streamed: written, sent, received, restored |
 //! | `fs` | the file-system trait, real and in-memory |
 //! | `log_limit` | rate limits for warnings outsiders can trigger |
 
@@ -16,6 +17,7 @@ pub mod frame;
 pub mod fs;
 pub mod log_limit;
 pub mod node;
+pub mod snapshots;
 pub mod storage;
 pub mod transport;
 

@@ -24,6 +24,8 @@ pub struct Config {
     pub check_quorum: bool,
     /// At most this many appends in flight to one follower.
     pub max_inflight_appends: usize,
+    /// At most this many payload bytes of appends in flight to one follower.
+    pub max_inflight_bytes: u64,
     /// At most this many entries in one append.
     pub max_append_entries: usize,
     /// Payload bytes above which an append is cut (it holds at least one entry).
@@ -48,6 +50,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             max_inflight_appends: 64,
+            max_inflight_bytes: 8 << 20,
             max_append_entries: 4096,
             max_append_bytes: 1 << 20,
             max_uncommitted_entries: 1 << 16,
@@ -74,6 +77,7 @@ impl Config {
             return Err(ConfigError::Timing);
         }
         if self.max_inflight_appends == 0
+            || self.max_inflight_bytes == 0
             || self.max_append_entries == 0
             || self.snapshot_chunk_bytes == 0
         {

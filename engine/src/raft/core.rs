@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use kv_proto::raft::{
-    message::Body, AppendEntriesResponse, Entry, HardState, Message, RequestVoteResponse, Snapshot,
+    message::Body, AppendEntriesResponse, Entry, HardState, Message, RequestVoteResponse,
     SnapshotMeta,
 };
 use rand::{Rng, SeedableRng};
@@ -18,7 +18,10 @@ use super::config::{Config, ConfigError};
 use super::log::RaftLog;
 use super::progress::Progress;
 use super::read_index::ReadIndex;
-use super::ready::{ProposeError, Proposed, ReadState, Ready, Role, SoftState};
+use super::ready::{
+    ProposeError, Proposed, ReadState, Ready, Role, SnapshotChunkIn, SnapshotChunkOut,
+    SnapshotInfo, SoftState,
+};
 use super::standing::{Found, StandingState};
 
 /// The durable state a core restarts from (what storage recovered).
@@ -27,8 +30,8 @@ pub struct Restored {
     /// Term, vote and commit index last persisted (and whether the node is
     /// recovering).
     pub hard_state: HardState,
-    /// The latest snapshot, if any.
-    pub snapshot: Option<Snapshot>,
+    /// The latest snapshot, if any (its data stays on disk).
+    pub snapshot: Option<SnapshotInfo>,
     /// The durable entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
     /// What storage found: intact, empty, or damaged (see `standing.rs`).
@@ -38,11 +41,19 @@ pub struct Restored {
     pub nonce: u64,
 }
 
-/// A snapshot being received from the leader, chunk by chunk.
-#[derive(Debug)]
+/// A snapshot being received from the leader, chunk by chunk (its data
+/// goes to the runtime, which appends it to a file).
+#[derive(Debug, Clone, Copy)]
 pub(super) struct IncomingSnapshot {
     pub(super) meta: SnapshotMeta,
-    pub(super) data: Vec<u8>,
+    /// Bytes received so far, in order.
+    pub(super) received: u64,
+    /// Every chunk is in: the runtime is making it durable and rebuilding
+    /// the state machine from it; the leader is answered once it says so.
+    pub(super) complete: bool,
+    /// Who sent it and the read round of the last chunk.
+    pub(super) from: u64,
+    pub(super) round: u64,
 }
 
 /// One Raft node's consensus state. Pure: no I/O, no clock, seeded randomness.
@@ -67,10 +78,12 @@ pub struct RaftCore {
     /// Per-follower replication state; only a leader has it.
     pub(super) progress: BTreeMap<u64, Progress>,
     pub(super) reads: ReadIndex,
-    /// The latest snapshot, kept to send to followers that need it.
-    pub(super) snapshot: Option<Snapshot>,
+    /// The latest snapshot on disk, to send to followers that need it.
+    pub(super) snapshot: Option<SnapshotInfo>,
     pub(super) incoming_snapshot: Option<IncomingSnapshot>,
-    pub(super) snapshot_to_install: Option<Snapshot>,
+    pub(super) snapshot_to_install: Option<SnapshotMeta>,
+    pub(super) snapshot_chunks_out: Vec<SnapshotChunkOut>,
+    pub(super) snapshot_chunks_in: Vec<SnapshotChunkIn>,
     /// New entries wait to be sent to followers (sent once per `ready()`, so
     /// many proposals share one append).
     pub(super) needs_broadcast: bool,
@@ -93,9 +106,7 @@ impl RaftCore {
         cfg.validate()?;
         let (snap_index, snap_term) = restored
             .snapshot
-            .as_ref()
-            .and_then(|s| s.meta.as_ref())
-            .map_or((0, 0), |m| (m.index, m.term));
+            .map_or((0, 0), |s| (s.meta.index, s.meta.term));
         let log = RaftLog::restore(
             snap_index,
             snap_term,
@@ -133,6 +144,8 @@ impl RaftCore {
             snapshot: restored.snapshot,
             incoming_snapshot: None,
             snapshot_to_install: None,
+            snapshot_chunks_out: Vec::new(),
+            snapshot_chunks_in: Vec::new(),
             needs_broadcast: false,
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
@@ -260,12 +273,10 @@ impl RaftCore {
         }
     }
 
-    /// The driver saved `snapshot` (covering applied entries); the log before
-    /// it can go.
-    pub fn compact(&mut self, snapshot: Snapshot) {
-        let Some(meta) = snapshot.meta.as_ref() else {
-            return;
-        };
+    /// The driver saved a snapshot (covering applied entries) durably; the
+    /// log before it can go.
+    pub fn compact(&mut self, snapshot: SnapshotInfo) {
+        let meta = snapshot.meta;
         if meta.index <= self.log.snapshot_index() {
             return;
         }
@@ -402,8 +413,14 @@ impl RaftCore {
             Body::AppendEntries(_) | Body::InstallSnapshot(_) => false,
             Body::RequestVote(rv) => !rv.pre_vote,
             Body::RequestVoteResponse(r) => !r.pre_vote,
-            // Acknowledgements claim durable entries and a durable term.
-            Body::AppendEntriesResponse(_) | Body::InstallSnapshotResponse(_) => true,
+            // An acknowledgement waits for the entries it claims to be
+            // durable; one that claims only what is durable already (a
+            // heartbeat's answer), or a rejection, goes at once, so a slow
+            // disk never delays heartbeats (a term not yet durable promises
+            // nothing the leader relies on).
+            Body::AppendEntriesResponse(r) => r.success && r.match_index > self.log.persisted(),
+            // The last chunk's answer says the snapshot is installed.
+            Body::InstallSnapshotResponse(r) => r.done,
             // These promise nothing about this node's storage.
             Body::StatusQuery(_)
             | Body::StatusReply(_)
@@ -462,6 +479,8 @@ impl RaftCore {
             || self.log.has_unstable()
             || self.log.has_committed()
             || self.snapshot_to_install.is_some()
+            || !self.snapshot_chunks_out.is_empty()
+            || !self.snapshot_chunks_in.is_empty()
             || self.soft_state() != self.last_soft
             || self.hard_state() != self.last_hard
             || self.force_hard_state
@@ -518,6 +537,8 @@ impl RaftCore {
             committed_entries: self.log.take_committed(self.cfg.max_apply_bytes),
             read_states,
             failed_reads,
+            snapshot_chunks_out: std::mem::take(&mut self.snapshot_chunks_out),
+            snapshot_chunks_in: std::mem::take(&mut self.snapshot_chunks_in),
         }
     }
 }

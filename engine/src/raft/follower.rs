@@ -3,11 +3,10 @@
 
 use kv_proto::raft::{
     message::Body, AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse,
-    Snapshot,
 };
 
 use super::core::{IncomingSnapshot, RaftCore};
-use super::ready::Role;
+use super::ready::{Role, SnapshotChunkIn, SnapshotInfo};
 
 impl RaftCore {
     /// The leader of our term is alive: follow it and restart the timer.
@@ -93,68 +92,109 @@ impl RaftCore {
         self.send(to, Body::AppendEntriesResponse(resp));
     }
 
-    /// Figure 13, InstallSnapshot receiver: collect chunks at the expected
-    /// offsets; when complete, keep the log if it already holds the
-    /// snapshot's last entry, otherwise replace the whole log with it.
+    /// Figure 13, InstallSnapshot receiver: take chunks at the expected
+    /// offsets and hand them to the runtime, which appends them to a file.
+    /// Once the last one is in, the runtime makes the snapshot durable and
+    /// rebuilds the state machine from it (`on_snapshot_received`); only then
+    /// is the log replaced and the leader told. Heartbeats and appends are
+    /// answered meanwhile as ever.
     pub(super) fn handle_snapshot_chunk(&mut self, from: u64, is: InstallSnapshot) {
         self.heard_from_leader(from);
         let Some(meta) = is.meta else { return };
         let round = is.round;
         if meta.index <= self.log.committed() || self.log.term(meta.index) == Some(meta.term) {
             // We already hold everything the snapshot covers.
-            self.incoming_snapshot = None;
+            if self.incoming_snapshot.is_some_and(|s| !s.complete) {
+                self.incoming_snapshot = None;
+            }
             if meta.index > self.log.committed() {
                 self.log.commit_to(meta.index);
             }
             self.respond_snapshot(from, meta, 0, true, false, round);
             return;
         }
-        let same = self
-            .incoming_snapshot
-            .as_ref()
-            .is_some_and(|s| s.meta == meta);
-        if !same {
-            if is.offset != 0 {
-                self.respond_snapshot(from, meta, 0, false, true, round);
-                return;
+        if let Some(s) = self.incoming_snapshot.filter(|s| s.complete) {
+            // One is being installed: this one waits until it is done.
+            if s.meta == meta {
+                self.incoming_snapshot = Some(IncomingSnapshot { from, round, ..s });
             }
-            self.incoming_snapshot = Some(IncomingSnapshot {
-                meta,
-                data: Vec::with_capacity(is.data.len()),
-            });
+            return;
         }
-        let Some(incoming) = self.incoming_snapshot.as_mut() else {
+        let received = match self.incoming_snapshot {
+            Some(s) if s.meta == meta => s.received,
+            _ if is.offset == 0 => 0,
+            _ => return self.respond_snapshot(from, meta, 0, false, true, round),
+        };
+        if is.offset != received {
+            return self.respond_snapshot(from, meta, received, false, true, round);
+        }
+        let received = received + is.data.len() as u64;
+        self.snapshot_chunks_in.push(SnapshotChunkIn {
+            meta,
+            offset: is.offset,
+            data: is.data,
+            done: is.done,
+        });
+        self.incoming_snapshot = Some(IncomingSnapshot {
+            meta,
+            received,
+            complete: is.done,
+            from,
+            round,
+        });
+        // The answer waits until the runtime has written the chunk
+        // (`on_snapshot_chunk_written`): a leader never outruns our disk.
+    }
+
+    /// The runtime appended received chunks up to `next_offset`: the leader
+    /// may send the next.
+    pub fn on_snapshot_chunk_written(
+        &mut self,
+        meta: kv_proto::raft::SnapshotMeta,
+        next_offset: u64,
+    ) {
+        let Some(s) = self
+            .incoming_snapshot
+            .filter(|s| s.meta == meta && !s.complete)
+        else {
             return;
         };
-        let expected = incoming.data.len() as u64;
-        if is.offset != expected {
-            self.respond_snapshot(from, meta, expected, false, true, round);
-            return;
-        }
-        incoming.data.extend_from_slice(&is.data);
-        let received = incoming.data.len() as u64;
-        if !is.done {
-            self.respond_snapshot(from, meta, received, false, false, round);
-            return;
-        }
-        let Some(complete) = self.incoming_snapshot.take() else {
-            return;
+        debug_assert!(next_offset <= s.received, "only what arrived is written");
+        self.respond_snapshot(s.from, meta, next_offset, false, false, s.round);
+    }
+
+    /// The runtime made the snapshot received from the leader durable and
+    /// rebuilt a state machine from it. Returns true if the log now starts
+    /// after it: the runtime must then replace its state machine with that
+    /// one (and the leader is told, once the log says so durably). False if
+    /// the log caught up past it meanwhile: the runtime keeps its own.
+    #[must_use]
+    pub fn on_snapshot_received(&mut self, snapshot: SnapshotInfo) -> bool {
+        let Some(incoming) = self
+            .incoming_snapshot
+            .filter(|s| s.complete && s.meta == snapshot.meta)
+        else {
+            return false;
         };
+        self.incoming_snapshot = None;
+        let meta = snapshot.meta;
+        if meta.index <= self.log.committed() {
+            // Entries arrived meanwhile by other means: nothing to install.
+            return false;
+        }
         tracing::info!(
             node = self.cfg.id,
             term = self.term,
             index = meta.index,
-            bytes = received,
+            bytes = snapshot.size,
             "installing snapshot"
         );
         self.log.install_snapshot(meta.index, meta.term);
-        let snapshot = Snapshot {
-            meta: Some(meta),
-            data: complete.data.into(),
-        };
-        self.snapshot = Some(snapshot.clone());
-        self.snapshot_to_install = Some(snapshot);
-        self.respond_snapshot(from, meta, received, true, false, round);
+        self.snapshot = Some(snapshot);
+        self.snapshot_to_install = Some(meta);
+        let (to, round) = (incoming.from, incoming.round);
+        self.respond_snapshot(to, meta, snapshot.size, true, false, round);
+        true
     }
 
     fn respond_snapshot(

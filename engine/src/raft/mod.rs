@@ -28,5 +28,8 @@ mod standing;
 pub use self::config::{Config, ConfigError};
 pub use self::core::{RaftCore, Restored};
 pub use self::log::RaftLog;
-pub use self::ready::{ProposeError, Proposed, ReadState, Ready, Role, SoftState};
+pub use self::ready::{
+    ProposeError, Proposed, ReadState, Ready, Role, SnapshotChunkIn, SnapshotChunkOut,
+    SnapshotInfo, SoftState,
+};
 pub use self::standing::{Found, Standing};

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use kv_proto::raft::Snapshot;
+use super::ready::SnapshotInfo;
 
 /// How the leader is currently replicating to a follower.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +19,8 @@ pub enum ReplicationState {
 /// A snapshot being sent to one follower, chunk by chunk.
 #[derive(Debug, Clone)]
 pub struct SnapshotTransfer {
-    /// The snapshot (its data is shared, not copied).
-    pub snapshot: Snapshot,
+    /// The snapshot (its data stays on disk; chunks are read as they go).
+    pub info: SnapshotInfo,
     /// The offset of the chunk to send next.
     pub offset: u64,
     /// Heartbeat intervals since the follower last answered; a lost chunk is
@@ -39,8 +39,10 @@ pub struct Progress {
     pub state: ReplicationState,
     /// In `Probe`: an append is outstanding; wait for its answer or a heartbeat.
     pub probe_sent: bool,
-    /// In `Replicate`: the last index of each append in flight.
-    pub inflight: VecDeque<u64>,
+    /// In `Replicate`: the last index and payload bytes of each append in flight.
+    pub inflight: VecDeque<(u64, u64)>,
+    /// Payload bytes of the appends in flight.
+    pub inflight_bytes: u64,
     /// Heartbeats since `match_index` last moved while appends were in flight.
     pub stalled_heartbeats: u32,
     /// In `Snapshot`: the transfer in progress.
@@ -63,6 +65,7 @@ impl Progress {
             state: ReplicationState::Probe,
             probe_sent: false,
             inflight: VecDeque::new(),
+            inflight_bytes: 0,
             stalled_heartbeats: 0,
             transfer: None,
             recent_active: false,
@@ -91,22 +94,29 @@ impl Progress {
         }
     }
 
-    /// Whether another append may go now.
-    pub fn can_send(&self, max_inflight: usize) -> bool {
+    /// Whether another append may go now: in `Replicate`, while fewer than
+    /// `max_inflight` appends and fewer than `max_bytes` payload bytes are
+    /// in flight.
+    pub fn can_send(&self, max_inflight: usize, max_bytes: u64) -> bool {
         match self.state {
             ReplicationState::Probe => !self.probe_sent,
-            ReplicationState::Replicate => self.inflight.len() < max_inflight,
+            ReplicationState::Replicate => {
+                self.inflight.len() < max_inflight && self.inflight_bytes < max_bytes
+            }
             ReplicationState::Snapshot => false,
         }
     }
 
-    /// Records that an append ending at `last_index` was sent.
-    pub fn on_append_sent(&mut self, last_index: u64, had_entries: bool) {
+    /// Records that an append ending at `last_index`, carrying `bytes` of
+    /// payload, was sent.
+    pub fn on_append_sent(&mut self, last_index: u64, bytes: u64, had_entries: bool) {
         match self.state {
             ReplicationState::Probe => self.probe_sent = true,
             ReplicationState::Replicate if had_entries => {
+                debug_assert!(last_index >= self.next_index, "appends go forward");
                 self.next_index = last_index + 1;
-                self.inflight.push_back(last_index);
+                self.inflight.push_back((last_index, bytes));
+                self.inflight_bytes += bytes;
             }
             _ => {}
         }
@@ -120,9 +130,17 @@ impl Progress {
             self.stalled_heartbeats = 0;
         }
         self.next_index = self.next_index.max(index + 1);
-        while self.inflight.front().is_some_and(|&last| last <= index) {
+        while let Some(&(last, bytes)) = self.inflight.front() {
+            if last > index {
+                break;
+            }
             self.inflight.pop_front();
+            self.inflight_bytes -= bytes;
         }
+        debug_assert!(
+            self.next_index > self.match_index,
+            "next index lies past the match"
+        );
         // A heartbeat at an old match index does not answer the probe.
         if self.state == ReplicationState::Probe && index + 1 >= self.next_index {
             self.become_replicate();
@@ -143,18 +161,20 @@ impl Progress {
         self.state = ReplicationState::Probe;
         self.probe_sent = false;
         self.inflight.clear();
+        self.inflight_bytes = 0;
         self.stalled_heartbeats = 0;
         self.transfer = None;
         self.next_index = next_index.max(self.match_index + 1);
     }
 
     /// Starts sending `snapshot` from its first byte.
-    pub fn become_snapshot(&mut self, snapshot: Snapshot) {
+    pub fn become_snapshot(&mut self, info: SnapshotInfo) {
         self.state = ReplicationState::Snapshot;
         self.probe_sent = false;
         self.inflight.clear();
+        self.inflight_bytes = 0;
         self.transfer = Some(SnapshotTransfer {
-            snapshot,
+            info,
             offset: 0,
             idle_heartbeats: 0,
         });
@@ -171,14 +191,28 @@ mod tests {
         p.on_match(0);
         assert_eq!(p.state, ReplicationState::Replicate);
         for last in 1..=3 {
-            assert!(p.can_send(3));
-            p.on_append_sent(last, true);
+            assert!(p.can_send(3, u64::MAX));
+            p.on_append_sent(last, 10, true);
         }
-        assert!(!p.can_send(3));
+        assert!(!p.can_send(3, u64::MAX));
         p.on_match(2);
         assert_eq!(p.inflight.len(), 1);
-        assert!(p.can_send(3));
+        assert_eq!(p.inflight_bytes, 10);
+        assert!(p.can_send(3, u64::MAX));
         assert_eq!(p.next_index, 4);
+    }
+
+    #[test]
+    fn replicate_window_bounds_bytes_in_flight() {
+        let mut p = Progress::new(1);
+        p.on_match(0);
+        p.on_append_sent(1, 600, true);
+        assert!(p.can_send(64, 1000), "600 of 1000 bytes in flight");
+        p.on_append_sent(2, 600, true);
+        assert!(!p.can_send(64, 1000), "1200 bytes: wait for an answer");
+        p.on_match(1);
+        assert_eq!(p.inflight_bytes, 600);
+        assert!(p.can_send(64, 1000));
     }
 
     #[test]
@@ -187,8 +221,8 @@ mod tests {
         p.on_match(5);
         p.become_probe(2);
         assert_eq!(p.next_index, 6);
-        assert!(p.can_send(1));
-        p.on_append_sent(9, true);
-        assert!(!p.can_send(1));
+        assert!(p.can_send(1, u64::MAX));
+        p.on_append_sent(9, 1, true);
+        assert!(!p.can_send(1, u64::MAX));
     }
 }

@@ -5,19 +5,28 @@
 //! 1. feed inputs (`tick`, `step`, `propose`, `read_index`);
 //! 2. `let rd = core.ready()`;
 //! 3. send `rd.messages` now;
-//! 4. persist `rd.snapshot`, then `rd.entries` (the first entry's index says
-//!    where the log is cut: anything stored at or after it is replaced), then
-//!    `rd.hard_state`, in one write and one fsync;
+//! 4. persist `rd.snapshot` (a marker: the snapshot's file is already
+//!    durable), then `rd.hard_state` and `rd.entries` (the first entry's
+//!    index says where the log is cut: anything stored at or after it is
+//!    replaced), in one write and one fsync;
 //! 5. once that write *and every earlier Ready's write* are durable, send
 //!    `rd.persisted_messages` and call `core.on_persisted(index, term)` with
 //!    `rd.persist_point()`;
 //! 6. apply `rd.committed_entries` in order; serve `rd.read_states` once the
-//!    applied index reaches their index.
+//!    applied index reaches their index;
+//! 7. snapshots stream outside the Ready's write: for each of
+//!    `rd.snapshot_chunks_out`, read that range of the local snapshot's data
+//!    and send it (`SnapshotChunkOut::message`); append each of
+//!    `rd.snapshot_chunks_in` to the snapshot being received and call
+//!    `core.on_snapshot_chunk_written`; once one is `done`, make the snapshot
+//!    durable, rebuild the state machine from it and call
+//!    `core.on_snapshot_received`.
 //!
 //! Inputs may keep arriving between 2 and 5: the core never assumes a write
 //! is durable until told.
 
-use kv_proto::raft::{Entry, HardState, Message, Snapshot};
+use bytes::Bytes;
+use kv_proto::raft::{message::Body, Entry, HardState, InstallSnapshot, Message, SnapshotMeta};
 
 /// The role a node plays in its current term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +95,72 @@ pub struct Proposed {
     pub term: u64,
 }
 
+/// A snapshot this node holds on disk: where it ends and how many bytes of
+/// data it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The last entry it covers.
+    pub meta: SnapshotMeta,
+    /// Bytes of its data (the state machine's encoding).
+    pub size: u64,
+}
+
+/// A chunk of the local snapshot to send: the runtime reads `len` bytes of
+/// its data at `offset` and sends them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunkOut {
+    /// The follower.
+    pub to: u64,
+    /// The sender's id and term, for the message.
+    pub from: u64,
+    /// The term the message is sent in.
+    pub term: u64,
+    /// Which snapshot.
+    pub meta: SnapshotMeta,
+    /// Where in its data.
+    pub offset: u64,
+    /// How many bytes.
+    pub len: u64,
+    /// This is the last chunk.
+    pub done: bool,
+    /// The read round the message carries.
+    pub round: u64,
+}
+
+impl SnapshotChunkOut {
+    /// The message carrying `data` (the `len` bytes at `offset`).
+    pub fn message(&self, data: Bytes) -> Message {
+        debug_assert_eq!(data.len() as u64, self.len, "a chunk is what was asked for");
+        Message {
+            from: self.from,
+            to: self.to,
+            term: self.term,
+            body: Some(Body::InstallSnapshot(InstallSnapshot {
+                meta: Some(self.meta),
+                offset: self.offset,
+                data,
+                done: self.done,
+                round: self.round,
+            })),
+        }
+    }
+}
+
+/// A chunk of a snapshot being received from the leader, to append to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunkIn {
+    /// Which snapshot.
+    pub meta: SnapshotMeta,
+    /// Where in its data (chunks come in order, without gaps).
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
+    /// This is the last chunk: make the snapshot durable, rebuild the state
+    /// machine from it, then call `RaftCore::on_snapshot_received`. Any
+    /// other chunk: once written, call `RaftCore::on_snapshot_chunk_written`.
+    pub done: bool,
+}
+
 /// Everything the core produced since the last `ready()`.
 #[derive(Debug, Default)]
 pub struct Ready {
@@ -95,9 +170,9 @@ pub struct Ready {
     pub hard_state: Option<HardState>,
     /// Entries to persist; stored entries at or after `entries[0].index` are replaced.
     pub entries: Vec<Entry>,
-    /// A snapshot from the leader to persist and restore the state machine
-    /// from; it replaces the whole log.
-    pub snapshot: Option<Snapshot>,
+    /// A snapshot received from the leader and already durable: record in
+    /// the log that the log now starts after it (replacing the whole log).
+    pub snapshot: Option<SnapshotMeta>,
     /// Messages that may be sent at once.
     pub messages: Vec<Message>,
     /// Messages that may be sent only after this Ready's writes are durable.
@@ -109,6 +184,10 @@ pub struct Ready {
     /// Reads that can no longer be confirmed (leadership lost): answer them
     /// with an error; retrying elsewhere is safe.
     pub failed_reads: Vec<u64>,
+    /// Chunks of the local snapshot to read and send.
+    pub snapshot_chunks_out: Vec<SnapshotChunkOut>,
+    /// Chunks of a snapshot being received, to append to it.
+    pub snapshot_chunks_in: Vec<SnapshotChunkIn>,
 }
 
 impl Ready {
@@ -122,10 +201,7 @@ impl Ready {
         if let Some(last) = self.entries.last() {
             return Some((last.index, last.term));
         }
-        self.snapshot
-            .as_ref()
-            .and_then(|s| s.meta.as_ref())
-            .map(|m| (m.index, m.term))
+        self.snapshot.map(|m| (m.index, m.term))
     }
 
     /// True if there is nothing to do.
@@ -137,5 +213,7 @@ impl Ready {
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()
             && self.failed_reads.is_empty()
+            && self.snapshot_chunks_out.is_empty()
+            && self.snapshot_chunks_in.is_empty()
     }
 }

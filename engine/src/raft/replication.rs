@@ -2,17 +2,23 @@
 //! Figure 8), heartbeats, the quorum check, and snapshot transfer (§7).
 
 use kv_proto::raft::{
-    message::Body, AppendEntries, AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse,
+    message::Body, AppendEntries, AppendEntriesResponse, InstallSnapshotResponse,
 };
 
 use super::core::RaftCore;
 use super::progress::{Progress, ReplicationState};
 use super::quorum::{committed_index, majority};
-use super::ready::Role;
+use super::ready::{Role, SnapshotChunkOut};
 
-/// After this many heartbeats without progress, in-flight appends are taken
-/// as lost and replication falls back to probing.
-const STALLED_HEARTBEATS_MAX: u32 = 2;
+/// After this many heartbeats without progress while appends are in flight,
+/// the leader asks whether the follower has them (an empty append at the
+/// end of what was sent): a follower that lost some rejects it, and only
+/// that rejection drops replication back to probing. One whose disk is
+/// slow accepts it once its write is durable, and keeps its pipeline.
+const STALLED_HEARTBEATS_CHECK: u32 = 2;
+
+/// After this many heartbeats without an answer, a snapshot chunk is resent.
+const SNAPSHOT_CHUNK_RESEND: u32 = 2;
 
 impl RaftCore {
     pub(super) fn tick_leader(&mut self) {
@@ -56,20 +62,21 @@ impl RaftCore {
             let Some(p) = self.progress.get_mut(&peer) else {
                 continue;
             };
+            let mut check = false;
             match p.state {
                 ReplicationState::Probe => p.probe_sent = false,
                 ReplicationState::Replicate if !p.inflight.is_empty() => {
                     p.stalled_heartbeats += 1;
-                    if p.stalled_heartbeats >= STALLED_HEARTBEATS_MAX {
-                        let next = p.match_index + 1;
-                        p.become_probe(next);
+                    if p.stalled_heartbeats >= STALLED_HEARTBEATS_CHECK {
+                        p.stalled_heartbeats = 0;
+                        check = true;
                     }
                 }
                 ReplicationState::Replicate => {}
                 ReplicationState::Snapshot => {
                     if let Some(t) = p.transfer.as_mut() {
                         t.idle_heartbeats += 1;
-                        if t.idle_heartbeats >= STALLED_HEARTBEATS_MAX {
+                        if t.idle_heartbeats >= SNAPSHOT_CHUNK_RESEND {
                             t.idle_heartbeats = 0;
                             self.send_snapshot_chunk(peer);
                         }
@@ -77,6 +84,9 @@ impl RaftCore {
                 }
             }
             self.send_heartbeat(peer, round);
+            if check {
+                self.send_check_append(peer, round);
+            }
             self.send_appends(peer);
         }
     }
@@ -91,6 +101,30 @@ impl RaftCore {
             Some(term) => (p.match_index, term),
             // The match point was compacted away: index 0 always matches.
             None => (0, 0),
+        };
+        let ae = AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries: Vec::new(),
+            leader_commit: self.log.committed().min(prev_log_index),
+            round,
+        };
+        self.send(peer, Body::AppendEntries(ae));
+    }
+
+    /// An empty append at the end of what was sent to `peer`: accepted once
+    /// the follower holds it all durably, rejected if it lost some. If those
+    /// entries were compacted meanwhile, the follower may need a snapshot:
+    /// probe from its match (which leads there).
+    fn send_check_append(&mut self, peer: u64, round: u64) {
+        let Some(p) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        let prev_log_index = p.next_index - 1;
+        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+            let next = p.match_index + 1;
+            p.become_probe(next);
+            return;
         };
         let ae = AppendEntries {
             prev_log_index,
@@ -127,7 +161,7 @@ impl RaftCore {
         let Some(p) = self.progress.get(&peer) else {
             return false;
         };
-        if !p.can_send(self.cfg.max_inflight_appends) {
+        if !p.can_send(self.cfg.max_inflight_appends, self.cfg.max_inflight_bytes) {
             return false;
         }
         let prev_log_index = p.next_index - 1;
@@ -146,6 +180,7 @@ impl RaftCore {
         }
         let last = prev_log_index + entries.len() as u64;
         let had_entries = !entries.is_empty();
+        let bytes = entries.iter().map(|e| e.data.len() as u64).sum();
         let ae = AppendEntries {
             prev_log_index,
             prev_log_term,
@@ -154,7 +189,7 @@ impl RaftCore {
             round: self.reads.current_round(),
         };
         if let Some(p) = self.progress.get_mut(&peer) {
-            p.on_append_sent(last, had_entries);
+            p.on_append_sent(last, bytes, had_entries);
         }
         self.send(peer, Body::AppendEntries(ae));
         had_entries
@@ -207,8 +242,7 @@ impl RaftCore {
             if p.state == ReplicationState::Snapshot
                 && p.transfer
                     .as_ref()
-                    .and_then(|t| t.snapshot.meta.as_ref())
-                    .is_some_and(|m| p.match_index >= m.index)
+                    .is_some_and(|t| p.match_index >= t.info.meta.index)
             {
                 p.become_replicate();
             }
@@ -303,7 +337,7 @@ impl RaftCore {
     }
 
     fn start_snapshot_transfer(&mut self, peer: u64) {
-        let Some(snapshot) = self.snapshot.clone() else {
+        let Some(info) = self.snapshot else {
             // Unreachable by construction: entries are compacted only after a
             // snapshot covering them was handed to `compact`.
             tracing::error!(
@@ -319,29 +353,34 @@ impl RaftCore {
                 node = self.cfg.id,
                 term = self.term,
                 peer,
+                index = info.meta.index,
+                bytes = info.size,
                 "sending snapshot"
             );
-            p.become_snapshot(snapshot);
+            p.become_snapshot(info);
         }
         self.send_snapshot_chunk(peer);
     }
 
-    /// Sends the chunk at the transfer's current offset.
+    /// Asks the runtime to send the chunk at the transfer's current offset.
     pub(super) fn send_snapshot_chunk(&mut self, peer: u64) {
         let Some(t) = self.progress.get(&peer).and_then(|p| p.transfer.as_ref()) else {
             return;
         };
-        let len = t.snapshot.data.len() as u64;
-        let start = t.offset.min(len);
-        let end = (start + self.cfg.snapshot_chunk_bytes as u64).min(len);
-        let chunk = InstallSnapshot {
-            meta: t.snapshot.meta,
-            offset: start,
-            data: t.snapshot.data.slice(start as usize..end as usize),
-            done: end == len,
+        let size = t.info.size;
+        let offset = t.offset.min(size);
+        let len = (size - offset).min(self.cfg.snapshot_chunk_bytes as u64);
+        let chunk = SnapshotChunkOut {
+            to: peer,
+            from: self.cfg.id,
+            term: self.term,
+            meta: t.info.meta,
+            offset,
+            len,
+            done: offset + len == size,
             round: self.reads.current_round(),
         };
-        self.send(peer, Body::InstallSnapshot(chunk));
+        self.snapshot_chunks_out.push(chunk);
     }
 
     /// A follower answered a snapshot chunk.
@@ -349,8 +388,8 @@ impl RaftCore {
         let Some(p) = self.responder(from, r.round, r.recovering, false) else {
             return;
         };
-        let current = p.transfer.as_ref().map(|t| t.snapshot.meta);
-        if p.state != ReplicationState::Snapshot || current != Some(r.meta) {
+        let current = p.transfer.as_ref().map(|t| t.info.meta);
+        if p.state != ReplicationState::Snapshot || current != r.meta {
             self.confirm_reads();
             return;
         }
@@ -361,10 +400,24 @@ impl RaftCore {
             self.maybe_commit();
             self.send_appends(from);
         } else if let Some(t) = p.transfer.as_mut() {
-            t.offset = r.next_offset;
-            t.idle_heartbeats = 0;
-            self.send_snapshot_chunk(from);
+            // Only an answer about the chunk just sent moves the transfer.
+            if r.next_offset > t.offset || r.reject {
+                t.offset = r.next_offset;
+                t.idle_heartbeats = 0;
+                self.send_snapshot_chunk(from);
+            }
         }
         self.confirm_reads();
+    }
+
+    /// Reading the snapshot to send to `peer` failed (a newer one replaced
+    /// it on disk): start over with the current one.
+    pub fn snapshot_send_failed(&mut self, peer: u64) {
+        if let Some(p) = self.progress.get_mut(&peer) {
+            if p.state == ReplicationState::Snapshot {
+                let next = p.match_index + 1;
+                p.become_probe(next);
+            }
+        }
     }
 }

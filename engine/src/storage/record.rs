@@ -216,18 +216,19 @@ pub fn decode_segment(bytes: &[u8]) -> Segment {
 }
 
 /// Whether a bad last record at `offset` can be a write a crash tore: the
-/// file ends inside it, or it holds a zeroed sector (or is all zeros).
+/// file ends inside it, or everything from some sector boundary on to the
+/// end of the file is zeros (sectors a torn write never reached). A zero
+/// sector followed by data is not a torn write, nor is a complete record.
 fn looks_torn(bytes: &[u8], offset: usize, reason: &BadRecord) -> bool {
-    let tail = &bytes[offset..];
-    if *reason == BadRecord::Incomplete || tail.iter().all(|&b| b == 0) {
+    if *reason == BadRecord::Incomplete {
         return true;
     }
-    let first_sector = offset.div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
-    (first_sector..bytes.len()).step_by(SECTOR_BYTES).any(|at| {
-        bytes[at..(at + SECTOR_BYTES).min(bytes.len())]
-            .iter()
-            .all(|&b| b == 0)
-    })
+    let data_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+    if data_end <= offset {
+        return true;
+    }
+    let zeros_from = data_end.div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
+    zeros_from < bytes.len()
 }
 
 /// The first offset at or after `from` where a whole valid record starts.
@@ -339,9 +340,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_zeroed_sector_in_the_last_record_is_a_torn_write() {
+    /// The sample plus a last record whose value spans several sectors.
+    fn with_big_last_record() -> (Vec<u8>, usize, usize) {
         let (mut bytes, _, ends) = sample();
+        let records = ends.len();
         let mut big = Vec::new();
         encode_entry(
             &Entry {
@@ -352,11 +354,26 @@ mod tests {
             &mut big,
         );
         bytes.extend_from_slice(&big);
-        let sector = (ends[ends.len() - 1]).div_ceil(SECTOR_BYTES) * SECTOR_BYTES + SECTOR_BYTES;
-        bytes[sector..sector + SECTOR_BYTES].fill(0);
+        let sector = ends[records - 1].div_ceil(SECTOR_BYTES) * SECTOR_BYTES + SECTOR_BYTES;
+        (bytes, sector, records)
+    }
+
+    #[test]
+    fn zeros_from_a_sector_to_the_end_of_the_last_record_are_a_torn_write() {
+        let (mut bytes, sector, records) = with_big_last_record();
+        let end = bytes.len();
+        bytes[sector..end].fill(0);
         let seg = decode_segment(&bytes);
         assert!(matches!(seg.end, SegmentEnd::Torn(_)), "{:?}", seg.end);
-        assert_eq!(seg.records.len(), ends.len());
+        assert_eq!(seg.records.len(), records);
+    }
+
+    #[test]
+    fn a_zero_sector_inside_a_complete_last_record_is_damage() {
+        let (mut bytes, sector, _) = with_big_last_record();
+        bytes[sector..sector + SECTOR_BYTES].fill(0);
+        let seg = decode_segment(&bytes);
+        assert!(matches!(seg.end, SegmentEnd::Corrupt(_)), "{:?}", seg.end);
     }
 
     #[test]

@@ -26,14 +26,12 @@
 
 use std::fmt;
 
-use bytes::Bytes;
-use kv_proto::raft::{HardState, Snapshot, SnapshotMeta};
+use kv_proto::raft::{HardState, SnapshotMeta};
 
 use super::meta::{DataDirMeta, MetaError};
 use super::record::{decode_segment, Record, SegmentEnd};
 use super::replay::ReplayedLog;
-use super::snapshot_file::decode_snapshot_file;
-use crate::raft::Found;
+use crate::raft::{Found, SnapshotInfo};
 
 /// Name of the identity file.
 pub const META_FILE: &str = "meta";
@@ -162,15 +160,20 @@ pub fn check_identity(
     }
 }
 
-/// Checks one snapshot file's bytes (its name says `index`).
-pub fn check_snapshot_file(index: u64, bytes: &[u8]) -> Result<Snapshot, String> {
-    match decode_snapshot_file(bytes) {
-        Ok(s) if s.meta.is_some_and(|m| m.index == index) => Ok(s),
-        Ok(s) => Err(format!(
+/// Whether a snapshot file named for `index` checks out, given what reading
+/// it through (`snapshot_file::stream_snapshot_file`) gave and its data size.
+pub fn check_snapshot_file(
+    index: u64,
+    read: Result<SnapshotMeta, String>,
+    size: u64,
+) -> Result<SnapshotInfo, String> {
+    match read {
+        Ok(meta) if meta.index == index => Ok(SnapshotInfo { meta, size }),
+        Ok(meta) => Err(format!(
             "holds index {} but is named for {index}",
-            s.meta.map_or(0, |m| m.index)
+            meta.index
         )),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     }
 }
 
@@ -217,6 +220,11 @@ impl WalScan {
     /// Whether damage was found (later segments are only set aside).
     pub fn is_damaged(&self) -> bool {
         self.damage.is_some()
+    }
+
+    /// The log replayed so far.
+    pub fn log(&self) -> &ReplayedLog {
+        &self.log
     }
 
     /// Feeds segment `seq`, in ascending order; `is_last` if no later one exists.
@@ -302,11 +310,34 @@ impl WalScan {
     }
 }
 
+/// Whether `snapshot` is one received from a leader whose install never
+/// finished: its file is durable, but the WAL never recorded it (its term is
+/// above every term the WAL's hard state reached). Nothing was acknowledged
+/// for it, so it is dropped, not trusted and not counted as damage. A
+/// snapshot taken locally never has a term above the node's.
+pub fn unfinished_install(snapshot: &SnapshotInfo, log: &ReplayedLog) -> bool {
+    snapshot.meta.term > log.hard_state.term
+}
+
+/// A node's term never falls behind the entries it holds (a batch writes
+/// its hard state first): a hard state older than them was lost.
+fn stale_hard_state(log: &ReplayedLog) -> Option<Damage> {
+    let newest = log.entries.last().map_or(0, |e| e.term);
+    (newest > log.hard_state.term).then(|| Damage {
+        file: "wal".into(),
+        offset: 0,
+        reason: format!(
+            "the last hard state (term {}) is older than the log it recovered (term {newest})",
+            log.hard_state.term
+        ),
+    })
+}
+
 /// What to do with a data dir at start, and what it recovered.
 #[derive(Debug, Clone)]
 pub struct Recovery {
     /// The snapshot to restore from.
-    pub snapshot: Option<Snapshot>,
+    pub snapshot: Option<SnapshotInfo>,
     /// The replayed log (hard state and entries after the snapshot).
     pub log: ReplayedLog,
     /// Segments in use, in order, with the bytes to keep.
@@ -329,8 +360,9 @@ impl Recovery {
     /// Puts together the snapshot choice, the WAL scan, and what else was
     /// found (bad snapshots, an interrupted repair).
     pub fn new(
-        snapshot: Option<Snapshot>,
+        snapshot: Option<SnapshotInfo>,
         bad_snapshots: Vec<(u64, String)>,
+        unfinished: Vec<u64>,
         scan: WalScan,
         repair_marker: bool,
     ) -> Self {
@@ -343,6 +375,16 @@ impl Recovery {
             });
         }
         damage.extend(scan.damage.clone());
+        let log = scan.log.finish();
+        damage.extend(stale_hard_state(&log));
+        // A bad snapshot the WAL does not reach past: state it held is gone.
+        if let Some((index, why)) = bad_snapshots.iter().find(|(i, _)| *i > log.last_index()) {
+            damage.push(Damage {
+                file: snapshot_name(*index),
+                offset: 0,
+                reason: format!("{why}, and the WAL ends at {} before it", log.last_index()),
+            });
+        }
         let mut evidence = Vec::new();
         let mut remove = Vec::new();
         for (index, _) in &bad_snapshots {
@@ -356,8 +398,9 @@ impl Recovery {
             evidence.push(segment_name(seq));
             remove.push(segment_name(seq));
         }
+        remove.extend(unfinished.iter().map(|&i| snapshot_name(i)));
         let empty =
-            snapshot.is_none() && scan.records == 0 && scan.log.hard_state == HardState::default();
+            snapshot.is_none() && scan.records == 0 && log.hard_state == HardState::default();
         let found = if !damage.is_empty() {
             Found::Damaged
         } else if empty {
@@ -367,7 +410,7 @@ impl Recovery {
         };
         Recovery {
             snapshot,
-            log: scan.log.finish(),
+            log,
             segments: scan.kept,
             cut: scan.cut,
             evidence,
@@ -419,15 +462,11 @@ impl Recovery {
     pub fn next_segment_seq(&self) -> u64 {
         self.segments.last().map_or(1, |s| s.seq + 1)
     }
-
-    /// The snapshot's data, if any (for restoring the state machine).
-    pub fn snapshot_data(&self) -> Option<&Bytes> {
-        self.snapshot.as_ref().map(|s| &s.data)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use kv_proto::raft::Entry;
 
     use super::*;
@@ -465,7 +504,7 @@ mod tests {
         for (i, (seq, bytes)) in segments.iter().enumerate() {
             scan.feed(*seq, bytes, i + 1 == segments.len());
         }
-        Recovery::new(None, Vec::new(), scan, false)
+        Recovery::new(None, Vec::new(), Vec::new(), scan, false)
     }
 
     #[test]
@@ -543,7 +582,7 @@ mod tests {
     fn an_interrupted_repair_is_damage_even_over_a_clean_wal() {
         let mut scan = WalScan::new(None);
         scan.feed(1, &segment(hs(1, 1, 0), 1, 2, 1), true);
-        let r = Recovery::new(None, Vec::new(), scan, true);
+        let r = Recovery::new(None, Vec::new(), Vec::new(), scan, true);
         assert_eq!(r.found, Found::Damaged);
         assert_eq!(r.damage[0].file, REPAIR_MARKER);
     }

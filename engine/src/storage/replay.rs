@@ -118,8 +118,6 @@ impl ReplayedLog {
     /// index is only ever learned again, never promised.
     pub fn finish(mut self) -> Self {
         self.hard_state.commit = self.hard_state.commit.min(self.last_index());
-        // Entries may carry a term newer than the hard state's: nothing was
-        // acknowledged for them, so that is not corruption either.
         self
     }
 

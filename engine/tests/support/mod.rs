@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use kv_engine::raft::{Config, Found, RaftCore, Ready, Restored, Role, Standing};
+use kv_engine::raft::{
+    Config, Found, RaftCore, Ready, Restored, Role, SnapshotChunkIn, SnapshotChunkOut,
+    SnapshotInfo, Standing,
+};
 use kv_proto::raft::{message::Body, Entry, HardState, Message, Snapshot, SnapshotMeta};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -94,6 +97,10 @@ pub struct Node {
     seen_commit: u64,
     /// Its last reported standing was recovering.
     was_recovering: bool,
+    /// A snapshot being received: its meta and the data so far.
+    receiving: Option<(SnapshotMeta, Vec<u8>)>,
+    /// A received snapshot made durable, waiting for its marker.
+    received: Option<Snapshot>,
 }
 
 #[derive(Debug, Clone)]
@@ -308,16 +315,31 @@ impl Cluster {
         for m in rd.messages {
             self.send(m);
         }
+        let snapshot = match rd.snapshot {
+            Some(meta) => {
+                let received = self.node(id).received.take();
+                if received.as_ref().and_then(|s| s.meta) != Some(meta) {
+                    return Err(Violation(format!(
+                        "n{id} marks snapshot {meta:?} installed before receiving it"
+                    )));
+                }
+                received
+            }
+            None => None,
+        };
         let write = PendingWrite {
             hard: rd.hard_state,
             entries: rd.entries,
-            snapshot: rd.snapshot.clone(),
+            snapshot,
             persisted_messages: rd.persisted_messages,
             point,
         };
         self.node(id).pending.push_back(write);
-        if let Some(snap) = rd.snapshot {
-            self.install(id, &snap)?;
+        for chunk in rd.snapshot_chunks_out {
+            self.send_chunk(id, chunk);
+        }
+        for chunk in rd.snapshot_chunks_in {
+            self.receive_chunk(id, chunk)?;
         }
         for e in rd.committed_entries {
             self.apply(id, &e)?;
@@ -336,6 +358,59 @@ impl Cluster {
             self.read_floor.remove(&(id, failed));
         }
         self.record_commit(id)?;
+        Ok(())
+    }
+
+    /// Reads the chunk from the node's snapshot on disk and sends it, or
+    /// tells the core that snapshot is gone.
+    fn send_chunk(&mut self, id: u64, c: SnapshotChunkOut) {
+        let data = self.nodes[&id]
+            .disk
+            .snapshot
+            .as_ref()
+            .filter(|s| s.meta == Some(c.meta))
+            .and_then(|s| s.data.get(c.offset as usize..(c.offset + c.len) as usize))
+            .map(Bytes::copy_from_slice);
+        match data {
+            Some(data) => self.send(c.message(data)),
+            None => self.node(id).core.snapshot_send_failed(c.to),
+        }
+    }
+
+    /// Appends a received chunk; at the last one the snapshot is complete:
+    /// the state machine is rebuilt from it and the core told.
+    fn receive_chunk(&mut self, id: u64, c: SnapshotChunkIn) -> Result<(), Violation> {
+        let node = self.node(id);
+        let mut data = match node.receiving.take() {
+            Some((meta, data)) if meta == c.meta => data,
+            _ => Vec::new(),
+        };
+        if data.len() as u64 != c.offset {
+            return Err(Violation(format!(
+                "n{id} got a chunk at {} of a snapshot holding {} bytes",
+                c.offset,
+                data.len()
+            )));
+        }
+        data.extend_from_slice(&c.data);
+        if !c.done {
+            let written = data.len() as u64;
+            node.receiving = Some((c.meta, data));
+            node.core.on_snapshot_chunk_written(c.meta, written);
+            return Ok(());
+        }
+        let snapshot = Snapshot {
+            meta: Some(c.meta),
+            data: Bytes::from(data),
+        };
+        let info = SnapshotInfo {
+            meta: c.meta,
+            size: snapshot.data.len() as u64,
+        };
+        if self.node(id).core.on_snapshot_received(info) {
+            self.install(id, &snapshot)?;
+            self.node(id).received = Some(snapshot);
+        }
         Ok(())
     }
 
@@ -376,8 +451,12 @@ impl Cluster {
             meta: Some(SnapshotMeta { index, term }),
             data: Bytes::copy_from_slice(&node.chain.to_le_bytes()),
         };
-        node.disk.compact(snapshot.clone());
-        node.core.compact(snapshot);
+        let info = SnapshotInfo {
+            meta: snapshot.meta.unwrap_or_default(),
+            size: snapshot.data.len() as u64,
+        };
+        node.disk.compact(snapshot);
+        node.core.compact(info);
     }
 
     fn install(&mut self, id: u64, snap: &Snapshot) -> Result<(), Violation> {
@@ -634,7 +713,10 @@ impl Cluster {
         let disk = self.nodes[&id].disk.clone();
         let restored = Restored {
             hard_state: disk.hard,
-            snapshot: disk.snapshot.clone(),
+            snapshot: disk.snapshot.as_ref().map(|s| SnapshotInfo {
+                meta: s.meta.unwrap_or_default(),
+                size: s.data.len() as u64,
+            }),
             entries: disk.entries.clone(),
             found,
             nonce: self.rng.random(),
@@ -776,6 +858,8 @@ impl Node {
             applied_data: Vec::new(),
             seen_commit: 0,
             was_recovering: false,
+            receiving: None,
+            received: None,
         }
     }
 }

@@ -41,8 +41,11 @@ pub struct NodeConfig {
     pub election_ticks: u64,
     /// Heartbeat interval, in ticks.
     pub heartbeat_ticks: u64,
-    /// Take a snapshot once this many entries were applied since the last one.
+    /// Take a snapshot once this many entries were applied since the last one
+    /// (each node stretches this by up to a quarter, at random).
     pub snapshot_entries: u64,
+    /// ... or once this many bytes of entries were applied since the last one.
+    pub snapshot_bytes: u64,
     /// WAL segment size before rotation.
     pub segment_bytes: u64,
     /// Client-side limits (line, key, value sizes; connections).
@@ -83,6 +86,7 @@ impl NodeConfig {
             election_ticks: 15,
             heartbeat_ticks: 3,
             snapshot_entries: 100_000,
+            snapshot_bytes: 256 << 20,
             segment_bytes: 64 << 20,
             client: ClientLimits::default(),
             client_queue_capacity: 16_384,
@@ -110,8 +114,8 @@ impl NodeConfig {
         if self.tick.is_zero() {
             return Err("tick must be > 0".into());
         }
-        if self.snapshot_entries == 0 {
-            return Err("snapshot_entries must be > 0".into());
+        if self.snapshot_entries == 0 || self.snapshot_bytes == 0 {
+            return Err("snapshot_entries and snapshot_bytes must be > 0".into());
         }
         self.raft_config().validate().map_err(|e| e.to_string())
     }

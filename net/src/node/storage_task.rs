@@ -1,12 +1,13 @@
 //! The task that owns storage: it turns Ready writes into WAL appends with
-//! one fsync per batch, saves snapshots, and reports completions in order.
+//! one fsync per batch, compacts the WAL behind durable snapshots, records
+//! snapshots installed from the leader, and reports completions in order.
 //!
 //! Writes queued while an fsync is running are merged into the next append
 //! (group commit across Readies). Completions come back in the order the
 //! writes were queued, which is what lets a Ready's `persisted_messages`
 //! leave only after every earlier write is durable too.
 
-use kv_proto::raft::{Entry, HardState, Message, Snapshot};
+use kv_proto::raft::{Entry, HardState, Message, SnapshotMeta};
 use tokio::sync::mpsc;
 
 use crate::fs::FileSystem;
@@ -20,7 +21,9 @@ const MERGE_MAX: usize = 256;
 pub(crate) struct WriteJob {
     pub(crate) hard_state: Option<HardState>,
     pub(crate) entries: Vec<Entry>,
-    pub(crate) snapshot: Option<Snapshot>,
+    /// A snapshot received from the leader, durable in its file: the log
+    /// restarts after it.
+    pub(crate) snapshot: Option<SnapshotMeta>,
     pub(crate) persisted_messages: Vec<Message>,
     pub(crate) point: Option<(u64, u64)>,
 }
@@ -30,8 +33,8 @@ pub(crate) struct WriteJob {
 pub(crate) enum StorageJob {
     /// Persist a Ready's writes.
     Write(WriteJob),
-    /// Save a locally taken snapshot and compact the WAL behind it.
-    SaveSnapshot(Snapshot),
+    /// A locally taken snapshot is durable: compact the WAL behind it.
+    Compact(SnapshotMeta),
 }
 
 /// What the storage task reports back, in queue order.
@@ -42,8 +45,8 @@ pub(crate) enum StorageDone {
         persisted_messages: Vec<Message>,
         point: Option<(u64, u64)>,
     },
-    /// A snapshot is durable and the WAL behind it may go.
-    SnapshotSaved(Snapshot),
+    /// The WAL behind a snapshot is compacted.
+    Compacted,
     /// Storage failed: nothing it was given since is durable. The node
     /// must reopen it from disk, cutting this segment back first.
     Failed(StorageError, Option<(std::path::PathBuf, u64)>),
@@ -211,8 +214,8 @@ async fn run<F: FileSystem + Send + 'static>(
                 // Ready's own entries and hard state follow it.
                 blocking(storage, move |s| {
                     let mut r = Ok(());
-                    if let Some(snapshot) = &job.snapshot {
-                        r = s.install_snapshot(snapshot);
+                    if let Some(meta) = job.snapshot {
+                        r = s.install_snapshot(meta, job.hard_state.as_ref());
                     }
                     if r.is_ok() && (job.hard_state.is_some() || !job.entries.is_empty()) {
                         r = s.append(job.hard_state.as_ref(), &job.entries);
@@ -225,10 +228,9 @@ async fn run<F: FileSystem + Send + 'static>(
                 })
                 .await
             }
-            StorageJob::SaveSnapshot(snapshot) => {
+            StorageJob::Compact(meta) => {
                 blocking(storage, move |s| {
-                    let r = s.save_snapshot(&snapshot);
-                    (r, vec![StorageDone::SnapshotSaved(snapshot)])
+                    (s.compact(meta), vec![StorageDone::Compacted])
                 })
                 .await
             }

@@ -17,8 +17,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::core_task::CoreTask;
 use super::events::NodeEvent;
-use super::{storage_task, ClientReply, ClientRequest, FailKind, NodeConfig, NodeError};
+use super::{
+    snapshot_task, storage_task, ClientReply, ClientRequest, FailKind, NodeConfig, NodeError,
+};
 use crate::fs::FileSystem;
+use crate::snapshots;
 use crate::storage::{Recovered, Storage, StorageError};
 use crate::transport::PeerTransport;
 
@@ -79,7 +82,7 @@ pub(crate) async fn supervise<F: FileSystem>(
             }
             Err(e) => break Err(NodeError::Storage(e)),
         };
-        match live(&cfg, storage, recovered, &transport, &mut inputs).await {
+        match live(&cfg, &fs, storage, recovered, &transport, &mut inputs).await {
             Ended::Shutdown => break Ok(()),
             Ended::Failed(e) => break Err(e),
             Ended::DiskFailed { error, cut_back: c } => {
@@ -96,20 +99,22 @@ pub(crate) async fn supervise<F: FileSystem>(
 /// they end.
 async fn live<F: FileSystem>(
     cfg: &NodeConfig,
+    fs: &F,
     storage: Storage<F>,
     recovered: Recovered,
     transport: &PeerTransport,
     inputs: &mut Inputs,
 ) -> Ended {
-    let (core, kv) = match rebuild(cfg, recovered) {
+    let (core, kv) = match rebuild(cfg, fs, recovered) {
         Ok(built) => built,
         Err(e) => return Ended::Failed(e),
     };
     let latency = storage_task::DiskLatency::new(cfg.disk_latency_max, cfg.seed ^ 0xd15c);
     let (storage_tx, storage_done_rx, storage_join) =
         storage_task::spawn(storage, cfg.storage_queue_capacity, latency);
-    let task = CoreTask::new(cfg, core, kv, transport, storage_tx);
-    let ended = task.run(inputs, storage_done_rx).await;
+    let (snapshots, snapshot_done_rx) = snapshot_task::spawn(fs.clone(), cfg.data_dir.clone());
+    let task = CoreTask::new(cfg, core, kv, transport, storage_tx, snapshots);
+    let ended = task.run(inputs, storage_done_rx, snapshot_done_rx).await;
     // The storage task ends once the core drops its queue; it holds the
     // data dir's lock until then.
     let _ = storage_join.await;
@@ -117,10 +122,14 @@ async fn live<F: FileSystem>(
 }
 
 /// The state machine and the Raft core, from what storage recovered.
-fn rebuild(cfg: &NodeConfig, recovered: Recovered) -> Result<(RaftCore, KvStore), NodeError> {
-    let kv = match &recovered.snapshot {
-        Some(snapshot) => {
-            KvStore::restore(&snapshot.data).map_err(|e| NodeError::Snapshot(e.to_string()))?
+fn rebuild<F: FileSystem>(
+    cfg: &NodeConfig,
+    fs: &F,
+    recovered: Recovered,
+) -> Result<(RaftCore, KvStore), NodeError> {
+    let kv = match recovered.snapshot {
+        Some(info) => {
+            snapshots::restore(fs, Path::new(&cfg.data_dir), info).map_err(NodeError::Snapshot)?
         }
         None => KvStore::new(),
     };

@@ -15,8 +15,9 @@
 //!   written with it (which may mark the node recovering);
 //! - each new segment starts with the current hard state, so dropping old
 //!   segments never drops the hard state;
-//! - a snapshot is written to a temp file, synced, renamed, and the
-//!   directory synced; only then are the segments it covers removed;
+//! - snapshot files are written by `crate::snapshots` (temp file, fsync,
+//!   rename, directory fsync); only once one is durable does `compact`
+//!   remove the segments it covers;
 //! - a failed write or fsync is never followed by an acknowledgement of
 //!   what it covered and never retried as if it had worked: the segment is
 //!   cut back to its last fsync and the error ends this storage's life (the
@@ -32,12 +33,11 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-use kv_engine::raft::Found;
+use kv_engine::raft::{Found, SnapshotInfo};
 use kv_engine::storage::meta::DataDirMeta;
 use kv_engine::storage::record::{encode_entry, encode_hard_state, encode_snapshot_marker};
-use kv_engine::storage::recovery::{segment_name, snapshot_name, Damage, DirListing, TEMP_SUFFIX};
-use kv_engine::storage::snapshot_file::encode_snapshot_file;
-use kv_proto::raft::{Entry, HardState, Snapshot};
+use kv_engine::storage::recovery::{segment_name, snapshot_name, Damage, DirListing};
+use kv_proto::raft::{Entry, HardState, SnapshotMeta};
 
 pub use self::open::{inspect, Inspection};
 use crate::fs::{AppendFile, FileSystem};
@@ -76,8 +76,8 @@ impl Default for StorageOptions {
 pub struct Recovered {
     /// The last hard state written.
     pub hard_state: HardState,
-    /// The newest valid snapshot.
-    pub snapshot: Option<Snapshot>,
+    /// The newest valid snapshot (its data stays in its file).
+    pub snapshot: Option<SnapshotInfo>,
     /// The durable entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
     /// Whether storage was intact, empty, or damaged.
@@ -143,6 +143,34 @@ impl StorageError {
     /// to a mistake only an operator can fix.
     pub fn is_disk_fault(&self) -> bool {
         matches!(self, StorageError::Io { .. })
+    }
+}
+
+/// Encodes one batch: the hard state first, so no entry ever survives a
+/// torn write without the hard state written with it (a recovering mark,
+/// a term, a vote), but with its commit index cut below the batch's first
+/// entry, since a torn write may keep the hard state and lose entries that
+/// overwrite stale ones; then the entries; then, if the commit index was
+/// cut, the hard state again with the whole of it.
+fn encode_batch(hard_state: Option<&HardState>, entries: &[Entry], out: &mut Vec<u8>) {
+    let first = entries.first().map(|e| e.index);
+    let leading = hard_state.map(|hs| match first {
+        Some(first) if hs.commit >= first => HardState {
+            commit: first - 1,
+            ..*hs
+        },
+        _ => *hs,
+    });
+    if let Some(hs) = &leading {
+        encode_hard_state(hs, out);
+    }
+    for e in entries {
+        encode_entry(e, out);
+    }
+    if let (Some(hs), Some(lead)) = (hard_state, leading) {
+        if lead.commit != hs.commit {
+            encode_hard_state(hs, out);
+        }
     }
 }
 
@@ -215,14 +243,7 @@ impl<F: FileSystem> Storage<F> {
             "entries are contiguous"
         );
         self.buf.clear();
-        // The hard state first: an entry never survives a torn write without
-        // the hard state that came with it.
-        if let Some(hs) = hard_state {
-            encode_hard_state(hs, &mut self.buf);
-        }
-        for e in entries {
-            encode_entry(e, &mut self.buf);
-        }
+        encode_batch(hard_state, entries, &mut self.buf);
         let path = self.current_path();
         if let Err(e) = self.current.append(&self.buf) {
             return Err(self.fail("append", path, e));
@@ -293,7 +314,7 @@ impl<F: FileSystem> Storage<F> {
 
     /// Starts a new segment with the current hard state (and, after an
     /// installed snapshot, its marker first).
-    fn rotate(&mut self, marker: Option<&Snapshot>) -> Result<(), StorageError> {
+    fn rotate(&mut self, marker: Option<SnapshotMeta>) -> Result<(), StorageError> {
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let path = self.dir.join(segment_name(seq));
         let mut file = self
@@ -301,7 +322,7 @@ impl<F: FileSystem> Storage<F> {
             .open_append(&path)
             .map_err(io_err("create", &path))?;
         self.buf.clear();
-        if let Some(meta) = marker.and_then(|s| s.meta) {
+        if let Some(meta) = marker {
             encode_snapshot_marker(&meta, &mut self.buf);
         }
         encode_hard_state(&self.hard_state, &mut self.buf);
@@ -321,17 +342,13 @@ impl<F: FileSystem> Storage<F> {
         Ok(())
     }
 
-    /// Durably saves a snapshot taken locally, then removes the WAL
-    /// segments and older snapshots it makes unnecessary.
-    pub fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+    /// A snapshot taken locally at `meta` is durable: removes the WAL
+    /// segments and older snapshot files it makes unnecessary.
+    pub fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
         self.check_usable()?;
-        let Some(meta) = snapshot.meta else {
-            return Ok(());
-        };
         if meta.index <= self.snapshot_index {
             return Ok(());
         }
-        self.write_snapshot_file(snapshot)?;
         self.snapshot_index = meta.index;
         // Segments wholly at or below the snapshot go, oldest first, never the current one.
         let older = self.segments.len().saturating_sub(1);
@@ -343,37 +360,24 @@ impl<F: FileSystem> Storage<F> {
         self.remove_old_snapshots()
     }
 
-    /// Installs a snapshot received from the leader: saves it, then starts a
-    /// new segment that says the log restarts after it, then drops every
-    /// older segment.
-    pub fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+    /// A snapshot received from the leader is durable in its file: starts a
+    /// new segment that says the log restarts after it (with `hard_state`,
+    /// the one written with it, so a recovering mark is never behind the
+    /// marker), then drops every older segment.
+    pub fn install_snapshot(
+        &mut self,
+        meta: SnapshotMeta,
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
         self.check_usable()?;
-        let Some(meta) = snapshot.meta else {
-            return Ok(());
-        };
-        self.write_snapshot_file(snapshot)?;
+        if let Some(hs) = hard_state {
+            self.hard_state = *hs;
+        }
         self.snapshot_index = self.snapshot_index.max(meta.index);
-        self.rotate(Some(snapshot))?;
+        self.rotate(Some(meta))?;
         let older = self.segments.len().saturating_sub(1);
         self.remove_segments(older)?;
         self.remove_old_snapshots()
-    }
-
-    fn write_snapshot_file(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let index = snapshot.meta.map_or(0, |m| m.index);
-        let path = self.dir.join(snapshot_name(index));
-        let tmp = self
-            .dir
-            .join(format!("{}{TEMP_SUFFIX}", snapshot_name(index)));
-        self.fs
-            .write_synced(&tmp, &encode_snapshot_file(snapshot))
-            .map_err(io_err("write", &tmp))?;
-        self.fs
-            .rename(&tmp, &path)
-            .map_err(io_err("rename", &tmp))?;
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(io_err("sync directory", &self.dir))
     }
 
     fn remove_segments(&mut self, count: usize) -> Result<(), StorageError> {

@@ -7,19 +7,21 @@
 use std::path::{Path, PathBuf};
 
 use kv_engine::raft::Found;
+use kv_engine::raft::SnapshotInfo;
 use kv_engine::storage::meta::{
     decode_meta_file, encode_meta_file, DataDirMeta, MetaError, FORMAT_VERSION,
 };
 use kv_engine::storage::record::encode_hard_state;
 use kv_engine::storage::recovery::{
-    check_identity, check_snapshot_file, segment_name, snapshot_name, Damage, DirListing,
-    IdentityCheck, KeptSegment, Recovery, WalScan, DAMAGED_SUFFIX, META_FILE, REPAIR_MARKER,
-    TEMP_SUFFIX,
+    check_identity, check_snapshot_file, segment_name, snapshot_name, unfinished_install, Damage,
+    DirListing, IdentityCheck, KeptSegment, Recovery, WalScan, DAMAGED_SUFFIX, META_FILE,
+    REPAIR_MARKER, TEMP_SUFFIX,
 };
-use kv_proto::raft::{HardState, Snapshot, SnapshotMeta};
+use kv_proto::raft::{HardState, SnapshotMeta};
 
 use super::{io_err, Recovered, SegmentInfo, Storage, StorageError, StorageOptions, LOCK_FILE};
 use crate::fs::{AppendFile, FileSystem};
+use crate::snapshots;
 
 impl<F: FileSystem> Storage<F> {
     /// Opens (or creates) the data directory and recovers its state.
@@ -96,7 +98,7 @@ impl<F: FileSystem> Storage<F> {
         let snapshot_index = recovery
             .snapshot
             .as_ref()
-            .and_then(|s| s.meta)
+            .map(|s| s.meta)
             .map_or(0, |m| m.index);
         let recovered = Recovered {
             hard_state: recovery.log.hard_state,
@@ -189,25 +191,62 @@ fn sync_parent<F: FileSystem>(fs: &F, dir: &Path) -> Result<(), StorageError> {
 }
 
 /// Reads what recovery needs: snapshots newest first until one checks out,
-/// then the segments in order (none after the first damage).
+/// then the segments in order (none after the first damage). A snapshot
+/// whose install never finished is dropped and the next older one tried.
 fn scan<F: FileSystem>(fs: &F, dir: &Path, listing: &DirListing) -> Result<Recovery, StorageError> {
-    let mut snapshot: Option<Snapshot> = None;
     let mut bad = Vec::new();
-    for &index in &listing.snapshots {
-        let path = dir.join(snapshot_name(index));
-        let bytes = fs.read(&path).map_err(io_err("read", &path))?;
-        match check_snapshot_file(index, &bytes) {
-            Ok(s) => {
-                snapshot = Some(s);
-                break;
-            }
+    let mut unfinished = Vec::new();
+    let mut candidates = listing.snapshots.iter().copied().peekable();
+    loop {
+        let snapshot = newest_valid_snapshot(fs, dir, &mut candidates, &mut bad);
+        let wal = scan_wal(fs, dir, listing, snapshot.map(|s| s.meta))?;
+        if let Some(s) = snapshot.filter(|s| unfinished_install(s, wal.log())) {
+            tracing::warn!(
+                index = s.meta.index,
+                "dropping a snapshot whose install from the leader never finished"
+            );
+            unfinished.push(s.meta.index);
+            continue;
+        }
+        return Ok(Recovery::new(
+            snapshot,
+            bad,
+            unfinished,
+            wal,
+            listing.repair_marker,
+        ));
+    }
+}
+
+/// The newest snapshot among `candidates` that checks out; the ones that do
+/// not go to `bad`.
+fn newest_valid_snapshot<F: FileSystem>(
+    fs: &F,
+    dir: &Path,
+    candidates: &mut impl Iterator<Item = u64>,
+    bad: &mut Vec<(u64, String)>,
+) -> Option<SnapshotInfo> {
+    for index in candidates {
+        let verified = snapshots::verify(fs, dir, index);
+        let size = verified.as_ref().map_or(0, |i| i.size);
+        match check_snapshot_file(index, verified.map(|i| i.meta), size) {
+            Ok(s) => return Some(s),
             Err(reason) => {
-                tracing::error!(file = %path.display(), %reason, "invalid snapshot; trying an older one");
+                tracing::error!(file = %dir.join(snapshot_name(index)).display(), %reason, "invalid snapshot; trying an older one");
                 bad.push((index, reason));
             }
         }
     }
-    let mut wal = WalScan::new(snapshot.as_ref().and_then(|s| s.meta));
+    None
+}
+
+fn scan_wal<F: FileSystem>(
+    fs: &F,
+    dir: &Path,
+    listing: &DirListing,
+    snapshot: Option<SnapshotMeta>,
+) -> Result<WalScan, StorageError> {
+    let mut wal = WalScan::new(snapshot);
     for (i, &seq) in listing.segments.iter().enumerate() {
         let is_last = i + 1 == listing.segments.len();
         if wal.is_damaged() {
@@ -218,7 +257,7 @@ fn scan<F: FileSystem>(fs: &F, dir: &Path, listing: &DirListing) -> Result<Recov
         let bytes = fs.read(&path).map_err(io_err("read", &path))?;
         wal.feed(seq, &bytes, is_last);
     }
-    Ok(Recovery::new(snapshot, bad, wal, listing.repair_marker))
+    Ok(wal)
 }
 
 /// No damage: cut a torn tail, set aside snapshots that did not check out.
@@ -237,8 +276,15 @@ fn set_aside<F: FileSystem>(fs: &F, dir: &Path, recovery: &Recovery) -> Result<(
         let path = dir.join(name);
         let copy = dir.join(format!("{name}{DAMAGED_SUFFIX}"));
         let bytes = fs.read(&path).map_err(io_err("read", &path))?;
-        fs.write_synced(&copy, &bytes)
-            .map_err(io_err("write", &copy))?;
+        match fs.write_synced(&copy, &bytes) {
+            Ok(()) => {}
+            // The copy is for forensics: a full disk must not stop the repair.
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                tracing::warn!(file = %path.display(), "disk full: setting damage aside without keeping a copy");
+                let _ = fs.remove(&copy);
+            }
+            Err(e) => return Err(io_err("write", &copy)(e)),
+        }
     }
     for name in &recovery.remove {
         let path = dir.join(name);
@@ -325,8 +371,8 @@ fn make_durable<F: FileSystem>(
         let path = dir.join(segment_name(seg.seq));
         fs.sync_file(&path).map_err(io_err("fsync", &path))?;
     }
-    if let Some(meta) = recovery.snapshot.as_ref().and_then(|s| s.meta) {
-        let path = dir.join(snapshot_name(meta.index));
+    if let Some(info) = recovery.snapshot {
+        let path = dir.join(snapshot_name(info.meta.index));
         fs.sync_file(&path).map_err(io_err("fsync", &path))?;
     }
     let meta = dir.join(META_FILE);
@@ -407,7 +453,7 @@ pub fn inspect<F: FileSystem>(fs: &F, dir: &Path) -> Result<Inspection, StorageE
         meta,
         in_use,
         segment_bytes,
-        snapshot: recovery.snapshot.as_ref().and_then(|s| s.meta),
+        snapshot: recovery.snapshot.map(|s| s.meta),
         bad_snapshots,
         found: recovery.found,
         damage: recovery.damage.clone(),

@@ -1,9 +1,10 @@
 use bytes::Bytes;
 use kv_engine::raft::Found;
+use kv_engine::raft::SnapshotInfo;
 use kv_engine::storage::meta::DataDirMeta;
-use kv_engine::storage::record::encode_entry;
+use kv_engine::storage::record::{encode_entry, encode_hard_state};
 use kv_engine::storage::recovery::{segment_name, snapshot_name, DAMAGED_SUFFIX};
-use kv_proto::raft::{Entry, HardState, Snapshot, SnapshotMeta};
+use kv_proto::raft::{Entry, HardState, SnapshotMeta};
 
 use super::*;
 use crate::fs::{DiskFaults, DiskOp, MemFs};
@@ -48,11 +49,19 @@ fn indexes(r: &Recovered) -> Vec<u64> {
     r.entries.iter().map(|e| e.index).collect()
 }
 
-fn snapshot(index: u64, term: u64) -> Snapshot {
-    Snapshot {
-        meta: Some(SnapshotMeta { index, term }),
-        data: Bytes::from(format!("state@{index}")),
-    }
+/// Writes a snapshot file at `index` (its data is a made-up state).
+fn snapshot(fs: &MemFs, index: u64, term: u64) -> SnapshotInfo {
+    let meta = SnapshotMeta { index, term };
+    let mut out = crate::snapshots::SnapshotFileOut::start(fs, &dir(), meta).unwrap();
+    out.append(format!("state@{index}").as_bytes()).unwrap();
+    out.finish().unwrap()
+}
+
+/// A snapshot taken locally at `index`: its file, then the WAL compacted.
+fn save(s: &mut Storage<MemFs>, fs: &MemFs, index: u64, term: u64) -> SnapshotInfo {
+    let info = snapshot(fs, index, term);
+    s.compact(info.meta).unwrap();
+    info
 }
 
 /// A storage with entries 1..=n of term 1, each appended and synced alone.
@@ -160,6 +169,8 @@ fn cutting_the_last_segment_at_every_byte_recovers_the_complete_records() {
     let fs = MemFs::new();
     let (mut s, _) = Storage::open(fs.clone(), &dir(), opts(1 << 20)).unwrap();
     let path = dir().join(segment_name(1));
+    // The term comes first, as the core always writes it.
+    s.append(Some(&hs(1, 0)), &[]).unwrap();
     let mut ends = Vec::new();
     for i in 1..=4 {
         s.append(None, &entries(i, i, 1)).unwrap();
@@ -369,11 +380,11 @@ fn a_snapshot_compacts_covered_segments_and_restart_gives_the_same_state() {
         s.append(Some(&hs(1, i)), &entries(i, i, 1)).unwrap();
     }
     let before = s.segment_count();
-    s.save_snapshot(&snapshot(30, 1)).unwrap();
+    let saved = save(&mut s, &fs, 30, 1);
     assert!(s.segment_count() < before, "covered segments removed");
     drop(s);
     let (_, r) = open(&fs).unwrap();
-    assert_eq!(r.snapshot, Some(snapshot(30, 1)));
+    assert_eq!(r.snapshot, Some(saved));
     assert_eq!(r.entries.first().map(|e| e.index), Some(31));
     assert_eq!(r.entries.last().map(|e| e.index), Some(40));
     assert_eq!(r.hard_state, hs(1, 40));
@@ -384,14 +395,12 @@ fn an_installed_snapshot_replaces_the_whole_log() {
     let fs = MemFs::new();
     let (mut s, _) = open(&fs).unwrap();
     s.append(Some(&hs(1, 2)), &entries(1, 10, 1)).unwrap();
-    s.install_snapshot(&snapshot(50, 3)).unwrap();
+    let installed = snapshot(&fs, 50, 3);
+    s.install_snapshot(installed.meta, None).unwrap();
     s.append(Some(&hs(3, 51)), &entries(51, 51, 3)).unwrap();
     drop(s);
     let (_, r) = open(&fs).unwrap();
-    assert_eq!(
-        r.snapshot.as_ref().and_then(|s| s.meta).map(|m| m.index),
-        Some(50)
-    );
+    assert_eq!(r.snapshot.map(|s| s.meta.index), Some(50));
     assert_eq!(indexes(&r), vec![51]);
 }
 
@@ -402,18 +411,15 @@ fn a_damaged_newest_snapshot_the_wal_cannot_bridge_makes_the_node_recover() {
     for i in 1..=40 {
         s.append(Some(&hs(1, i)), &entries(i, i, 1)).unwrap();
     }
-    s.save_snapshot(&snapshot(10, 1)).unwrap();
-    s.save_snapshot(&snapshot(35, 1)).unwrap();
+    save(&mut s, &fs, 10, 1);
+    save(&mut s, &fs, 35, 1);
     drop(s);
     fs.corrupt(&dir().join(snapshot_name(35)), 40, 0).unwrap();
     // Segments up to 35 are gone, so the older snapshot at 10 cannot be
     // completed from the WAL: the node recovers from the leader.
     let (_, r) = open(&fs).unwrap();
     assert_eq!(r.found, Found::Damaged);
-    assert_eq!(
-        r.snapshot.as_ref().and_then(|s| s.meta).map(|m| m.index),
-        Some(10)
-    );
+    assert_eq!(r.snapshot.map(|s| s.meta.index), Some(10));
     assert!(r.hard_state.recovering);
     assert!(fs
         .read(&dir().join(format!("{}{DAMAGED_SUFFIX}", snapshot_name(35))))
@@ -461,4 +467,88 @@ fn a_failed_fsync_is_cut_back_at_once_so_a_new_process_cannot_trust_its_pages() 
     let (_, r) = open(&fs).unwrap();
     assert_eq!(r.found, Found::Intact);
     assert_eq!(indexes(&r), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_torn_batch_keeps_no_commit_index_over_the_stale_entries_it_was_replacing() {
+    let fs = MemFs::new();
+    let mut s = written(&fs, 5, 1 << 20);
+    let path = dir().join(segment_name(1));
+    let before = fs.len(&path).unwrap();
+    // Entries 3..=5 of term 1 are replaced by term 2's, committed at once.
+    s.write(Some(&hs(2, 5)), &entries(3, 5, 2)).unwrap();
+    drop(s);
+    // A torn write keeps only the batch's leading hard state.
+    let mut leading = Vec::new();
+    encode_hard_state(&hs(2, 2), &mut leading);
+    fs.open_append(&path)
+        .unwrap()
+        .truncate((before + leading.len()) as u64)
+        .unwrap();
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.entries.len(), 5);
+    assert_eq!(r.entries[2].term, 1, "the stale entries are still there");
+    assert!(
+        r.hard_state.commit <= 2,
+        "but no commit index covers them: {:?}",
+        r.hard_state
+    );
+}
+
+#[test]
+fn an_installed_snapshot_carries_the_hard_state_written_with_it() {
+    let fs = MemFs::new();
+    let (mut s, _) = open(&fs).unwrap();
+    let info = snapshot(&fs, 40, 3);
+    let marked = HardState {
+        term: 3,
+        commit: 40,
+        recovering: true,
+        ..Default::default()
+    };
+    s.install_snapshot(info.meta, Some(&marked)).unwrap();
+    drop(s);
+    fs.crash(5);
+    let (_, r) = open(&fs).unwrap();
+    assert!(
+        r.hard_state.recovering,
+        "the mark is in the marker's segment: {r:?}"
+    );
+}
+
+#[test]
+fn a_damaged_snapshot_the_wal_does_not_reach_past_is_damage() {
+    let fs = MemFs::new();
+    let mut s = written(&fs, 30, 200);
+    s.append(Some(&hs(1, 30)), &[]).unwrap();
+    save(&mut s, &fs, 30, 1);
+    drop(s);
+    fs.corrupt(&dir().join(snapshot_name(30)), 30, 1).unwrap();
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.found, Found::Damaged, "entries up to 30 are gone: {r:?}");
+}
+
+#[test]
+fn a_snapshot_install_that_never_reached_the_wal_is_dropped_not_trusted() {
+    // A wiped node's first message was a snapshot: its file is durable, the
+    // WAL never recorded it (nor a recovering mark). It must not start as a
+    // voter with that state: the dir counts as empty again.
+    let fs = MemFs::new();
+    drop(open(&fs).unwrap());
+    snapshot(&fs, 12, 4);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!((r.found, r.snapshot), (Found::Empty, None), "{r:?}");
+    assert!(fs.read(&dir().join(snapshot_name(12))).is_err(), "dropped");
+
+    // A node at term 2 whose install of a term-4 snapshot was cut short keeps
+    // its own log; nothing it acknowledged is missing, so no damage.
+    let fs = MemFs::new();
+    drop(written(&fs, 5, 1 << 20));
+    let mut s = open(&fs).unwrap().0;
+    s.append(Some(&hs(2, 5)), &[]).unwrap();
+    drop(s);
+    snapshot(&fs, 40, 4);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.found, Found::Intact);
+    assert_eq!((r.snapshot, indexes(&r).len()), (None, 5));
 }

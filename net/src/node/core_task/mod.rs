@@ -15,11 +15,15 @@ use bytes::Bytes;
 use kv_engine::kv::{encode_command, CommandResult, KvStore};
 use kv_engine::raft::{ProposeError, RaftCore, Ready, Role};
 use kv_proto::command::{command::Op, Cas, Command, Del, Set};
-use kv_proto::raft::{Entry, Snapshot, SnapshotMeta};
+use kv_proto::raft::Entry;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+mod snapshots;
+
+use self::snapshots::SnapshotPlan;
 use super::events::{fnv1a, term_runs, Events, NodeEvent};
+use super::snapshot_task::{SnapshotDone, SnapshotTasks};
 use super::storage_task::{StorageDone, StorageJob, WriteJob};
 use super::supervisor::{Ended, Inputs};
 use super::{ClientOp, ClientReply, ClientRequest, FailKind, NodeConfig, NodeError};
@@ -59,10 +63,10 @@ pub(crate) struct CoreTask<'a> {
     /// Confirmed reads by the index they wait for.
     reads_at: BTreeMap<u64, Vec<PendingRead>>,
     next_read_id: u64,
-    /// Apply this many entries past the last snapshot before taking another.
-    snapshot_entries: u64,
-    last_snapshot_index: u64,
-    snapshot_in_flight: bool,
+    /// When to take the next snapshot.
+    plan: SnapshotPlan,
+    /// The tasks that write, send and receive snapshots.
+    snapshots: SnapshotTasks,
     events: Events,
 }
 
@@ -73,12 +77,14 @@ impl<'a> CoreTask<'a> {
         kv: KvStore,
         transport: &'a PeerTransport,
         storage: mpsc::Sender<StorageJob>,
+        snapshots: SnapshotTasks,
     ) -> Self {
         let applied = core.log().snapshot_index();
         CoreTask {
             id: cfg.id,
             applied,
-            last_snapshot_index: applied,
+            plan: SnapshotPlan::new(cfg, applied),
+            snapshots,
             core,
             kv,
             tick: cfg.tick,
@@ -93,8 +99,6 @@ impl<'a> CoreTask<'a> {
             reads: BTreeMap::new(),
             reads_at: BTreeMap::new(),
             next_read_id: 1,
-            snapshot_entries: cfg.snapshot_entries,
-            snapshot_in_flight: false,
             events: cfg.events.clone(),
         }
     }
@@ -104,10 +108,14 @@ impl<'a> CoreTask<'a> {
         mut self,
         inputs: &mut Inputs,
         mut storage_done: mpsc::Receiver<StorageDone>,
+        mut snapshot_done: mpsc::Receiver<SnapshotDone>,
     ) -> Ended {
         let span = tracing::info_span!("node", node = self.id);
         async move {
             let mut ticker = tokio::time::interval(self.tick);
+            // After a stall, ticks are not replayed in a burst: a burst would
+            // run several quorum checks at once and depose a healthy leader.
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let ended = loop {
                 // `biased` keeps the simulation deterministic (tokio's
                 // random branch choice draws from a process-wide seed);
@@ -123,6 +131,10 @@ impl<'a> CoreTask<'a> {
                         Some(done) => self.on_storage_done(done),
                         None => Err(stopped("storage task")),
                     },
+                    done = snapshot_done.recv() => match done {
+                        Some(done) => self.on_snapshot_done(done),
+                        None => Err(stopped("snapshot tasks")),
+                    },
                     Some(m) = inputs.peer_rx.recv() => {
                         self.core.step(m);
                         Ok(())
@@ -133,7 +145,7 @@ impl<'a> CoreTask<'a> {
                     }
                 };
                 let step = match step {
-                    Ok(()) => self.drain_inputs(inputs, &mut storage_done),
+                    Ok(()) => self.drain_inputs(inputs, &mut storage_done, &mut snapshot_done),
                     Err(end) => Err(end),
                 };
                 let step = match step {
@@ -164,10 +176,17 @@ impl<'a> CoreTask<'a> {
         &mut self,
         inputs: &mut Inputs,
         storage_done: &mut mpsc::Receiver<StorageDone>,
+        snapshot_done: &mut mpsc::Receiver<SnapshotDone>,
     ) -> Result<(), Ended> {
         for _ in 0..INPUT_BATCH_MAX {
             match storage_done.try_recv() {
                 Ok(done) => self.on_storage_done(done)?,
+                Err(_) => break,
+            }
+        }
+        for _ in 0..INPUT_BATCH_MAX {
+            match snapshot_done.try_recv() {
+                Ok(done) => self.on_snapshot_done(done)?,
                 Err(_) => break,
             }
         }
@@ -298,8 +317,15 @@ impl<'a> CoreTask<'a> {
         for m in rd.messages {
             self.transport.send(m);
         }
-        if let Some(snapshot) = &rd.snapshot {
-            self.install_snapshot(snapshot).map_err(Ended::Failed)?;
+        for chunk in rd.snapshot_chunks_out {
+            if self.snapshots.send.send(chunk).await.is_err() {
+                return Err(stopped("snapshot sender"));
+            }
+        }
+        for chunk in rd.snapshot_chunks_in {
+            if self.snapshots.receive.send(chunk).await.is_err() {
+                return Err(stopped("snapshot receiver"));
+            }
         }
         if must_persist || !rd.persisted_messages.is_empty() {
             let job = WriteJob {
@@ -330,13 +356,18 @@ impl<'a> CoreTask<'a> {
                 let _ = read.reply.send(ClientReply::Failed(FailKind::NotApplied));
             }
         }
-        self.maybe_snapshot().await?;
+        self.maybe_snapshot();
+        if let Some(meta) = self.plan.compact_due.take() {
+            if self.storage.send(StorageJob::Compact(meta)).await.is_err() {
+                return Err(stopped("storage task"));
+            }
+        }
         Ok(())
     }
 
     fn answer_read(&self, read: PendingRead) {
         let reply = match self.kv.get(&read.key) {
-            Some(v) => ClientReply::Value(v.clone()),
+            Some(v) => ClientReply::Value(Bytes::copy_from_slice(v)),
             None => ClientReply::NotFound,
         };
         let _ = read.reply.send(reply);
@@ -346,6 +377,7 @@ impl<'a> CoreTask<'a> {
     fn apply(&mut self, entry: Entry) {
         debug_assert_eq!(entry.index, self.applied + 1, "entries apply in order");
         self.applied = entry.index;
+        self.plan.applied(entry.data.len() as u64);
         let result = if entry.data.is_empty() {
             None // the leader's no-op
         } else {
@@ -396,71 +428,6 @@ impl<'a> CoreTask<'a> {
         }
     }
 
-    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), NodeError> {
-        let meta = snapshot.meta.unwrap_or_default();
-        self.kv =
-            KvStore::restore(&snapshot.data).map_err(|e| NodeError::Snapshot(e.to_string()))?;
-        tracing::info!(
-            node = self.id,
-            index = meta.index,
-            keys = self.kv.len(),
-            "installed snapshot from leader"
-        );
-        self.applied = meta.index;
-        self.last_snapshot_index = meta.index;
-        if self.events.enabled() {
-            let (node, digest) = (self.id, self.kv.digest());
-            self.events.emit(|| NodeEvent::InstalledSnapshot {
-                node,
-                index: meta.index,
-                digest,
-            });
-        }
-        // Writes waiting at covered indexes were decided by the leader; we
-        // cannot tell their outcome here.
-        let covered: Vec<u64> = self.writes.range(..=meta.index).map(|(&i, _)| i).collect();
-        for i in covered {
-            if let Some(w) = self.writes.remove(&i) {
-                let _ = w.reply.send(ClientReply::Failed(FailKind::Unknown));
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes a snapshot once enough entries were applied since the last one.
-    async fn maybe_snapshot(&mut self) -> Result<(), Ended> {
-        if self.snapshot_in_flight
-            || self.applied < self.last_snapshot_index + self.snapshot_entries
-        {
-            return Ok(());
-        }
-        let index = self.applied;
-        let Some(term) = self.core.log().term(index) else {
-            return Ok(());
-        };
-        let snapshot = Snapshot {
-            meta: Some(SnapshotMeta { index, term }),
-            data: self.kv.snapshot(),
-        };
-        tracing::info!(
-            node = self.id,
-            index,
-            keys = self.kv.len(),
-            bytes = snapshot.data.len(),
-            "taking snapshot"
-        );
-        self.snapshot_in_flight = true;
-        if self
-            .storage
-            .send(StorageJob::SaveSnapshot(snapshot))
-            .await
-            .is_err()
-        {
-            return Err(stopped("storage task"));
-        }
-        Ok(())
-    }
-
     fn on_storage_done(&mut self, done: StorageDone) -> Result<(), Ended> {
         match done {
             StorageDone::Written {
@@ -474,13 +441,7 @@ impl<'a> CoreTask<'a> {
                     self.core.on_persisted(index, term);
                 }
             }
-            StorageDone::SnapshotSaved(snapshot) => {
-                self.snapshot_in_flight = false;
-                if let Some(meta) = snapshot.meta {
-                    self.last_snapshot_index = meta.index;
-                }
-                self.core.compact(snapshot);
-            }
+            StorageDone::Compacted => {}
             StorageDone::Failed(error, cut_back) => {
                 self.hand_over();
                 return Err(Ended::DiskFailed { error, cut_back });
