@@ -145,6 +145,12 @@ impl KvStore {
                 Some(_) => CommandResult::Ok,
                 None => CommandResult::NotFound,
             },
+            Some(Op::Mset(mset)) => {
+                for pair in &mset.pairs {
+                    self.set.insert(KvEntry::new(&pair.key, &pair.value));
+                }
+                CommandResult::Ok
+            }
             Some(Op::Cas(cas)) => match self.get(&cas.key) {
                 Some(current) if current == &cas.expected[..] => {
                     self.set.insert(KvEntry::new(&cas.key, &cas.new));
@@ -555,6 +561,29 @@ mod tests {
             assert_eq!(Bytes::from(streamed), whole, "chunk {chunk}");
             assert_eq!(builder.finish().unwrap(), kv, "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn mset_writes_every_pair_in_one_command() {
+        let mut kv = KvStore::new();
+        kv.apply(&set("a", "old"));
+        let pairs = [("a", "1"), ("b", "2"), ("a", "3")]
+            .iter()
+            .map(|(k, v)| Pair {
+                key: b(k),
+                value: b(v),
+            })
+            .collect();
+        let cmd = Command {
+            op: Some(Op::Mset(kv_proto::command::MSet { pairs })),
+        };
+        assert_eq!(kv.apply(&cmd), CommandResult::Ok);
+        assert_eq!(
+            kv.get(b"a"),
+            Some(&b"3"[..]),
+            "the last pair for a key wins"
+        );
+        assert_eq!(kv.get(b"b"), Some(&b"2"[..]));
     }
 
     #[test]

@@ -32,9 +32,22 @@ pub enum CheckResult {
 }
 
 /// The register model of one key: `Some(value)` or absent. Returns the next
-/// state if `input` may answer `output` in `state`.
-fn step(state: &Option<Bytes>, input: &Input, output: &Option<Output>) -> Option<Option<Bytes>> {
+/// state if `input` may answer `output` in `state`. A multi-key write is
+/// checked key by key (its atomicity across keys is not).
+fn step(
+    key: &Bytes,
+    state: &Option<Bytes>,
+    input: &Input,
+    output: &Option<Output>,
+) -> Option<Option<Bytes>> {
     match input {
+        Input::MSet { pairs } => match output {
+            None | Some(Output::Ok) => {
+                let last = pairs.iter().rev().find(|(k, _)| k == key);
+                Some(last.map_or_else(|| state.clone(), |(_, v)| Some(v.clone())))
+            }
+            _ => None,
+        },
         Input::Get { .. } => match output {
             None => Some(state.clone()),
             Some(Output::Value(v)) if state.as_ref() == Some(v) => Some(state.clone()),
@@ -75,11 +88,13 @@ pub fn check_history(ops: &[Operation]) -> CheckResult {
         .iter()
         .filter(|o| !(o.output.is_none() && matches!(o.input, Input::Get { .. })))
     {
-        by_key.entry(op.input.key()).or_default().push(op);
+        for key in op.input.keys() {
+            by_key.entry(key).or_default().push(op);
+        }
     }
     let mut unknown = false;
     for (key, ops) in by_key {
-        match check_key(&ops) {
+        match check_key(key, &ops) {
             CheckResult::Ok => {}
             CheckResult::Illegal(why) => {
                 return CheckResult::Illegal(format!(
@@ -125,7 +140,7 @@ impl Bits {
 }
 
 /// Checks the operations of one key.
-fn check_key(ops: &[&Operation]) -> CheckResult {
+fn check_key(key: &Bytes, ops: &[&Operation]) -> CheckResult {
     let n = ops.len();
     // Events in time order; index 0 is a sentinel head.
     let mut order: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * n);
@@ -229,7 +244,7 @@ fn check_key(ops: &[&Operation]) -> CheckResult {
         let e = events[entry];
         if e.is_call {
             let op = ops[e.op];
-            if let Some(next_state) = step(&state, &op.input, &op.output) {
+            if let Some(next_state) = step(key, &state, &op.input, &op.output) {
                 let mut candidate = linearized.clone();
                 candidate.set(e.op);
                 let id = intern(&next_state);

@@ -79,6 +79,13 @@ pub fn request_to_op(
             expected: value(&c.expected)?,
             new: value(&c.new)?,
         }),
+        Some(Op::Mset(m)) => Some(ClientOp::MSet {
+            pairs: m
+                .pairs
+                .iter()
+                .map(|p| Ok((key(&p.key)?, value(&p.value)?)))
+                .collect::<Result<_, _>>()?,
+        }),
     })
 }
 

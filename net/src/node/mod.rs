@@ -50,6 +50,11 @@ pub enum ClientOp {
         /// The key.
         key: Bytes,
     },
+    /// Write every pair, atomically.
+    MSet {
+        /// The keys and values, in order (a later pair for a key wins).
+        pairs: Vec<(Bytes, Bytes)>,
+    },
     /// Write `new` at `key` only if it holds `expected`.
     Cas {
         /// The key.
@@ -62,13 +67,14 @@ pub enum ClientOp {
 }
 
 impl ClientOp {
-    /// The key the operation touches.
-    pub fn key(&self) -> &Bytes {
+    /// The keys the operation touches.
+    pub fn keys(&self) -> Vec<&Bytes> {
         match self {
             ClientOp::Get { key }
             | ClientOp::Set { key, .. }
             | ClientOp::Del { key }
-            | ClientOp::Cas { key, .. } => key,
+            | ClientOp::Cas { key, .. } => vec![key],
+            ClientOp::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kv_engine::kv::{encode_command, CommandResult, KvStore};
 use kv_engine::raft::{ProposeError, RaftCore, Ready, Role};
-use kv_proto::command::{command::Op, Cas, Command, Del, Set};
+use kv_proto::command::{command::Op, Cas, Command, Del, MSet, Pair, Set};
 use kv_proto::raft::Entry;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -240,6 +240,12 @@ impl<'a> CoreTask<'a> {
             ClientOp::Set { key, value } => Op::Set(Set { key, value }),
             ClientOp::Del { key } => Op::Del(Del { key }),
             ClientOp::Cas { key, expected, new } => Op::Cas(Cas { key, expected, new }),
+            ClientOp::MSet { pairs } => Op::Mset(MSet {
+                pairs: pairs
+                    .into_iter()
+                    .map(|(key, value)| Pair { key, value })
+                    .collect(),
+            }),
         };
         let data = encode_command(&Command { op: Some(command) });
         match self.core.propose(data) {

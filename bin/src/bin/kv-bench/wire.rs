@@ -1,0 +1,202 @@
+//! One benchmark connection's wire: requests out, answers in, over either
+//! client protocol, with every answer sorted into what the loop does next.
+
+use bytes::Bytes;
+use kv_net::client::binary::MAGIC;
+use kv_net::client::text::{parse_response, Response};
+use kv_net::frame::{encode_frame, FrameReader};
+use kv_proto::client::{self as pb, error::Kind, request::Op};
+use kv_proto::prost::Message as _;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::Protocol;
+
+/// What the benchmark asks.
+#[derive(Debug, Clone)]
+pub enum BenchOp {
+    /// GET key
+    Get(Bytes),
+    /// SET key value
+    Set(Bytes, Bytes),
+    /// MSET of several pairs (one log entry; binary protocol only).
+    MSet(Vec<(Bytes, Bytes)>),
+}
+
+/// An answer, as the benchmark loop sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Served (a value, not found, OK).
+    Done,
+    /// Not the leader: go there and send it again.
+    Redirect(String),
+    /// Surely not done; send it again (the kind names why).
+    Retry(&'static str),
+    /// Failed; it may or may not have happened (the kind names why).
+    Failed(&'static str),
+}
+
+/// The kind name of an error answer, and whether a retry is safe.
+fn classify(kind: Kind) -> Answer {
+    match kind {
+        Kind::NoLeader => Answer::Retry("no leader"),
+        Kind::NotApplied => Answer::Retry("not applied"),
+        Kind::Overloaded => Answer::Retry("overloaded"),
+        Kind::Unavailable => Answer::Retry("unavailable"),
+        Kind::Unknown => Answer::Failed("outcome unknown"),
+        Kind::BadRequest => Answer::Failed("bad request"),
+    }
+}
+
+/// One connection's read side.
+pub enum Reader {
+    /// Answers in request order.
+    Text {
+        lines: BufReader<OwnedReadHalf>,
+        line: String,
+        /// Ids of the requests sent, oldest first.
+        order: std::collections::VecDeque<u64>,
+    },
+    /// Answers by id.
+    Binary(FrameReader<OwnedReadHalf>),
+}
+
+/// One connection's write side.
+pub struct Writer {
+    half: OwnedWriteHalf,
+    protocol: Protocol,
+    buf: Vec<u8>,
+}
+
+/// Opens a connection speaking `protocol`.
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    protocol: Protocol,
+) -> std::io::Result<(Writer, Reader)> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let reader = match protocol {
+        Protocol::Binary => {
+            write.write_all(&MAGIC).await?;
+            Reader::Binary(FrameReader::new(read, 64 << 20))
+        }
+        Protocol::Text => Reader::Text {
+            lines: BufReader::new(read),
+            line: String::new(),
+            order: Default::default(),
+        },
+    };
+    let writer = Writer {
+        half: write,
+        protocol,
+        buf: Vec::with_capacity(64 * 1024),
+    };
+    Ok((writer, reader))
+}
+
+impl Writer {
+    /// Queues one request (sent by `flush`).
+    pub fn push(&mut self, id: u64, op: &BenchOp, reader: &mut Reader) {
+        match self.protocol {
+            Protocol::Binary => {
+                let op = match op.clone() {
+                    BenchOp::Get(key) => Op::Get(pb::Get { key }),
+                    BenchOp::Set(key, value) => Op::Set(pb::Set { key, value }),
+                    BenchOp::MSet(pairs) => Op::Mset(pb::MSet {
+                        pairs: pairs
+                            .into_iter()
+                            .map(|(key, value)| pb::KeyValue { key, value })
+                            .collect(),
+                    }),
+                };
+                encode_frame(&pb::Request { id, op: Some(op) }, &mut self.buf);
+            }
+            Protocol::Text => {
+                let line = match op {
+                    BenchOp::Get(k) => format!("GET {}\n", String::from_utf8_lossy(k)),
+                    BenchOp::Set(k, v) => format!(
+                        "SET {} {}\n",
+                        String::from_utf8_lossy(k),
+                        String::from_utf8_lossy(v)
+                    ),
+                    // The text protocol has no MSET: the loader refuses it earlier.
+                    BenchOp::MSet(_) => "PING\n".to_string(),
+                };
+                self.buf.extend_from_slice(line.as_bytes());
+                if let Reader::Text { order, .. } = reader {
+                    order.push_back(id);
+                }
+            }
+        }
+    }
+
+    /// Sends what was queued.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.half.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Reader {
+    /// The next answer and the id of its request; None when the server
+    /// closed the connection.
+    pub async fn next(&mut self) -> anyhow::Result<Option<(u64, Answer)>> {
+        match self {
+            Reader::Binary(frames) => {
+                let Some(payload) = frames.next_frame().await? else {
+                    return Ok(None);
+                };
+                let resp = pb::Response::decode(payload)?;
+                Ok(Some((resp.id, binary_answer(resp.result))))
+            }
+            Reader::Text { lines, line, order } => {
+                line.clear();
+                if lines.read_line(line).await? == 0 {
+                    return Ok(None);
+                }
+                let id = order.pop_front().unwrap_or(0);
+                let text = line.trim_end_matches(['\n', '\r']);
+                let answer = match parse_response(text.as_bytes()) {
+                    Ok(Response::Redirect(to)) => Answer::Redirect(to),
+                    Ok(Response::Err(msg)) => text_error(&msg),
+                    Ok(_) => Answer::Done,
+                    Err(_) => Answer::Failed("unintelligible answer"),
+                };
+                Ok(Some((id, answer)))
+            }
+        }
+    }
+}
+
+fn binary_answer(result: Option<pb::response::Result>) -> Answer {
+    use pb::response::Result as R;
+    match result {
+        Some(R::Redirect(r)) => Answer::Redirect(r.leader),
+        Some(R::Error(e)) => classify(Kind::try_from(e.kind).unwrap_or(Kind::Unknown)),
+        Some(_) => Answer::Done,
+        None => Answer::Failed("empty answer"),
+    }
+}
+
+fn text_error(msg: &str) -> Answer {
+    for (prefix, kind) in [
+        ("no leader", Kind::NoLeader),
+        ("not applied", Kind::NotApplied),
+        ("overloaded", Kind::Overloaded),
+        ("unavailable", Kind::Unavailable),
+    ] {
+        if msg.starts_with(prefix) {
+            return classify(kind);
+        }
+    }
+    Answer::Failed(if msg.starts_with("timeout") {
+        "timeout"
+    } else {
+        "outcome unknown"
+    })
+}
