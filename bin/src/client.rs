@@ -318,6 +318,15 @@ pub fn to_binary(id: u64, req: &Request) -> pb::Request {
             expected: expected.clone(),
             new: new.clone(),
         }),
+        Request::MSet { pairs } => Op::Mset(pb::MSet {
+            pairs: pairs
+                .iter()
+                .map(|(key, value)| pb::KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        }),
         Request::Ping => Op::Ping(pb::Ping {}),
     };
     pb::Request { id, op: Some(op) }

@@ -120,7 +120,15 @@ impl Client {
         let value = Bytes::from(format!("c{}-{}", self.id, self.counter));
         match self.rng.random_range(0..100) {
             0..=39 => Input::Get { key },
-            40..=69 => Input::Set { key, value },
+            40..=64 => Input::Set { key, value },
+            65..=69 => {
+                // Two keys at once: the second may equal the first.
+                let other = Bytes::from(format!("k{}", self.rng.random_range(0..self.cfg.keys)));
+                let second = Bytes::from(format!("c{}-{}m", self.id, self.counter));
+                Input::MSet {
+                    pairs: vec![(key, value), (other, second)],
+                }
+            }
             70..=79 => Input::Del { key },
             _ => {
                 let expected = Bytes::from(format!(
@@ -152,6 +160,17 @@ impl Client {
                 String::from_utf8_lossy(expected),
                 String::from_utf8_lossy(new)
             ),
+            Input::MSet { pairs } => {
+                let mut line = String::from("MSET");
+                for (k, v) in pairs {
+                    line.push_str(&format!(
+                        " {} {}",
+                        String::from_utf8_lossy(k),
+                        String::from_utf8_lossy(v)
+                    ));
+                }
+                line + "\n"
+            }
         };
         text.into_bytes()
     }

@@ -17,7 +17,8 @@ use rustyline::DefaultEditor;
 
 /// Client for the kv store. It follows REDIRECTs to the leader by itself.
 ///
-/// Commands: SET <key> <value>, GET <key>, DEL <key>, CAS <key> <expected> <new>, PING.
+/// Commands: SET <key> <value>, GET <key>, DEL <key>, CAS <key> <expected> <new>,
+/// MSET <key> <value> [<key> <value> ...], PING.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -129,7 +130,9 @@ fn repl(client: &mut Client) -> Result<()> {
         match line.to_ascii_uppercase().as_str() {
             "QUIT" | "EXIT" => break,
             "HELP" => {
-                println!("SET <key> <value> | GET <key> | DEL <key> | CAS <key> <expected> <new> | PING | QUIT");
+                println!(
+                    "SET <key> <value> | GET <key> | DEL <key> | CAS <key> <expected> <new> | MSET <key> <value> ... | PING | QUIT"
+                );
                 continue;
             }
             _ => {}

@@ -172,6 +172,7 @@ async fn answer(line: &[u8], limits: &ClientLimits, node: &NodeHandle) -> Respon
         Ok(Request::Set { key, value }) => ClientOp::Set { key, value },
         Ok(Request::Del { key }) => ClientOp::Del { key },
         Ok(Request::Cas { key, expected, new }) => ClientOp::Cas { key, expected, new },
+        Ok(Request::MSet { pairs }) => ClientOp::MSet { pairs },
     };
     match tokio::time::timeout(limits.request_timeout, node.call(op)).await {
         Ok(reply) => reply_to_text(reply),

@@ -5,6 +5,7 @@
 //! GET <key>                  -> VALUE <value> | NOT_FOUND
 //! DEL <key>                  -> OK | NOT_FOUND
 //! CAS <key> <expected> <new> -> OK | FAIL <current> | FAIL NOT_FOUND
+//! MSET <key> <value> ...      -> OK (every pair, atomically)
 //! PING                       -> PONG
 //! (follower)                 -> REDIRECT <host:port>
 //! (no leader)                -> ERR no leader
@@ -68,6 +69,11 @@ pub enum Request {
         expected: Bytes,
         /// The value to write.
         new: Bytes,
+    },
+    /// `MSET key value [key value ...]`, applied atomically.
+    MSet {
+        /// The pairs, in order (a later pair for a key wins).
+        pairs: Vec<(Bytes, Bytes)>,
     },
     /// `PING`
     Ping,
@@ -217,6 +223,20 @@ pub fn parse_request(line: &[u8], limits: &TextLimits) -> Result<Request, ParseE
             command: "CAS",
             expected: "CAS <key> <expected> <new>",
         }),
+        (b"MSET", args) if !args.is_empty() && args.len() % 2 == 0 => {
+            let keys = args.iter().step_by(2);
+            let values = args.iter().skip(1).step_by(2);
+            Ok(Request::MSet {
+                pairs: keys
+                    .zip(values)
+                    .map(|(k, v)| Ok((key(k)?, value(v)?)))
+                    .collect::<Result<_, _>>()?,
+            })
+        }
+        (b"MSET", _) => Err(ParseError::Arity {
+            command: "MSET",
+            expected: "MSET <key> <value> [<key> <value> ...]",
+        }),
         (b"PING", []) => Ok(Request::Ping),
         (b"PING", _) => Err(ParseError::Arity {
             command: "PING",
@@ -236,6 +256,7 @@ pub fn encode_request(req: &Request, out: &mut Vec<u8>) {
         Request::Set { key, value } => (b"SET", vec![key, value]),
         Request::Del { key } => (b"DEL", vec![key]),
         Request::Cas { key, expected, new } => (b"CAS", vec![key, expected, new]),
+        Request::MSet { pairs } => (b"MSET", pairs.iter().flat_map(|(k, v)| [k, v]).collect()),
         Request::Ping => (b"PING", vec![]),
     };
     out.extend_from_slice(name);
@@ -435,6 +456,12 @@ mod tests {
         );
         assert_eq!(parse("  PING  "), Ok(Request::Ping));
         assert_eq!(
+            parse("mset a 1 b 2 a 3"),
+            Ok(Request::MSet {
+                pairs: vec![(b("a"), b("1")), (b("b"), b("2")), (b("a"), b("3"))]
+            })
+        );
+        assert_eq!(
             parse("SET  a   1"),
             Ok(Request::Set {
                 key: b("a"),
@@ -467,6 +494,22 @@ mod tests {
             parse("CAS a 1"),
             Err(ParseError::Arity { command: "CAS", .. })
         ));
+        for odd in ["MSET", "MSET a", "MSET a 1 b"] {
+            assert!(
+                matches!(
+                    parse(odd),
+                    Err(ParseError::Arity {
+                        command: "MSET",
+                        ..
+                    })
+                ),
+                "{odd}"
+            );
+        }
+        assert_eq!(
+            parse("MSET a 1 b 12345678901234567"),
+            Err(ParseError::ValueTooLong { len: 17, max: 16 })
+        );
         assert!(matches!(
             parse("PING x"),
             Err(ParseError::Arity {
