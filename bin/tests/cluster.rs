@@ -369,16 +369,41 @@ fn kv_bench_loads_keys_in_batches_and_measures_with_no_failures() {
     c.leader(Duration::from_secs(10));
     let addrs: Vec<String> = (1..=3).map(|i| c.client(i).to_string()).collect();
     let out = Command::new(env!("CARGO_BIN_EXE_kv-bench"))
-        .args(["--addr", &addrs.join(","), "--keys", "3000", "--load", "3000"])
-        .args(["--count", "2000", "--connections", "4", "--inflight", "4", "--json"])
+        .args([
+            "--addr",
+            &addrs.join(","),
+            "--keys",
+            "3000",
+            "--load",
+            "3000",
+        ])
+        .args([
+            "--count",
+            "2000",
+            "--connections",
+            "4",
+            "--inflight",
+            "4",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json = String::from_utf8_lossy(&out.stdout);
-    assert!(json.contains("\"ok\":2000,") && json.contains("\"errors\":0,"), "{json}");
+    assert!(
+        json.contains("\"ok\":2000,") && json.contains("\"errors\":0,"),
+        "{json}"
+    );
     // Every loaded key is there.
     for i in (0..3000).step_by(271) {
         let k = format!("k{i:015}");
-        assert_eq!(c.request(&format!("GET {k}")), format!("VALUE {}", "v".repeat(100)));
+        assert_eq!(
+            c.request(&format!("GET {k}")),
+            format!("VALUE {}", "v".repeat(100))
+        );
     }
 }

@@ -23,6 +23,11 @@ use crate::storage::{io_err, StorageError};
 /// Bytes read or written in one piece.
 pub const PIECE_BYTES: usize = 1 << 20;
 
+/// A snapshot being written is synced every this many bytes, so the disk
+/// never holds a large backlog of its dirty pages: a final flush of a whole
+/// multi-gigabyte file would stall the WAL's fsyncs behind it for seconds.
+pub const SYNC_EVERY_BYTES: u64 = 8 << 20;
+
 /// The snapshot file at `index` in `dir`.
 pub fn snapshot_path(dir: &Path, index: u64) -> PathBuf {
     dir.join(snapshot_name(index))
@@ -39,6 +44,8 @@ pub struct SnapshotFileOut<F: FileSystem> {
     meta: SnapshotMeta,
     file: F::File,
     writer: SnapshotFileWriter,
+    /// Bytes written since the last sync.
+    unsynced: u64,
 }
 
 impl<F: FileSystem> SnapshotFileOut<F> {
@@ -59,6 +66,7 @@ impl<F: FileSystem> SnapshotFileOut<F> {
             meta,
             file,
             writer,
+            unsynced: 0,
         })
     }
 
@@ -66,7 +74,13 @@ impl<F: FileSystem> SnapshotFileOut<F> {
     pub fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
         self.writer.data(data);
         let tmp = temp_path(&self.dir, self.meta.index);
-        self.file.append(data).map_err(io_err("write", &tmp))
+        self.file.append(data).map_err(io_err("write", &tmp))?;
+        self.unsynced += data.len() as u64;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            self.unsynced = 0;
+            self.file.sync().map_err(io_err("fsync", &tmp))?;
+        }
+        Ok(())
     }
 
     /// Bytes of data so far.
@@ -162,16 +176,27 @@ pub fn verify<F: FileSystem>(fs: &F, dir: &Path, index: u64) -> Result<SnapshotI
     stream(fs, dir, index, |_| Ok(()))
 }
 
-/// Rebuilds the state machine from the snapshot `info`, streamed.
-pub fn restore<F: FileSystem>(fs: &F, dir: &Path, info: SnapshotInfo) -> Result<KvStore, String> {
+/// Checks the snapshot file at `index` and rebuilds the state machine from
+/// it in the same pass.
+pub fn verify_and_restore<F: FileSystem>(
+    fs: &F,
+    dir: &Path,
+    index: u64,
+) -> Result<(SnapshotInfo, KvStore), String> {
     let mut builder = KvBuilder::new();
-    let read = stream(fs, dir, info.meta.index, |piece| {
+    let info = stream(fs, dir, index, |piece| {
         builder.feed(piece).map_err(|e| e.to_string())
     })?;
+    Ok((info, builder.finish().map_err(|e| e.to_string())?))
+}
+
+/// Rebuilds the state machine from the snapshot `info`, streamed.
+pub fn restore<F: FileSystem>(fs: &F, dir: &Path, info: SnapshotInfo) -> Result<KvStore, String> {
+    let (read, kv) = verify_and_restore(fs, dir, info.meta.index)?;
     if read != info {
         return Err(format!("snapshot file holds {read:?}, not {info:?}"));
     }
-    builder.finish().map_err(|e| e.to_string())
+    Ok(kv)
 }
 
 #[cfg(test)]

@@ -71,9 +71,14 @@ struct Args {
     #[arg(long, env = "KV_HEARTBEAT_TICKS", default_value_t = 3)]
     heartbeat_ticks: u64,
 
-    /// Snapshot after this many applied entries.
+    /// Snapshot after this many applied entries (each node adds up to a
+    /// quarter at random, so nodes do not snapshot together).
     #[arg(long, env = "KV_SNAPSHOT_ENTRIES", default_value_t = 100_000)]
     snapshot_entries: u64,
+
+    /// ... or after this many bytes of applied entries.
+    #[arg(long, env = "KV_SNAPSHOT_BYTES", default_value_t = 64 << 20)]
+    snapshot_bytes: u64,
 
     /// Longest request line accepted; a longer one gets ERR and the connection closes.
     #[arg(long, env = "KV_MAX_LINE_BYTES", default_value_t = 1 << 20)]
@@ -125,6 +130,7 @@ impl Args {
         cfg.election_ticks = self.election_ticks;
         cfg.heartbeat_ticks = self.heartbeat_ticks;
         cfg.snapshot_entries = self.snapshot_entries;
+        cfg.snapshot_bytes = self.snapshot_bytes;
         cfg.client.text.max_line_bytes = self.max_line_bytes;
         cfg.client.text.max_key_bytes = self.max_key_bytes;
         cfg.client.text.max_value_bytes = self.max_value_bytes;

@@ -86,7 +86,7 @@ impl NodeConfig {
             election_ticks: 15,
             heartbeat_ticks: 3,
             snapshot_entries: 100_000,
-            snapshot_bytes: 256 << 20,
+            snapshot_bytes: 64 << 20,
             segment_bytes: 64 << 20,
             client: ClientLimits::default(),
             client_queue_capacity: 16_384,

@@ -180,9 +180,6 @@ pub enum NodeError {
         /// The error.
         source: std::io::Error,
     },
-    /// A snapshot could not be decoded.
-    #[error("snapshot: {0}")]
-    Snapshot(String),
 }
 
 /// A running node. Dropping it does not stop it; call `shutdown` or await `wait`.

@@ -21,7 +21,6 @@ use super::{
     snapshot_task, storage_task, ClientReply, ClientRequest, FailKind, NodeConfig, NodeError,
 };
 use crate::fs::FileSystem;
-use crate::snapshots;
 use crate::storage::{Recovered, Storage, StorageError};
 use crate::transport::PeerTransport;
 
@@ -105,7 +104,7 @@ async fn live<F: FileSystem>(
     transport: &PeerTransport,
     inputs: &mut Inputs,
 ) -> Ended {
-    let (core, kv) = match rebuild(cfg, fs, recovered) {
+    let (core, kv) = match rebuild(cfg, recovered) {
         Ok(built) => built,
         Err(e) => return Ended::Failed(e),
     };
@@ -122,17 +121,8 @@ async fn live<F: FileSystem>(
 }
 
 /// The state machine and the Raft core, from what storage recovered.
-fn rebuild<F: FileSystem>(
-    cfg: &NodeConfig,
-    fs: &F,
-    recovered: Recovered,
-) -> Result<(RaftCore, KvStore), NodeError> {
-    let kv = match recovered.snapshot {
-        Some(info) => {
-            snapshots::restore(fs, Path::new(&cfg.data_dir), info).map_err(NodeError::Snapshot)?
-        }
-        None => KvStore::new(),
-    };
+fn rebuild(cfg: &NodeConfig, recovered: Recovered) -> Result<(RaftCore, KvStore), NodeError> {
+    let kv = recovered.state;
     let restored = Restored {
         hard_state: recovered.hard_state,
         snapshot: recovered.snapshot,

@@ -33,6 +33,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
+use kv_engine::kv::KvStore;
 use kv_engine::raft::{Found, SnapshotInfo};
 use kv_engine::storage::meta::DataDirMeta;
 use kv_engine::storage::record::{encode_entry, encode_hard_state, encode_snapshot_marker};
@@ -84,6 +85,8 @@ pub struct Recovered {
     pub found: Found,
     /// What was damaged (empty unless `found` is `Damaged`).
     pub damage: Vec<Damage>,
+    /// The state machine rebuilt from `snapshot` (empty without one).
+    pub state: KvStore,
 }
 
 /// Why storage failed.

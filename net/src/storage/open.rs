@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use kv_engine::kv::KvStore;
 use kv_engine::raft::Found;
 use kv_engine::raft::SnapshotInfo;
 use kv_engine::storage::meta::{
@@ -44,14 +45,14 @@ impl<F: FileSystem> Storage<F> {
         }
         let meta = read_meta(&fs, dir, &listing)?;
         let identity = check_identity(meta, opts.identity, &listing);
-        let mut recovery = match &identity {
+        let (mut recovery, state) = match &identity {
             IdentityCheck::Mismatch(found) => return Err(mismatch(dir, *found, opts.identity)),
             IdentityCheck::Fresh => {
                 write_meta(&fs, dir, &opts.identity)?;
-                scan(&fs, dir, &listing)?
+                scan(&fs, dir, &listing, true)?
             }
-            IdentityCheck::Matches => scan(&fs, dir, &listing)?,
-            IdentityCheck::Damaged(cause) => Recovery::untrusted(&listing, cause.clone()),
+            IdentityCheck::Matches => scan(&fs, dir, &listing, true)?,
+            IdentityCheck::Damaged(cause) => (Recovery::untrusted(&listing, cause.clone()), None),
         };
         if recovery.found == Found::Damaged {
             let rewrite_meta =
@@ -61,7 +62,10 @@ impl<F: FileSystem> Storage<F> {
             tidy(&fs, dir, &recovery)?;
         }
         make_durable(&fs, dir, &recovery)?;
-        Self::start(fs, dir, opts, recovery, lock)
+        let state = state
+            .filter(|_| recovery.snapshot.is_some())
+            .unwrap_or_default();
+        Self::start(fs, dir, opts, recovery, state, lock)
     }
 
     /// The storage, positioned after the recovered log, and what it holds.
@@ -70,6 +74,7 @@ impl<F: FileSystem> Storage<F> {
         dir: &Path,
         opts: StorageOptions,
         recovery: Recovery,
+        state: KvStore,
         lock: F::Lock,
     ) -> Result<(Self, Recovered), StorageError> {
         let mut segments: Vec<SegmentInfo> = recovery
@@ -106,6 +111,7 @@ impl<F: FileSystem> Storage<F> {
             entries: recovery.log.entries,
             found: recovery.found,
             damage: recovery.damage,
+            state,
         };
         let storage = Storage {
             fs,
@@ -193,12 +199,21 @@ fn sync_parent<F: FileSystem>(fs: &F, dir: &Path) -> Result<(), StorageError> {
 /// Reads what recovery needs: snapshots newest first until one checks out,
 /// then the segments in order (none after the first damage). A snapshot
 /// whose install never finished is dropped and the next older one tried.
-fn scan<F: FileSystem>(fs: &F, dir: &Path, listing: &DirListing) -> Result<Recovery, StorageError> {
+fn scan<F: FileSystem>(
+    fs: &F,
+    dir: &Path,
+    listing: &DirListing,
+    build: bool,
+) -> Result<(Recovery, Option<KvStore>), StorageError> {
     let mut bad = Vec::new();
     let mut unfinished = Vec::new();
     let mut candidates = listing.snapshots.iter().copied().peekable();
     loop {
-        let snapshot = newest_valid_snapshot(fs, dir, &mut candidates, &mut bad);
+        let chosen = newest_valid_snapshot(fs, dir, &mut candidates, &mut bad, build);
+        let (snapshot, state) = match chosen {
+            Some((info, state)) => (Some(info), state),
+            None => (None, None),
+        };
         let wal = scan_wal(fs, dir, listing, snapshot.map(|s| s.meta))?;
         if let Some(s) = snapshot.filter(|s| unfinished_install(s, wal.log())) {
             tracing::warn!(
@@ -208,29 +223,34 @@ fn scan<F: FileSystem>(fs: &F, dir: &Path, listing: &DirListing) -> Result<Recov
             unfinished.push(s.meta.index);
             continue;
         }
-        return Ok(Recovery::new(
-            snapshot,
-            bad,
-            unfinished,
-            wal,
-            listing.repair_marker,
-        ));
+        let recovery = Recovery::new(snapshot, bad, unfinished, wal, listing.repair_marker);
+        return Ok((recovery, state));
     }
 }
 
-/// The newest snapshot among `candidates` that checks out; the ones that do
-/// not go to `bad`.
+/// The newest snapshot among `candidates` that checks out, and (if `build`)
+/// the state machine rebuilt from it in the same pass, so a large snapshot
+/// is read once at start, not twice. The ones that do not check out go to `bad`.
 fn newest_valid_snapshot<F: FileSystem>(
     fs: &F,
     dir: &Path,
     candidates: &mut impl Iterator<Item = u64>,
     bad: &mut Vec<(u64, String)>,
-) -> Option<SnapshotInfo> {
+    build: bool,
+) -> Option<(SnapshotInfo, Option<KvStore>)> {
     for index in candidates {
-        let verified = snapshots::verify(fs, dir, index);
-        let size = verified.as_ref().map_or(0, |i| i.size);
-        match check_snapshot_file(index, verified.map(|i| i.meta), size) {
-            Ok(s) => return Some(s),
+        let verified = if build {
+            snapshots::verify_and_restore(fs, dir, index).map(|(info, kv)| (info, Some(kv)))
+        } else {
+            snapshots::verify(fs, dir, index).map(|info| (info, None))
+        };
+        let (read, state) = match verified {
+            Ok((info, kv)) => (Ok(info.meta), Some((info.size, kv))),
+            Err(e) => (Err(e), None),
+        };
+        let size = state.as_ref().map_or(0, |(size, _)| *size);
+        match check_snapshot_file(index, read, size) {
+            Ok(s) => return Some((s, state.and_then(|(_, kv)| kv))),
             Err(reason) => {
                 tracing::error!(file = %dir.join(snapshot_name(index)).display(), %reason, "invalid snapshot; trying an older one");
                 bad.push((index, reason));
@@ -433,7 +453,7 @@ pub fn inspect<F: FileSystem>(fs: &F, dir: &Path) -> Result<Inspection, StorageE
                 reason: format!("unreadable identity file: {e}"),
             },
         ),
-        _ => scan(fs, dir, &listing)?,
+        _ => scan(fs, dir, &listing, false)?.0,
     };
     if meta.is_none() && listing.has_data_files() {
         recovery.damage.insert(

@@ -1,9 +1,11 @@
 use bytes::Bytes;
+use kv_engine::kv::KvStore;
 use kv_engine::raft::Found;
 use kv_engine::raft::SnapshotInfo;
 use kv_engine::storage::meta::DataDirMeta;
 use kv_engine::storage::record::{encode_entry, encode_hard_state};
 use kv_engine::storage::recovery::{segment_name, snapshot_name, DAMAGED_SUFFIX};
+use kv_proto::command::{command::Op, Command, Set};
 use kv_proto::raft::{Entry, HardState, SnapshotMeta};
 
 use super::*;
@@ -52,9 +54,20 @@ fn indexes(r: &Recovered) -> Vec<u64> {
 /// Writes a snapshot file at `index` (its data is a made-up state).
 fn snapshot(fs: &MemFs, index: u64, term: u64) -> SnapshotInfo {
     let meta = SnapshotMeta { index, term };
-    let mut out = crate::snapshots::SnapshotFileOut::start(fs, &dir(), meta).unwrap();
-    out.append(format!("state@{index}").as_bytes()).unwrap();
-    out.finish().unwrap()
+    crate::snapshots::write_snapshot(fs, &dir(), meta, &state_at(index).capture()).unwrap()
+}
+
+/// A state machine whose key `at` holds `index`, telling snapshots apart.
+fn state_at(index: u64) -> KvStore {
+    let mut kv = KvStore::new();
+    let set = Command {
+        op: Some(Op::Set(Set {
+            key: Bytes::from_static(b"at"),
+            value: Bytes::from(index.to_string()),
+        })),
+    };
+    kv.apply(&set);
+    kv
 }
 
 /// A snapshot taken locally at `index`: its file, then the WAL compacted.
@@ -385,6 +398,11 @@ fn a_snapshot_compacts_covered_segments_and_restart_gives_the_same_state() {
     drop(s);
     let (_, r) = open(&fs).unwrap();
     assert_eq!(r.snapshot, Some(saved));
+    assert_eq!(
+        r.state.digest(),
+        state_at(30).digest(),
+        "state rebuilt from it"
+    );
     assert_eq!(r.entries.first().map(|e| e.index), Some(31));
     assert_eq!(r.entries.last().map(|e| e.index), Some(40));
     assert_eq!(r.hard_state, hs(1, 40));
@@ -420,6 +438,11 @@ fn a_damaged_newest_snapshot_the_wal_cannot_bridge_makes_the_node_recover() {
     let (_, r) = open(&fs).unwrap();
     assert_eq!(r.found, Found::Damaged);
     assert_eq!(r.snapshot.map(|s| s.meta.index), Some(10));
+    assert_eq!(
+        r.state.digest(),
+        state_at(10).digest(),
+        "the older one's state"
+    );
     assert!(r.hard_state.recovering);
     assert!(fs
         .read(&dir().join(format!("{}{DAMAGED_SUFFIX}", snapshot_name(35))))
@@ -551,4 +574,5 @@ fn a_snapshot_install_that_never_reached_the_wal_is_dropped_not_trusted() {
     let (_, r) = open(&fs).unwrap();
     assert_eq!(r.found, Found::Intact);
     assert_eq!((r.snapshot, indexes(&r).len()), (None, 5));
+    assert!(r.state.is_empty(), "nothing from the dropped snapshot");
 }
