@@ -83,6 +83,22 @@ impl KvEntry {
     fn value(&self) -> &[u8] {
         self.0.get(4 + self.key_len()..).unwrap_or_default()
     }
+
+    /// A 64-bit hash of the key and value (FNV-1a over each with its
+    /// length, then mixed so that sums of hashes spread well).
+    fn hash(&self) -> u64 {
+        let mut h = 0xcbf29ce484222325u64;
+        for part in [self.key(), self.value()] {
+            for &b in (part.len() as u64).to_le_bytes().iter().chain(part) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x100000001b3);
+            }
+        }
+        // The splitmix64 finaliser.
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d049bb133111eb);
+        h ^ (h >> 31)
+    }
 }
 
 impl PartialEq for KvEntry {
@@ -126,6 +142,8 @@ impl std::fmt::Debug for KvEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KvStore {
     set: OrdSet<KvEntry>,
+    /// The digest of `set`, kept up to date on every write (see `digest`).
+    digest: u64,
 }
 
 impl KvStore {
@@ -138,22 +156,25 @@ impl KvStore {
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
         match &cmd.op {
             Some(Op::Set(set)) => {
-                self.set.insert(KvEntry::new(&set.key, &set.value));
+                self.put(&set.key, &set.value);
                 CommandResult::Ok
             }
             Some(Op::Del(del)) => match self.set.remove(&del.key[..]) {
-                Some(_) => CommandResult::Ok,
+                Some(old) => {
+                    self.digest = self.digest.wrapping_sub(old.hash());
+                    CommandResult::Ok
+                }
                 None => CommandResult::NotFound,
             },
             Some(Op::Mset(mset)) => {
                 for pair in &mset.pairs {
-                    self.set.insert(KvEntry::new(&pair.key, &pair.value));
+                    self.put(&pair.key, &pair.value);
                 }
                 CommandResult::Ok
             }
             Some(Op::Cas(cas)) => match self.get(&cas.key) {
                 Some(current) if current == &cas.expected[..] => {
-                    self.set.insert(KvEntry::new(&cas.key, &cas.new));
+                    self.put(&cas.key, &cas.new);
                     CommandResult::Ok
                 }
                 current => CommandResult::CasFailed {
@@ -162,6 +183,14 @@ impl KvStore {
             },
             // Decoding refuses these; a no-op keeps apply total.
             None => CommandResult::Ok,
+        }
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        let entry = KvEntry::new(key, value);
+        self.digest = self.digest.wrapping_add(entry.hash());
+        if let Some(old) = self.set.insert(entry) {
+            self.digest = self.digest.wrapping_sub(old.hash());
         }
     }
 
@@ -211,21 +240,12 @@ impl KvStore {
         builder.finish()
     }
 
-    /// A stable 64-bit digest of the whole map (FNV-1a over each key and
-    /// value with its length), to compare replicas cheaply.
+    /// A stable 64-bit digest of the whole map, to compare replicas
+    /// cheaply: the wrapping sum of a hash of each key and value, so it is
+    /// kept up to date in O(1) per write and does not depend on the order
+    /// the map was built in.
     pub fn digest(&self) -> u64 {
-        let mut h = 0xcbf29ce484222325u64;
-        let mut mix = |bytes: &[u8]| {
-            for &b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x100000001b3);
-            }
-        };
-        for e in &self.set {
-            mix(e.key());
-            mix(e.value());
-        }
-        h
+        self.digest
     }
 }
 
@@ -298,7 +318,7 @@ fn encode_pair(key: &[u8], value: &[u8], out: &mut Vec<u8>) {
 /// Rebuilds a store from snapshot bytes fed in chunks of any size.
 #[derive(Debug, Default)]
 pub struct KvBuilder {
-    set: OrdSet<KvEntry>,
+    store: KvStore,
     /// Bytes of a pair split across chunks.
     pending: Vec<u8>,
     /// Bytes consumed so far (for error offsets).
@@ -343,7 +363,7 @@ impl KvBuilder {
                 return Ok(used);
             };
             let (key, value) = decode_pair(body).map_err(|r| self.bad(r))?;
-            self.set.insert(KvEntry::new(key, value));
+            self.store.put(key, value);
             used += header + body.len();
             self.offset += (header + body.len()) as u64;
         }
@@ -361,7 +381,7 @@ impl KvBuilder {
         if !self.pending.is_empty() {
             return Err(self.bad("the snapshot ends inside a pair"));
         }
-        Ok(KvStore { set: self.set })
+        Ok(self.store)
     }
 }
 
@@ -593,6 +613,37 @@ mod tests {
         a.apply(&set("ab", "c"));
         b2.apply(&set("a", "bc"));
         assert_ne!(a.digest(), b2.digest());
+    }
+
+    #[test]
+    fn the_digest_depends_on_the_contents_not_on_how_they_came_about() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut kv = KvStore::new();
+        for i in 0..2000 {
+            let k = format!("k{}", rng.random_range(0..50));
+            let cmd = match rng.random_range(0..4) {
+                0 => del(&k),
+                1 => cas(&k, &format!("v{}", i - 1), &format!("v{i}")),
+                _ => set(&k, &format!("v{i}")),
+            };
+            kv.apply(&cmd);
+            // The same contents, written afresh in another order.
+            let mut fresh = KvStore::new();
+            let pairs: Vec<_> = kv.set.iter().rev().cloned().collect();
+            for e in &pairs {
+                fresh.apply(&set(
+                    std::str::from_utf8(e.key()).unwrap(),
+                    std::str::from_utf8(e.value()).unwrap(),
+                ));
+            }
+            assert_eq!(kv.digest(), fresh.digest(), "after op {i}");
+            assert_eq!(
+                KvStore::restore(&kv.snapshot()).unwrap().digest(),
+                kv.digest()
+            );
+        }
+        assert_ne!(kv.digest(), KvStore::new().digest());
     }
 
     #[test]
