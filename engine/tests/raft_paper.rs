@@ -12,7 +12,7 @@ use kv_engine::raft::{
 };
 use kv_proto::raft::{
     message::Body, AppendEntries, AppendEntriesResponse, Entry, HardState, InstallSnapshot,
-    Message, RequestVote, RequestVoteResponse, SnapshotMeta,
+    InstallSnapshotResponse, Message, RequestVote, RequestVoteResponse, SnapshotMeta,
 };
 
 fn config(id: u64, n: u64) -> Config {
@@ -718,4 +718,94 @@ fn a_leader_that_hears_from_no_majority_steps_down() {
         "within an election timeout or two ({ticks} ticks)"
     );
     assert_eq!(c.term(), 1, "stepping down does not start a new term");
+}
+
+/// Proposes `n` entries on leader `c` of term 1, has node 3 acknowledge
+/// them, and returns the last index (committed and applied).
+fn commit_with_node_3(c: &mut RaftCore, n: u64) -> u64 {
+    for i in 0..n {
+        c.propose(Bytes::from(format!("x{i}"))).unwrap();
+    }
+    let _ = ready_and_persist(c);
+    let last = c.log().last_index();
+    c.step(ack(3, 1, last));
+    let _ = ready_and_persist(c);
+    assert_eq!(c.log().applied(), last);
+    last
+}
+
+/// §7, with a slow transfer: a leader that snapshots again while a follower
+/// still receives its previous snapshot keeps the entries after that one,
+/// so the follower catches up with appends once it has installed it,
+/// instead of starting over with the newer snapshot (and, on a slow disk,
+/// never catching up). With no transfer under way, compaction keeps nothing.
+#[test]
+fn a_follower_receiving_the_previous_snapshot_catches_up_by_appends() {
+    let mut c = leader(3);
+    let first = commit_with_node_3(&mut c, 10);
+    let older = SnapshotMeta {
+        index: first,
+        term: 1,
+    };
+    c.compact(SnapshotInfo {
+        meta: older,
+        size: 100,
+    });
+    // Node 2 has nothing but the no-op: it needs the snapshot.
+    let reject = AppendEntriesResponse {
+        success: false,
+        conflict_index: 2,
+        rejected_index: first,
+        ..Default::default()
+    };
+    c.step(msg(2, 1, 1, Body::AppendEntriesResponse(reject)));
+    let rd = ready_and_persist(&mut c);
+    assert!(
+        rd.snapshot_chunks_out
+            .iter()
+            .any(|ch| ch.to == 2 && ch.meta == older),
+        "{:?}",
+        rd.snapshot_chunks_out
+    );
+
+    let second = commit_with_node_3(&mut c, 10);
+    c.compact(SnapshotInfo {
+        meta: SnapshotMeta {
+            index: second,
+            term: 1,
+        },
+        size: 100,
+    });
+    assert_eq!(
+        c.log().first_index(),
+        first + 1,
+        "kept after the older snapshot"
+    );
+
+    let installed = InstallSnapshotResponse {
+        meta: Some(older),
+        next_offset: 100,
+        done: true,
+        ..Default::default()
+    };
+    c.step(msg(2, 1, 1, Body::InstallSnapshotResponse(installed)));
+    let rd = ready_and_persist(&mut c);
+    assert!(rd.snapshot_chunks_out.is_empty(), "no second transfer");
+    let caught_up = rd.messages.iter().any(|m| {
+        matches!(&m.body, Some(Body::AppendEntries(ae))
+            if m.to == 2 && ae.prev_log_index == first && ae.entries.first().map(|e| e.index) == Some(first + 1))
+    });
+    assert!(caught_up, "{:?}", rd.messages);
+
+    // Everyone caught up: the next snapshot compacts everything before it.
+    c.step(ack(2, 1, second));
+    let third = commit_with_node_3(&mut c, 5);
+    c.compact(SnapshotInfo {
+        meta: SnapshotMeta {
+            index: third,
+            term: 1,
+        },
+        size: 100,
+    });
+    assert_eq!(c.log().first_index(), third + 1);
 }

@@ -65,6 +65,8 @@ pub struct ClusterConfig {
     pub disk_latency_max: Duration,
     /// Entries per append (small: catch-up takes many round trips).
     pub max_append_entries: usize,
+    /// Disk bandwidth, shared by the WAL and snapshots (0: no limit).
+    pub disk_bytes_per_sec: u64,
 }
 
 impl SimCluster {
@@ -94,6 +96,7 @@ impl SimCluster {
             node_cfg.client.request_timeout = Duration::from_secs(2);
             node_cfg.events = Events(Some(checker.clone()));
             node_cfg.disk_latency_max = cfg.disk_latency_max;
+            node_cfg.disk_bytes_per_sec = cfg.disk_bytes_per_sec;
             node_cfg.max_append_entries = cfg.max_append_entries;
             let fs = disk.clone();
             let checker_for_node = checker.clone();

@@ -40,9 +40,24 @@ struct State {
     /// event count when it was reported.
     standings: BTreeMap<u64, Standing>,
     standing_at: BTreeMap<u64, u64>,
+    /// Every local snapshot made durable: (node, index, bytes, millis).
+    snapshots: Vec<SnapshotSaved>,
     violations: Vec<String>,
     trace: String,
     events: u64,
+}
+
+/// A local snapshot made durable, as a node reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotSaved {
+    /// The node.
+    pub node: u64,
+    /// Its index.
+    pub index: u64,
+    /// Bytes of state.
+    pub bytes: u64,
+    /// Milliseconds from capture to durable.
+    pub millis: u64,
 }
 
 /// Collects node events, checks the invariants, and keeps a compact trace.
@@ -98,6 +113,16 @@ impl InvariantChecker {
     pub fn violation(&self, what: &str) {
         let at = (self.clock)();
         self.lock().violations.push(format!("t={at}ms {what}"));
+    }
+
+    /// The leader of each term that had one, by term.
+    pub fn leaders(&self) -> BTreeMap<u64, u64> {
+        self.lock().leaders.clone()
+    }
+
+    /// Every local snapshot made durable so far.
+    pub fn snapshots_saved(&self) -> Vec<SnapshotSaved> {
+        self.lock().snapshots.clone()
     }
 
     /// Number of events seen.
@@ -302,6 +327,17 @@ impl InvariantChecker {
                     }
                 }
             }
+            NodeEvent::SnapshotSaved {
+                node,
+                index,
+                bytes,
+                millis,
+            } => s.snapshots.push(SnapshotSaved {
+                node,
+                index,
+                bytes,
+                millis,
+            }),
             NodeEvent::InstalledSnapshot {
                 node,
                 index,

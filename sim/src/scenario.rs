@@ -2,7 +2,7 @@
 //! and the checks. Everything random is drawn from the madsim seed, so a
 //! seed replays the same run bit for bit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use tokio::time::{sleep, Instant};
 use crate::cluster::{ClusterConfig, SimCluster};
 use crate::disk_faults::DiskNemesis;
 use crate::history::HistoryRecorder;
-use crate::invariants::InvariantChecker;
+use crate::invariants::{InvariantChecker, SnapshotSaved};
 use crate::linearizability::{check_history, CheckResult};
 use crate::workload::{Client, WorkloadConfig};
 
@@ -38,6 +38,31 @@ pub struct Scenario {
     pub trace: bool,
     /// A fixed fault script instead of the random nemesis.
     pub script: Option<Script>,
+    /// Bulk state loaded before the faults start, on a slow disk (None:
+    /// drawn from the seed for nemesis runs, a quarter of which get one).
+    pub load: Option<Load>,
+}
+
+/// A state large enough, on a disk slow enough, that every snapshot takes
+/// many ticks to write, send and install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// Keys loaded (100-byte values) before the clients start.
+    pub keys: u64,
+    /// The disk's bandwidth, shared by the WAL and snapshots.
+    pub disk_bytes_per_sec: u64,
+}
+
+impl Load {
+    /// Whether a nemesis run of `seed` is a snapshot-heavy one, and its load.
+    /// Drawn from its own generator so the other runs stay as they were.
+    fn for_seed(seed: u64) -> Option<Load> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x10ad_10ad);
+        (rng.random_range(0..4) == 0).then(|| Load {
+            keys: rng.random_range(2_000..=10_000),
+            disk_bytes_per_sec: rng.random_range(256 << 10..=2 << 20),
+        })
+    }
 }
 
 /// Fixed fault sequences whose traces are kept as snapshots.
@@ -85,6 +110,7 @@ impl Scenario {
             nemesis: true,
             trace: false,
             script: None,
+            load: None,
         }
     }
 }
@@ -104,6 +130,10 @@ pub struct Report {
     pub trace: String,
     /// Simulated time the run took.
     pub simulated: Duration,
+    /// The leader of each term that had one.
+    pub leaders: BTreeMap<u64, u64>,
+    /// Every local snapshot made durable.
+    pub snapshots: Vec<SnapshotSaved>,
 }
 
 /// Runs `scenario` under the current madsim runtime; Err describes the
@@ -138,12 +168,26 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
             Duration::from_micros(rng.random_range(100..5000))
         },
         max_append_entries: rng.random_range(1..=16),
+        disk_bytes_per_sec: 0,
+    };
+    let load = scenario.load.or_else(|| {
+        (scenario.nemesis && scenario.script.is_none())
+            .then(|| Load::for_seed(seed))
+            .flatten()
+    });
+    let cluster_cfg = ClusterConfig {
+        disk_bytes_per_sec: load.map_or(0, |l| l.disk_bytes_per_sec),
+        ..cluster_cfg
     };
     let mut cluster = SimCluster::start(&cluster_cfg, checker.clone());
+    if let Some(load) = load {
+        preload(&cluster, load, seed).await?;
+        checker.note(&format!("loaded {} keys", load.keys));
+    }
 
     // Clients on their own simulated hosts.
     let history = Arc::new(HistoryRecorder::new());
-    let stop_at = start + scenario.fault_phase;
+    let stop_at = Instant::now() + scenario.fault_phase;
     let mut client_tasks = Vec::new();
     let mut client_nodes = Vec::new();
     for c in 1..=scenario.clients {
@@ -250,6 +294,8 @@ async fn finish_stopped(
         events: checker.event_count(),
         trace: checker.trace(),
         simulated: start.elapsed(),
+        leaders: checker.leaders(),
+        snapshots: checker.snapshots_saved(),
     })
 }
 
@@ -304,7 +350,35 @@ async fn finish(
         events: checker.event_count(),
         trace: checker.trace(),
         simulated: start.elapsed(),
+        leaders: checker.leaders(),
+        snapshots: checker.snapshots_saved(),
     })
+}
+
+/// Writes `load.keys` keys in batches from a client host of its own,
+/// before the faults start.
+async fn preload(cluster: &SimCluster, load: Load, seed: u64) -> Result<(), String> {
+    let node = Handle::current()
+        .create_node()
+        .name("loader")
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1)))
+        .build();
+    let cfg = WorkloadConfig {
+        keys: 0,
+        request_timeout: Duration::from_secs(2),
+        stop_at: Instant::now(),
+        think_max: Duration::ZERO,
+    };
+    let history = Arc::new(HistoryRecorder::new());
+    let mut client = Client::new(0, cluster.client_addrs.clone(), seed, cfg, history);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let loaded = node
+        .spawn(async move { client.load(load.keys, 100, deadline).await })
+        .await;
+    match loaded {
+        Ok(true) => Ok(()),
+        _ => Err(format!("loading {} keys did not finish in time", load.keys)),
+    }
 }
 
 fn random_net_faults(rng: &mut ChaCha8Rng, seed: u64) -> NetFaults {

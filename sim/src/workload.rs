@@ -113,6 +113,32 @@ impl Client {
         false
     }
 
+    /// Writes keys `p0 .. p{keys-1}` with `value_bytes`-byte values in
+    /// MSETs of 100, each until acknowledged; false if `deadline` passes first.
+    pub async fn load(&mut self, keys: u64, value_bytes: usize, deadline: Instant) -> bool {
+        let value = Bytes::from("v".repeat(value_bytes));
+        let mut next = 0;
+        while next < keys {
+            let end = (next + 100).min(keys);
+            let input = Input::MSet {
+                pairs: (next..end)
+                    .map(|i| (Bytes::from(format!("p{i:08}")), value.clone()))
+                    .collect(),
+            };
+            loop {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                if let Some(Output::Ok) = self.execute(&input).await {
+                    break;
+                }
+                sleep(Duration::from_millis(100)).await;
+            }
+            next = end;
+        }
+        true
+    }
+
     fn next_input(&mut self) -> Input {
         let key = Bytes::from(format!("k{}", self.rng.random_range(0..self.cfg.keys)));
         self.counter += 1;

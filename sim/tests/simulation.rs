@@ -7,7 +7,7 @@
 // Each run prints its seed first, so a run killed by a timeout still says which.
 #![allow(clippy::print_stderr)]
 
-use kv_sim::scenario::{run, Scenario, Script};
+use kv_sim::scenario::{run, Load, Scenario, Script};
 
 fn replay_hint(seed: u64, test: &str) -> String {
     format!(
@@ -71,12 +71,21 @@ fn a_seed_replays_bit_for_bit() {
     }
 }
 
-/// Prints the trace of one seed: `SIM_TRACE_SEED=567 SIM_TRACE_NODES=5 ... -- replay_trace_of_one_seed --nocapture`.
+/// Prints the trace of one seed: `SIM_TRACE_SEED=567 SIM_TRACE_NODES=5 ... -- replay_trace_of_one_seed --nocapture`;
+/// with `SIM_LOG=info` (any tracing filter, e.g. `kv_net=debug`) the
+/// nodes' logs too, stamped with simulated time.
 #[test]
 fn replay_trace_of_one_seed() {
     let Ok(seed) = std::env::var("SIM_TRACE_SEED") else {
         return;
     };
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let seed: u64 = seed.parse().expect("SIM_TRACE_SEED is a number");
     let nodes: u64 = std::env::var("SIM_TRACE_NODES")
         .ok()
@@ -185,5 +194,39 @@ fn a_node_whose_disk_fills_up_rejoins_once_space_is_freed() {
     for seed in 1..=10 {
         let trace = scripted_trace(seed, Script::DiskFull);
         assert!(!trace.starts_with("FAILED"), "seed {seed}: {trace}");
+    }
+}
+
+/// Snapshots never stall heartbeats: with a state whose snapshots take
+/// several election timeouts to write on a slow disk (and as long again to
+/// send and install), a fault-free run keeps its first leader throughout.
+#[test]
+fn snapshots_slower_than_an_election_timeout_cause_no_leader_change() {
+    for seed in 1..=4 {
+        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let report = rt.block_on(async move {
+            let mut scenario = Scenario::standard(3);
+            scenario.nemesis = false;
+            scenario.load = Some(Load {
+                keys: 20_000,
+                disk_bytes_per_sec: 1 << 20,
+            });
+            run(scenario).await
+        });
+        let report = report.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        // Not vacuous: snapshots did take that long (the longest election
+        // timeout is 300 ms).
+        let slowest = report.snapshots.iter().map(|s| s.millis).max();
+        assert!(
+            report.snapshots.len() >= 3 && slowest >= Some(1_000),
+            "seed {seed}: snapshots {:?}",
+            report.snapshots
+        );
+        assert_eq!(
+            report.leaders.len(),
+            1,
+            "seed {seed}: leaders by term {:?}",
+            report.leaders
+        );
     }
 }

@@ -20,7 +20,7 @@ use rustyline::DefaultEditor;
 /// Commands: SET <key> <value>, GET <key>, DEL <key>, CAS <key> <expected> <new>,
 /// MSET <key> <value> [<key> <value> ...], PING.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Server addresses (host:port), comma-separated; any node will do.
     #[arg(

@@ -18,9 +18,10 @@ use kv_net::node::{Member, Node, NodeConfig};
 /// One node of a Raft-replicated key-value store.
 ///
 /// Clients speak a line protocol on the client port: SET k v, GET k, DEL k,
-/// CAS k expected new, PING. Followers answer REDIRECT <leader>.
+/// CAS k expected new, MSET k v [k v ...], PING. Followers answer REDIRECT
+/// <leader>.
 #[derive(Debug, Parser)]
-#[command(version, about, subcommand_negates_reqs = true)]
+#[command(version, subcommand_negates_reqs = true)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,

@@ -274,10 +274,14 @@ impl RaftCore {
     }
 
     /// The driver saved a snapshot (covering applied entries) durably; the
-    /// log before it can go.
+    /// log before it can go, but for the entries a follower still receiving
+    /// the previous snapshot will need once it has installed it (otherwise
+    /// a slow transfer ends only to start over with the newer snapshot, and
+    /// may never catch up). So the log keeps at most one snapshot interval.
     pub fn compact(&mut self, snapshot: SnapshotInfo) {
         let meta = snapshot.meta;
-        if meta.index <= self.log.snapshot_index() {
+        let previous = self.snapshot.map_or(0, |s| s.meta.index);
+        if meta.index <= previous {
             return;
         }
         assert!(
@@ -289,7 +293,15 @@ impl RaftCore {
             Some(meta.term),
             "snapshot term matches the log"
         );
-        self.log.compact(meta.index);
+        let oldest_in_transfer = self
+            .progress
+            .values()
+            .filter_map(|p| p.transfer.as_ref())
+            .map(|t| t.info.meta.index)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.log
+            .compact(meta.index.min(previous.max(oldest_in_transfer)));
         self.snapshot = Some(snapshot);
     }
 

@@ -23,10 +23,19 @@ pub struct SnapshotTransfer {
     pub info: SnapshotInfo,
     /// The offset of the chunk to send next.
     pub offset: u64,
-    /// Heartbeat intervals since the follower last answered; a lost chunk is
-    /// resent after one.
+    /// Heartbeat intervals since the follower last answered.
     pub idle_heartbeats: u32,
+    /// Idle heartbeat intervals after which the chunk is resent (a lost
+    /// chunk); doubles with each resend that brings no answer, so a slow
+    /// disk on either side is not buried under requests for the same chunk.
+    pub resend_after: u32,
 }
+
+/// Idle heartbeat intervals before a snapshot chunk is first resent.
+pub const SNAPSHOT_CHUNK_RESEND_MIN: u32 = 2;
+/// The longest wait between resends of one snapshot chunk, in heartbeat
+/// intervals.
+pub const SNAPSHOT_CHUNK_RESEND_MAX: u32 = 64;
 
 /// The leader's view of one follower.
 #[derive(Debug, Clone)]
@@ -177,6 +186,7 @@ impl Progress {
             info,
             offset: 0,
             idle_heartbeats: 0,
+            resend_after: SNAPSHOT_CHUNK_RESEND_MIN,
         });
     }
 }

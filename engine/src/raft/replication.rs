@@ -6,7 +6,9 @@ use kv_proto::raft::{
 };
 
 use super::core::RaftCore;
-use super::progress::{Progress, ReplicationState};
+use super::progress::{
+    Progress, ReplicationState, SNAPSHOT_CHUNK_RESEND_MAX, SNAPSHOT_CHUNK_RESEND_MIN,
+};
 use super::quorum::{committed_index, majority};
 use super::ready::{Role, SnapshotChunkOut};
 
@@ -16,9 +18,6 @@ use super::ready::{Role, SnapshotChunkOut};
 /// that rejection drops replication back to probing. One whose disk is
 /// slow accepts it once its write is durable, and keeps its pipeline.
 const STALLED_HEARTBEATS_CHECK: u32 = 2;
-
-/// After this many heartbeats without an answer, a snapshot chunk is resent.
-const SNAPSHOT_CHUNK_RESEND: u32 = 2;
 
 impl RaftCore {
     pub(super) fn tick_leader(&mut self) {
@@ -76,8 +75,9 @@ impl RaftCore {
                 ReplicationState::Snapshot => {
                     if let Some(t) = p.transfer.as_mut() {
                         t.idle_heartbeats += 1;
-                        if t.idle_heartbeats >= SNAPSHOT_CHUNK_RESEND {
+                        if t.idle_heartbeats >= t.resend_after {
                             t.idle_heartbeats = 0;
+                            t.resend_after = (t.resend_after * 2).min(SNAPSHOT_CHUNK_RESEND_MAX);
                             self.send_snapshot_chunk(peer);
                         }
                     }
@@ -404,6 +404,7 @@ impl RaftCore {
             if r.next_offset > t.offset || r.reject {
                 t.offset = r.next_offset;
                 t.idle_heartbeats = 0;
+                t.resend_after = SNAPSHOT_CHUNK_RESEND_MIN;
                 self.send_snapshot_chunk(from);
             }
         }

@@ -72,6 +72,9 @@ pub struct NodeConfig {
     /// Simulated time between a write and its fsync (simulation only; zero
     /// by default, where the real disk's own latency applies).
     pub disk_latency_max: Duration,
+    /// Simulated disk bandwidth in bytes per second, shared by the WAL and
+    /// snapshots (simulation only; 0, the default: no limit).
+    pub disk_bytes_per_sec: u64,
 }
 
 impl NodeConfig {
@@ -98,6 +101,7 @@ impl NodeConfig {
             seed: id,
             events: Events::default(),
             disk_latency_max: Duration::ZERO,
+            disk_bytes_per_sec: 0,
             max_append_entries: 4096,
         }
     }

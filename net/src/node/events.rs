@@ -69,6 +69,17 @@ pub enum NodeEvent {
         /// digests are on: it costs a pass over the map).
         digest: Option<u64>,
     },
+    /// A snapshot it took is durable.
+    SnapshotSaved {
+        /// Node id.
+        node: u64,
+        /// Snapshot index.
+        index: u64,
+        /// Bytes of state written.
+        bytes: u64,
+        /// Time from capture to durable, in milliseconds.
+        millis: u64,
+    },
     /// It replaced its state with a snapshot.
     InstalledSnapshot {
         /// Node id.

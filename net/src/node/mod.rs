@@ -15,6 +15,7 @@
 mod config;
 mod core_task;
 pub mod events;
+pub mod sim_disk;
 mod snapshot_task;
 mod storage_task;
 mod supervisor;

@@ -20,6 +20,7 @@ use kv_proto::raft::{Message, SnapshotMeta};
 use tokio::sync::mpsc;
 
 use crate::fs::FileSystem;
+use crate::node::sim_disk::SimDisk;
 use crate::snapshots::{read_chunk, restore, write_snapshot, SnapshotFileOut};
 use crate::storage::StorageError;
 
@@ -59,14 +60,20 @@ const QUEUE: usize = 64;
 pub(crate) fn spawn<F: FileSystem>(
     fs: F,
     dir: PathBuf,
+    disk: SimDisk,
 ) -> (SnapshotTasks, mpsc::Receiver<SnapshotDone>) {
     let (done_tx, done_rx) = mpsc::channel(3 * QUEUE);
     let (save, save_rx) = mpsc::channel(1);
     let (send, send_rx) = mpsc::channel(QUEUE);
     let (receive, receive_rx) = mpsc::channel(QUEUE);
-    tokio::spawn(saver(fs.clone(), dir.clone(), save_rx, done_tx.clone()));
-    tokio::spawn(sender(fs.clone(), dir.clone(), send_rx, done_tx.clone()));
-    tokio::spawn(receiver(fs, dir, receive_rx, done_tx));
+    let files = |disk: SimDisk| Files {
+        fs: fs.clone(),
+        dir: dir.clone(),
+        disk,
+    };
+    tokio::spawn(saver(files(disk.clone()), save_rx, done_tx.clone()));
+    tokio::spawn(sender(files(disk.clone()), send_rx, done_tx.clone()));
+    tokio::spawn(receiver(files(disk), receive_rx, done_tx));
     (
         SnapshotTasks {
             save,
@@ -77,17 +84,27 @@ pub(crate) fn spawn<F: FileSystem>(
     )
 }
 
-async fn saver<F: FileSystem>(
+/// What each snapshot task works on.
+struct Files<F> {
     fs: F,
     dir: PathBuf,
+    /// The simulated disk's timing (no waits outside the simulation).
+    disk: SimDisk,
+}
+
+async fn saver<F: FileSystem>(
+    files: Files<F>,
     mut jobs: mpsc::Receiver<(SnapshotMeta, KvSnapshot)>,
     done: mpsc::Sender<SnapshotDone>,
 ) {
     while let Some((meta, captured)) = jobs.recv().await {
-        let (fs, dir) = (fs.clone(), dir.clone());
+        let (fs, dir) = (files.fs.clone(), files.dir.clone());
         let result = off_task(move || write_snapshot(&fs, &dir, meta, &captured)).await;
         let report = match result {
-            Ok(info) => SnapshotDone::Saved(info),
+            Ok(info) => {
+                files.disk.transfer(info.size).await;
+                SnapshotDone::Saved(info)
+            }
             Err(e) => SnapshotDone::SaveFailed(e),
         };
         if done.send(report).await.is_err() {
@@ -97,14 +114,27 @@ async fn saver<F: FileSystem>(
 }
 
 async fn sender<F: FileSystem>(
-    fs: F,
-    dir: PathBuf,
+    files: Files<F>,
     mut jobs: mpsc::Receiver<SnapshotChunkOut>,
     done: mpsc::Sender<SnapshotDone>,
 ) {
-    while let Some(chunk) = jobs.recv().await {
-        let (fs, dir) = (fs.clone(), dir.clone());
+    let mut pending = Pending::default();
+    loop {
+        // Requests that piled up while a chunk was read: only the newest
+        // for each follower still matters.
+        while let Ok(chunk) = jobs.try_recv() {
+            pending.push(chunk);
+        }
+        let chunk = match pending.pop() {
+            Some(chunk) => chunk,
+            None => match jobs.recv().await {
+                Some(chunk) => chunk,
+                None => return,
+            },
+        };
+        let (fs, dir) = (files.fs.clone(), files.dir.clone());
         let (meta, offset, len) = (chunk.meta, chunk.offset, chunk.len);
+        files.disk.transfer(len).await;
         let read = off_task(move || read_chunk(&fs, &dir, meta, offset, len)).await;
         let report = match read {
             Ok(data) => SnapshotDone::Chunk(chunk.message(data)),
@@ -119,15 +149,39 @@ async fn sender<F: FileSystem>(
     }
 }
 
+/// Chunk requests waiting to be read, the newest per follower, oldest
+/// follower first.
+#[derive(Default)]
+struct Pending(std::collections::VecDeque<SnapshotChunkOut>);
+
+impl Pending {
+    /// Queues `chunk`, replacing an older request for the same follower.
+    fn push(&mut self, chunk: SnapshotChunkOut) {
+        match self.0.iter_mut().find(|c| c.to == chunk.to) {
+            Some(older) => *older = chunk,
+            None => self.0.push_back(chunk),
+        }
+    }
+
+    fn pop(&mut self) -> Option<SnapshotChunkOut> {
+        self.0.pop_front()
+    }
+}
+
 async fn receiver<F: FileSystem>(
-    fs: F,
-    dir: PathBuf,
+    files: Files<F>,
     mut jobs: mpsc::Receiver<SnapshotChunkIn>,
     done: mpsc::Sender<SnapshotDone>,
 ) {
     let mut file: Option<SnapshotFileOut<F>> = None;
     while let Some(chunk) = jobs.recv().await {
-        let (fs, dir) = (fs.clone(), dir.clone());
+        let (fs, dir) = (files.fs.clone(), files.dir.clone());
+        // The chunk is written, and the whole file read back after the last.
+        let read_back = if chunk.done { chunk.offset } else { 0 };
+        files
+            .disk
+            .transfer(chunk.data.len() as u64 + read_back)
+            .await;
         let current = file.take();
         let (kept, report) = off_task(move || receive(&fs, &dir, current, chunk)).await;
         file = kept;
@@ -186,5 +240,36 @@ async fn off_task<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         Ok(out) => out,
         // The closure panicked: there is nothing sensible to return.
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(to: u64, offset: u64) -> SnapshotChunkOut {
+        SnapshotChunkOut {
+            to,
+            from: 1,
+            term: 1,
+            meta: SnapshotMeta { index: 9, term: 1 },
+            offset,
+            len: 10,
+            done: false,
+            round: 0,
+        }
+    }
+
+    #[test]
+    fn only_the_newest_request_per_follower_is_read_and_followers_take_turns() {
+        let mut p = Pending::default();
+        p.push(request(2, 0));
+        p.push(request(3, 0));
+        p.push(request(2, 10));
+        p.push(request(2, 20));
+        let order: Vec<(u64, u64)> = std::iter::from_fn(|| p.pop())
+            .map(|c| (c.to, c.offset))
+            .collect();
+        assert_eq!(order, vec![(2, 20), (3, 0)]);
     }
 }

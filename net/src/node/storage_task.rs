@@ -11,6 +11,7 @@ use kv_proto::raft::{Entry, HardState, Message, SnapshotMeta};
 use tokio::sync::mpsc;
 
 use crate::fs::FileSystem;
+use crate::node::sim_disk::SimDisk;
 use crate::storage::{Storage, StorageError};
 
 /// The most Ready writes merged into one append.
@@ -56,7 +57,7 @@ pub(crate) enum StorageDone {
 pub(crate) fn spawn<F: FileSystem + Send + 'static>(
     storage: Storage<F>,
     capacity: usize,
-    latency: DiskLatency,
+    disk: SimDisk,
 ) -> (
     mpsc::Sender<StorageJob>,
     mpsc::Receiver<StorageDone>,
@@ -65,37 +66,8 @@ pub(crate) fn spawn<F: FileSystem + Send + 'static>(
     let (job_tx, job_rx) = mpsc::channel(capacity);
     // Every queued job produces at most one completion, so this bound is never hit.
     let (done_tx, done_rx) = mpsc::channel(capacity + MERGE_MAX + 1);
-    let join = tokio::spawn(run(storage, job_rx, done_tx, latency));
+    let join = tokio::spawn(run(storage, job_rx, done_tx, disk));
     (job_tx, done_rx, join)
-}
-
-/// Simulated time between a write and its fsync (simulation only: real
-/// disks bring their own). Zero by default.
-#[derive(Debug, Clone)]
-pub struct DiskLatency {
-    /// Longest simulated fsync; each is drawn uniformly up to it.
-    pub max: std::time::Duration,
-    rng: rand_chacha::ChaCha8Rng,
-}
-
-impl DiskLatency {
-    /// Fsyncs that take up to `max`, drawn from `seed`.
-    pub fn new(max: std::time::Duration, seed: u64) -> Self {
-        use rand::SeedableRng;
-        DiskLatency {
-            max,
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-        }
-    }
-}
-
-async fn disk_latency(latency: &mut DiskLatency) {
-    use rand::Rng;
-    if latency.max.is_zero() {
-        return;
-    }
-    let micros = latency.rng.random_range(0..=latency.max.as_micros() as u64);
-    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
 }
 
 /// Entries and hard state of several merged Readies.
@@ -137,7 +109,7 @@ async fn run<F: FileSystem + Send + 'static>(
     mut storage: Storage<F>,
     mut jobs: mpsc::Receiver<StorageJob>,
     done: mpsc::Sender<StorageDone>,
-    mut latency: DiskLatency,
+    disk: SimDisk,
 ) {
     let mut next: Option<StorageJob> = None;
     // The hard state as of the last fsync, but its commit index (None: no
@@ -184,12 +156,13 @@ async fn run<F: FileSystem + Send + 'static>(
                         synced_hard = Some(without_commit(h));
                     }
                 }
-                if must_sync && latency.max.is_zero() {
+                if must_sync && disk.fsync_is_instant() {
                     // One trip to the blocking pool for write and fsync.
                     let done = batch.done;
                     let (hs, entries) = (batch.hard_state, batch.entries);
                     blocking(storage, move |s| (s.append(hs.as_ref(), &entries), done)).await
                 } else {
+                    let bytes: u64 = batch.entries.iter().map(|e| e.data.len() as u64).sum();
                     let (storage, written, done) = blocking(storage, move |s| {
                         match s.write(batch.hard_state.as_ref(), &batch.entries) {
                             Ok(wrote) => (Ok(()), (wrote, batch.done)),
@@ -203,7 +176,7 @@ async fn run<F: FileSystem + Send + 'static>(
                         Ok(()) => {
                             // The write is in the page cache, not yet durable: a
                             // simulated crash here loses it (or tears it).
-                            disk_latency(&mut latency).await;
+                            disk.fsync(bytes).await;
                             blocking(storage, move |s| (s.sync(), done.1)).await
                         }
                     }

@@ -21,6 +21,7 @@ use super::{
     snapshot_task, storage_task, ClientReply, ClientRequest, FailKind, NodeConfig, NodeError,
 };
 use crate::fs::FileSystem;
+use crate::node::sim_disk::SimDisk;
 use crate::storage::{Recovered, Storage, StorageError};
 use crate::transport::PeerTransport;
 
@@ -108,10 +109,15 @@ async fn live<F: FileSystem>(
         Ok(built) => built,
         Err(e) => return Ended::Failed(e),
     };
-    let latency = storage_task::DiskLatency::new(cfg.disk_latency_max, cfg.seed ^ 0xd15c);
+    let disk = SimDisk::new(
+        cfg.disk_latency_max,
+        cfg.disk_bytes_per_sec,
+        cfg.seed ^ 0xd15c,
+    );
     let (storage_tx, storage_done_rx, storage_join) =
-        storage_task::spawn(storage, cfg.storage_queue_capacity, latency);
-    let (snapshots, snapshot_done_rx) = snapshot_task::spawn(fs.clone(), cfg.data_dir.clone());
+        storage_task::spawn(storage, cfg.storage_queue_capacity, disk.clone());
+    let (snapshots, snapshot_done_rx) =
+        snapshot_task::spawn(fs.clone(), cfg.data_dir.clone(), disk);
     let task = CoreTask::new(cfg, core, kv, transport, storage_tx, snapshots);
     let ended = task.run(inputs, storage_done_rx, snapshot_done_rx).await;
     // The storage task ends once the core drops its queue; it holds the

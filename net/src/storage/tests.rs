@@ -576,3 +576,131 @@ fn a_snapshot_install_that_never_reached_the_wal_is_dropped_not_trusted() {
     assert_eq!((r.snapshot, indexes(&r).len()), (None, 5));
     assert!(r.state.is_empty(), "nothing from the dropped snapshot");
 }
+
+/// A state machine of `keys` keys: its snapshot spans several chunks.
+fn many_keys(keys: u64) -> KvStore {
+    let mut kv = KvStore::new();
+    for i in 0..keys {
+        kv.apply(&Command {
+            op: Some(Op::Set(Set {
+                key: Bytes::from(format!("key{i}")),
+                value: Bytes::from(format!("value{i}")),
+            })),
+        });
+    }
+    kv
+}
+
+/// What a follower does with a snapshot from the leader: the file written
+/// chunk by chunk as chunks arrive, then the WAL told the log restarts after it.
+fn receive_and_install(
+    fs: &MemFs,
+    state: &KvStore,
+    meta: SnapshotMeta,
+) -> Result<(), StorageError> {
+    let (mut s, _) = open(fs)?;
+    let mut file = crate::snapshots::SnapshotFileOut::start(fs, &dir(), meta)?;
+    let captured = state.capture();
+    let mut encoder = captured.encoder();
+    let mut chunk = Vec::new();
+    loop {
+        chunk.clear();
+        let more = encoder.next_chunk(&mut chunk, 4096);
+        file.append(&chunk)?;
+        if !more {
+            break;
+        }
+    }
+    file.finish()?;
+    s.install_snapshot(meta, Some(&hs(meta.term, meta.index)))
+}
+
+/// An install cut short after any change to the disk, then power lost: the
+/// node comes back with its old log or with the whole snapshot, never with
+/// part of one, and never damaged.
+#[test]
+fn a_snapshot_install_cut_short_at_any_step_leaves_the_old_log_or_the_whole_snapshot() {
+    let base = MemFs::new();
+    drop(written(&base, 10, 200));
+    let new_state = many_keys(2_000);
+    let meta = SnapshotMeta { index: 50, term: 2 };
+    let mut finished = false;
+    let mut outcomes = (0, 0);
+    for step in 0..400 {
+        let fs = base.deep_copy();
+        fs.set_faults(DiskFaults {
+            dies_after: Some(step),
+            ..Default::default()
+        });
+        finished = receive_and_install(&fs, &new_state, meta).is_ok();
+        fs.crash(u64::from(step));
+        fs.set_faults(DiskFaults::default());
+        let (_, r) = open(&fs).unwrap();
+        assert_eq!(r.found, Found::Intact, "step {step}: {r:?}");
+        match r.snapshot {
+            None => {
+                assert_eq!(indexes(&r), (1..=10).collect::<Vec<_>>(), "step {step}");
+                assert!(r.state.is_empty(), "step {step}");
+                outcomes.0 += 1;
+            }
+            Some(info) => {
+                assert_eq!(info.meta, meta, "step {step}");
+                assert_eq!(r.state.digest(), new_state.digest(), "step {step}");
+                assert_eq!(r.state.len(), 2_000, "step {step}");
+                assert!(r.entries.is_empty(), "step {step}: {:?}", indexes(&r));
+                outcomes.1 += 1;
+            }
+        }
+        if finished {
+            assert!(r.snapshot.is_some(), "a finished install survives");
+            break;
+        }
+    }
+    assert!(
+        finished,
+        "the install finishes within 400 changes to the disk"
+    );
+    assert!(outcomes.0 > 10 && outcomes.1 > 0, "{outcomes:?}");
+}
+
+/// A snapshot taken locally, cut short after any change to the disk: the
+/// node comes back with the same state, from the snapshot or from its log.
+#[test]
+fn a_local_snapshot_cut_short_at_any_step_loses_nothing() {
+    let base = MemFs::new();
+    drop(written(&base, 40, 200));
+    let mut finished = false;
+    for step in 0..200 {
+        let fs = base.deep_copy();
+        fs.set_faults(DiskFaults {
+            dies_after: Some(step),
+            ..Default::default()
+        });
+        finished = open(&fs).is_ok_and(|(mut s, _)| {
+            let meta = SnapshotMeta { index: 30, term: 1 };
+            crate::snapshots::write_snapshot(&fs, &dir(), meta, &state_at(30).capture())
+                .and_then(|_| s.compact(meta))
+                .is_ok()
+        });
+        fs.crash(u64::from(step));
+        fs.set_faults(DiskFaults::default());
+        let (_, r) = open(&fs).unwrap();
+        assert_eq!(r.found, Found::Intact, "step {step}: {r:?}");
+        let first = match r.snapshot {
+            None => 1,
+            Some(info) => {
+                assert_eq!(r.state.digest(), state_at(30).digest(), "step {step}");
+                info.meta.index + 1
+            }
+        };
+        assert_eq!(indexes(&r), (first..=40).collect::<Vec<_>>(), "step {step}");
+        if finished {
+            assert_eq!(first, 31, "a finished snapshot survives");
+            break;
+        }
+    }
+    assert!(
+        finished,
+        "the snapshot finishes within 200 changes to the disk"
+    );
+}

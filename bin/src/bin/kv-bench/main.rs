@@ -23,7 +23,7 @@ use crate::run::{run_phase, Phase, PhaseResult};
 
 /// Load generator for kv-server.
 #[derive(Debug, Parser, Clone)]
-#[command(version, about)]
+#[command(version)]
 pub struct Args {
     /// Server addresses (host:port), comma-separated; the leader is found from any of them.
     #[arg(

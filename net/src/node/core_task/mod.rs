@@ -324,8 +324,20 @@ impl<'a> CoreTask<'a> {
             self.transport.send(m);
         }
         for chunk in rd.snapshot_chunks_out {
-            if self.snapshots.send.send(chunk).await.is_err() {
-                return Err(stopped("snapshot sender"));
+            // Never wait on the reader: a full queue means a slow disk, and
+            // the core resends an unanswered chunk request later anyway.
+            match self.snapshots.send.try_send(chunk) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(c)) => {
+                    tracing::debug!(
+                        node = self.id,
+                        to = c.to,
+                        "snapshot reader busy; chunk request dropped"
+                    );
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(stopped("snapshot sender"))
+                }
             }
         }
         for chunk in rd.snapshot_chunks_in {

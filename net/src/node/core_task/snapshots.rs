@@ -6,6 +6,7 @@ use kv_engine::raft::SnapshotInfo;
 use kv_proto::raft::SnapshotMeta;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tokio::time::Instant;
 
 use super::CoreTask;
 use crate::node::events::NodeEvent;
@@ -30,8 +31,8 @@ pub(super) struct SnapshotPlan {
     bytes_since: u64,
     /// The last snapshot's index.
     pub(super) last_index: u64,
-    /// A snapshot is being written.
-    pub(super) in_flight: bool,
+    /// When the snapshot being written was captured (None: none is).
+    pub(super) in_flight: Option<Instant>,
     /// A snapshot is durable; the WAL behind it is still to be compacted.
     pub(super) compact_due: Option<SnapshotMeta>,
 }
@@ -47,7 +48,7 @@ impl SnapshotPlan {
             entries_since: 0,
             bytes_since: 0,
             last_index,
-            in_flight: false,
+            in_flight: None,
             compact_due: None,
         };
         plan.draw();
@@ -67,12 +68,12 @@ impl SnapshotPlan {
     }
 
     fn due(&self) -> bool {
-        !self.in_flight
+        self.in_flight.is_none()
             && (self.entries_since >= self.next_entries || self.bytes_since >= self.next_bytes)
     }
 
     fn started(&mut self) {
-        self.in_flight = true;
+        self.in_flight = Some(Instant::now());
         self.entries_since = 0;
         self.bytes_since = 0;
         self.draw();
@@ -117,14 +118,21 @@ impl CoreTask<'_> {
                     bytes = info.size,
                     "snapshot saved"
                 );
-                self.plan.in_flight = false;
+                let took = self.plan.in_flight.take().map(|t| t.elapsed());
                 self.plan.last_index = info.meta.index;
+                let (node, index, bytes) = (self.id, info.meta.index, info.size);
+                self.events.emit(|| NodeEvent::SnapshotSaved {
+                    node,
+                    index,
+                    bytes,
+                    millis: took.map_or(0, |t| t.as_millis() as u64),
+                });
                 self.plan.compact_due = Some(info.meta);
                 self.core.compact(info);
             }
             SnapshotDone::SaveFailed(e) => {
                 tracing::error!(node = self.id, error = %e, "taking a snapshot failed; will try again later");
-                self.plan.in_flight = false;
+                self.plan.in_flight = None;
             }
             SnapshotDone::Chunk(m) => self.transport.send(m),
             SnapshotDone::ChunkFailed { to } => self.core.snapshot_send_failed(to),
