@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use kv_net::client::binary::MAGIC;
-use kv_net::client::text::{encode_request, encode_response, parse_response, Request, Response};
+use kv_net::client::text::{
+    encode_request, encode_response, fits_on_a_line, parse_response, Request, Response,
+};
 use kv_net::frame::encode_frame;
 use kv_proto::client as pb;
 use kv_proto::prost::Message as _;
@@ -296,9 +298,7 @@ impl Client {
             if resp.id != id && resp.id != 0 {
                 continue; // an answer to an earlier, abandoned request
             }
-            let mut out = Vec::new();
-            encode_response(&from_binary(resp), &mut out);
-            return Ok(String::from_utf8_lossy(&out).trim_end().to_string());
+            return Ok(display(from_binary(resp)));
         }
     }
 }
@@ -330,6 +330,22 @@ pub fn to_binary(id: u64, req: &Request) -> pb::Request {
         Request::Ping => Op::Ping(pb::Ping {}),
     };
     pb::Request { id, op: Some(op) }
+}
+
+/// An answer as the text protocol shows it, except that a value holding
+/// CR, LF or NUL (which only the binary protocol carries) is shown quoted
+/// with escapes (`VALUE "x\nOK"`) rather than refused.
+pub fn display(resp: Response) -> String {
+    let quoted = |v: &[u8]| format!("\"{}\"", v.escape_ascii());
+    match &resp {
+        Response::Value(v) if !fits_on_a_line(v) => format!("VALUE {}", quoted(v)),
+        Response::Fail(Some(v)) if !fits_on_a_line(v) => format!("FAIL {}", quoted(v)),
+        _ => {
+            let mut out = Vec::new();
+            encode_response(&resp, &mut out);
+            String::from_utf8_lossy(&out).trim_end().to_string()
+        }
+    }
 }
 
 /// A binary answer in the text codec's terms.

@@ -407,3 +407,74 @@ fn kv_bench_loads_keys_in_batches_and_measures_with_no_failures() {
         );
     }
 }
+
+/// Whatever bytes a binary client stored, a text client gets exactly one
+/// answer line per request: the value, or an ERR naming the binary
+/// protocol when the value holds CR, LF or NUL. A `PING` after each pair of
+/// requests must answer `PONG`, so no answer ever spills into the next.
+#[test]
+fn a_text_client_gets_one_line_per_request_whatever_bytes_were_stored() {
+    use std::io::{BufRead, Write};
+
+    use kv_proto::client::{self as pb, request::Op, response::Result as R};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let c = Cluster::start("anybytes", 3, &[]);
+    let leader = c.client(c.leader(Duration::from_secs(10)));
+    // The runner takes an `Fn`: the connections live in cells.
+    let bin = std::cell::RefCell::new(binary::connect(leader));
+    let text = std::cell::RefCell::new(connect(leader));
+    let next_id = std::cell::Cell::new(0u64);
+    let line = |text_in: &mut std::io::BufReader<std::net::TcpStream>| {
+        let mut buf = Vec::new();
+        text_in.read_until(b'\n', &mut buf).unwrap();
+        assert_eq!(buf.last(), Some(&b'\n'), "a whole line: {buf:?}");
+        buf.pop();
+        buf
+    };
+    let unprintable = b"ERR value holds CR, LF or NUL bytes: read it with the binary protocol";
+    let mut runner = TestRunner::new(Config {
+        cases: 100,
+        ..Config::default()
+    });
+    let values = prop_oneof![
+        8 => prop::collection::vec(any::<u8>(), 1..48),
+        1 => Just(b"x\nOK".to_vec()),
+        1 => Just(b"VALUE y\r".to_vec()),
+    ];
+    runner
+        .run(&values, |value| {
+            let id = next_id.get() + 1;
+            next_id.set(id);
+            let key = format!("any{id}");
+            let set = pb::Request {
+                id,
+                op: Some(Op::Set(pb::Set {
+                    key: bytes::Bytes::from(key.clone()),
+                    value: bytes::Bytes::from(value.clone()),
+                })),
+            };
+            let mut bin = bin.borrow_mut();
+            binary::send(&mut bin, &set);
+            let answer = binary::recv(&mut bin).unwrap();
+            let mut text = text.borrow_mut();
+            let (text_in, text_out) = &mut *text;
+            prop_assert!(matches!(answer.result, Some(R::Ok(_))), "{answer:?}");
+            text_out
+                .write_all(format!("GET {key}\nCAS {key} nothing new\nPING\n").as_bytes())
+                .unwrap();
+            let printable = !value.iter().any(|&b| matches!(b, b'\n' | b'\r' | 0));
+            let (get, cas) = (line(text_in), line(text_in));
+            if printable {
+                prop_assert_eq!(get, [b"VALUE ".as_slice(), &value].concat());
+                prop_assert_eq!(cas, [b"FAIL ".as_slice(), &value].concat());
+            } else {
+                prop_assert_eq!(&get[..], &unprintable[..]);
+                prop_assert_eq!(&cas[..], &unprintable[..]);
+            }
+            prop_assert_eq!(line(text_in), b"PONG".to_vec());
+            Ok(())
+        })
+        .unwrap();
+}

@@ -184,9 +184,9 @@ async fn answer(line: &[u8], limits: &ClientLimits, node: &NodeHandle) -> Respon
 pub fn reply_to_text(reply: ClientReply) -> Response {
     match reply {
         ClientReply::Ok => Response::Ok,
-        ClientReply::Value(v) => Response::Value(v),
+        ClientReply::Value(v) => Response::Value(v).for_text_line(),
         ClientReply::NotFound => Response::NotFound,
-        ClientReply::CasFailed(current) => Response::Fail(current),
+        ClientReply::CasFailed(current) => Response::Fail(current).for_text_line(),
         ClientReply::Redirect(addr) => Response::Redirect(addr.to_string()),
         ClientReply::NoLeader => Response::Err("no leader".into()),
         ClientReply::Failed(kind) => Response::Err(

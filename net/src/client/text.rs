@@ -16,6 +16,12 @@
 //! one or more spaces; command names are case-insensitive. Keys and values
 //! are any bytes except space, tab, CR, LF and NUL (use the binary protocol
 //! for those). This module is a pure codec plus a bounded line reader.
+//!
+//! Every request gets exactly one answer line. A value a binary client
+//! stored with CR, LF or NUL in it cannot be carried on one line: a text
+//! `GET` of it (or a `CAS` that fails against it) answers
+//! `ERR value holds CR, LF or NUL bytes: read it with the binary protocol`
+//! instead (see `Response::for_text_line`).
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -96,6 +102,29 @@ pub enum Response {
     Redirect(String),
     /// `ERR <reason>`
     Err(String),
+}
+
+/// The answer to a text `GET` or failed `CAS` whose value no line can carry.
+pub const UNPRINTABLE_VALUE: &str =
+    "value holds CR, LF or NUL bytes: read it with the binary protocol";
+
+/// Whether `value` can be sent inside one answer line.
+pub fn fits_on_a_line(value: &[u8]) -> bool {
+    !value.iter().any(|&b| matches!(b, b'\n' | b'\r' | 0))
+}
+
+impl Response {
+    /// This answer as one text line can carry it: a value with CR, LF or
+    /// NUL in it becomes `ERR` (naming the binary protocol), so a text
+    /// client always reads exactly one line per request.
+    pub fn for_text_line(self) -> Response {
+        match &self {
+            Response::Value(v) | Response::Fail(Some(v)) if !fits_on_a_line(v) => {
+                Response::Err(UNPRINTABLE_VALUE.into())
+            }
+            _ => self,
+        }
+    }
 }
 
 /// Why a line is not a valid request or response.
@@ -267,9 +296,10 @@ pub fn encode_request(req: &Request, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-/// Encodes a response as one line ending in `\n`.
+/// Encodes a response as one line ending in `\n` (a value no line can
+/// carry becomes `ERR`, as `Response::for_text_line` says).
 pub fn encode_response(resp: &Response, out: &mut Vec<u8>) {
-    match resp {
+    match &resp.clone().for_text_line() {
         Response::Ok => out.extend_from_slice(b"OK"),
         Response::Value(v) => {
             out.extend_from_slice(b"VALUE ");
@@ -562,6 +592,28 @@ mod tests {
         encode_response(&Response::Err("two\nlines".into()), &mut out);
         assert_eq!(out, b"ERR two lines\n");
         assert!(parse_response(b"WHAT").is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a value holds, its answer is exactly one line,
+        /// which reads back as that value or as the ERR naming the binary
+        /// protocol.
+        #[test]
+        fn every_answer_is_exactly_one_line(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let value = Bytes::from(value);
+            for resp in [Response::Value(value.clone()), Response::Fail(Some(value.clone()))] {
+                let mut out = Vec::new();
+                encode_response(&resp, &mut out);
+                proptest::prop_assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+                proptest::prop_assert_eq!(out.last(), Some(&b'\n'));
+                let parsed = parse_response(&out[..out.len() - 1]).unwrap();
+                if fits_on_a_line(&value) {
+                    proptest::prop_assert_eq!(parsed, resp);
+                } else {
+                    proptest::prop_assert_eq!(parsed, Response::Err(UNPRINTABLE_VALUE.into()));
+                }
+            }
+        }
     }
 
     #[test]
