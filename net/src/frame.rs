@@ -33,6 +33,9 @@ pub fn encode_frame(msg: &impl prost::Message, out: &mut Vec<u8>) {
     let _ = msg.encode(out);
 }
 
+/// Most bytes a frame reader asks the socket for at once.
+pub const READ_AHEAD: usize = 64 * 1024;
+
 /// Reads frames from a stream with a reusable buffer.
 pub struct FrameReader<R> {
     inner: R,
@@ -45,7 +48,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, max: usize) -> Self {
         FrameReader {
             inner,
-            buf: BytesMut::with_capacity(64 * 1024),
+            buf: BytesMut::with_capacity(16 * 1024),
             max,
         }
     }
@@ -64,7 +67,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     let payload = frame.split_off(4);
                     return Ok(Some(payload.freeze()));
                 }
-                self.buf.reserve(4 + len - self.buf.len());
+                // Room for what is still missing, but at most a read's worth
+                // at a time: memory follows the bytes that arrive, not the
+                // length a peer announces.
+                self.buf.reserve((4 + len - self.buf.len()).min(READ_AHEAD));
             } else {
                 self.buf.reserve(4096);
             }
@@ -159,5 +165,32 @@ mod tests {
             let mut r = FrameReader::new(Pieces(vec![0, 0], 64), 1024);
             assert!(matches!(r.next_frame().await, Err(FrameError::Truncated)));
         });
+    }
+
+    #[test]
+    fn memory_follows_the_bytes_that_arrive_not_the_announced_length() {
+        block_on(async {
+            // A peer announces 100 MiB and sends 200 bytes, then stalls.
+            let mut wire = (100u32 << 20).to_be_bytes().to_vec();
+            wire.extend_from_slice(&[7; 200]);
+            let mut r = FrameReader::new(Pieces(wire, 64), 128 << 20);
+            assert!(matches!(r.next_frame().await, Err(FrameError::Truncated)));
+            assert!(r.buf.capacity() <= 4 * READ_AHEAD, "{}", r.buf.capacity());
+        });
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the reader or the peer decoders.
+        #[test]
+        fn arbitrary_bytes_are_frames_or_errors(wire in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), piece in 1usize..64) {
+            use kv_proto::raft::{Envelope, Hello};
+            block_on(async {
+                let mut r = FrameReader::new(Pieces(wire, piece), 256);
+                while let Ok(Some(frame)) = r.next_frame().await {
+                    let _ = Hello::decode(frame.clone());
+                    let _ = Envelope::decode(frame);
+                }
+            });
+        }
     }
 }

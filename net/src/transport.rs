@@ -70,6 +70,11 @@ pub struct TransportConfig {
     pub queue_capacity: usize,
     /// Largest frame accepted.
     pub max_frame_bytes: usize,
+    /// Inbound connections held at once; more are closed at once (members
+    /// need one each; the rest is room for reconnects).
+    pub max_inbound_connections: usize,
+    /// An inbound connection that has not sent its hello by then is closed.
+    pub hello_timeout: Duration,
     /// First reconnect delay.
     pub reconnect_backoff_min: Duration,
     /// Longest reconnect delay.
@@ -300,6 +305,7 @@ async fn accept_loop(
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_inbound_connections));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -308,15 +314,25 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, from)) => {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    let detail = format!("{} held", cfg.max_inbound_connections);
+                    counters.refuse(cfg.node_id, from, "too many peer connections", &detail);
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(read_loop(
+                let reading = read_loop(
                     stream,
                     from,
                     cfg.clone(),
                     inbound.clone(),
                     counters.clone(),
                     shutdown.clone(),
-                ));
+                );
+                tokio::spawn(async move {
+                    reading.await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::warn!(node = cfg.node_id, error = %e, "peer accept failed");
@@ -340,10 +356,16 @@ async fn read_loop(
     let mut frames = FrameReader::new(stream, cfg.max_frame_bytes);
     let mut peer = None;
     loop {
+        // A stranger gets `hello_timeout` to say who it is; members then
+        // have as long as they like.
+        let hello_by = tokio::time::sleep(cfg.hello_timeout);
         let frame = tokio::select! {
             biased;
             f = frames.next_frame() => f,
             _ = shutdown.changed() => return,
+            _ = hello_by, if peer.is_none() => {
+                return counters.refuse(cfg.node_id, from, "no hello in time", "");
+            }
         };
         let payload = match frame {
             Ok(Some(p)) => p,
@@ -572,6 +594,7 @@ async fn write_all_flush(stream: &mut TcpStream, buf: &[u8]) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use kv_proto::raft::{message::Body, AppendEntries};
+    use tokio::io::AsyncReadExt;
 
     use super::*;
 
@@ -601,6 +624,8 @@ mod tests {
                 .collect(),
             queue_capacity: 16,
             max_frame_bytes: 1 << 20,
+            max_inbound_connections: 4,
+            hello_timeout: Duration::from_millis(300),
             reconnect_backoff_min: Duration::from_millis(5),
             reconnect_backoff_max: Duration::from_millis(50),
             faults: NetFaults::default(),
@@ -685,6 +710,40 @@ mod tests {
         assert_eq!(t1.stats().refused, 3, "once per connection, not per frame");
         let _good = raw_peer(addrs[&1], hello(7, 2, 1), vec![(7, msg(2, 1, 4))]).await;
         assert_eq!(recv(&mut rx).await.unwrap().term, 4);
+    }
+
+    /// Reads until the server closes `stream` (true) or `within` passes.
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(within, stream.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn strangers_are_closed_without_a_hello_and_beyond_the_connection_limit() {
+        let mut addrs = BTreeMap::new();
+        for id in 1..=2 {
+            addrs.insert(id, free_addr().await);
+        }
+        let (tx, mut rx) = mpsc::channel(64);
+        let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
+        // Four silent connections take every slot; a fifth is closed at once.
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(TcpStream::connect(addrs[&1]).await.unwrap());
+        }
+        let mut fifth = TcpStream::connect(addrs[&1]).await.unwrap();
+        assert!(closed_within(&mut fifth, Duration::from_millis(200)).await);
+        // The silent ones are closed once the hello timeout passes...
+        for s in &mut silent {
+            assert!(closed_within(s, Duration::from_secs(2)).await);
+        }
+        // ... and a member gets in again.
+        let _good = raw_peer(addrs[&1], hello(7, 2, 1), vec![(7, msg(2, 1, 4))]).await;
+        assert_eq!(recv(&mut rx).await.unwrap().term, 4);
+        assert_eq!(t1.stats().refused, 5);
     }
 
     #[tokio::test]

@@ -104,6 +104,11 @@ struct Args {
     /// Answer ERR timeout to a request not done in this many milliseconds.
     #[arg(long, env = "KV_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     request_timeout_ms: u64,
+
+    /// Inbound peer connections held at once; more are closed at once, and
+    /// one that names no member within 5 s is closed.
+    #[arg(long, env = "KV_MAX_PEER_CONNECTIONS", default_value_t = 64)]
+    max_peer_connections: usize,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -138,6 +143,7 @@ impl Args {
         cfg.client.max_connections = self.max_connections;
         cfg.client.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
         cfg.client.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        cfg.max_peer_connections = self.max_peer_connections;
         cfg
     }
 }

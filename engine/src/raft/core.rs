@@ -23,6 +23,7 @@ use super::ready::{
     SnapshotInfo, SoftState,
 };
 use super::standing::{Found, StandingState};
+use super::validate::{self, Refusal, Refusals};
 
 /// The durable state a core restarts from (what storage recovered).
 #[derive(Debug, Clone, Default)]
@@ -97,6 +98,10 @@ pub struct RaftCore {
     pub(super) st: StandingState,
     /// The next Ready carries the hard state even if unchanged.
     pub(super) force_hard_state: bool,
+    /// Ticks since start (for rate-limited logging).
+    ticks: u64,
+    /// Peer messages refused, by kind.
+    refusals: Refusals,
 }
 
 impl RaftCore {
@@ -159,6 +164,8 @@ impl RaftCore {
             match_scratch: Vec::with_capacity(cfg.voters.len()),
             st,
             force_hard_state: false,
+            ticks: 0,
+            refusals: Refusals::default(),
             cfg,
         };
         core.last_hard.commit = core.log.committed();
@@ -205,8 +212,14 @@ impl RaftCore {
         &self.cfg
     }
 
+    /// Peer messages refused so far, by kind (see `validate.rs`).
+    pub fn refusals(&self) -> &BTreeMap<Refusal, u64> {
+        self.refusals.counts()
+    }
+
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.election_elapsed += 1;
         if self.role == Role::Leader {
             self.tick_leader();
@@ -308,15 +321,15 @@ impl RaftCore {
     /// Handles a message from a peer (Figure 2, "All Servers": a higher term
     /// makes any node a follower; stale terms are refused).
     pub fn step(&mut self, m: Message) {
-        if m.to != self.cfg.id || m.from == self.cfg.id || !self.peers.contains(&m.from) {
-            tracing::warn!(
-                node = self.cfg.id,
-                term = self.term,
-                from = m.from,
-                to = m.to,
-                "dropping misaddressed message"
-            );
-            return;
+        let addressed =
+            m.to == self.cfg.id && m.from != self.cfg.id && self.peers.contains(&m.from);
+        let checked = if addressed {
+            validate::check_shape(&m)
+        } else {
+            Err(Refusal::Misaddressed)
+        };
+        if let Err(kind) = checked {
+            return self.refuse(m.from, kind);
         }
         let Some(body) = m.body else { return };
         // Status traffic stands outside the term rules: it changes no term.
@@ -350,6 +363,20 @@ impl RaftCore {
             Body::RepairRequest(r) => self.handle_repair_request(m.from, r),
             Body::TimeoutNow(_) => self.handle_timeout_now(m.from),
             Body::StatusQuery(_) | Body::StatusReply(_) => {}
+        }
+    }
+
+    /// Counts a refused peer message and logs it (at a limited rate).
+    pub(super) fn refuse(&mut self, from: u64, kind: Refusal) {
+        if let Some(suppressed) = self.refusals.record(kind, self.ticks) {
+            tracing::warn!(
+                node = self.cfg.id,
+                term = self.term,
+                from,
+                reason = kind.as_str(),
+                suppressed,
+                "refused a peer message"
+            );
         }
     }
 

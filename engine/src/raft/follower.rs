@@ -7,30 +7,34 @@ use kv_proto::raft::{
 
 use super::core::{IncomingSnapshot, RaftCore};
 use super::ready::{Role, SnapshotChunkIn, SnapshotInfo};
+use super::validate::Refusal;
 
 impl RaftCore {
     /// The leader of our term is alive: follow it and restart the timer.
-    fn heard_from_leader(&mut self, leader: u64) {
-        assert_ne!(
-            self.role,
-            Role::Leader,
-            "two leaders in term {} ({} and {leader})",
-            self.term,
-            self.cfg.id
-        );
+    /// Returns false (and refuses the message) if this node leads the term
+    /// itself: no correct peer claims a term that already has a leader.
+    #[must_use]
+    fn heard_from_leader(&mut self, leader: u64) -> bool {
+        if self.role == Role::Leader {
+            self.refuse(leader, Refusal::SecondLeader);
+            return false;
+        }
         if self.role != Role::Follower {
             // A candidate that sees a leader of its own term steps down (§5.2).
             self.become_follower(self.term, Some(leader));
         }
         self.leader = Some(leader);
         self.election_elapsed = 0;
+        true
     }
 
     /// Figure 2, AppendEntries receiver: reply false if the log holds no
     /// entry at prevLogIndex with prevLogTerm; delete a conflicting suffix;
     /// append new entries; commitIndex = min(leaderCommit, index of last new entry).
     pub(super) fn handle_append(&mut self, from: u64, ae: AppendEntries) {
-        self.heard_from_leader(from);
+        if !self.heard_from_leader(from) {
+            return;
+        }
         let mut prev = ae.prev_log_index;
         let mut entries = ae.entries;
         let committed = self.log.committed();
@@ -44,6 +48,11 @@ impl RaftCore {
                 // Everything in this append is already committed here.
                 self.respond_append_success(from, prev, ae.round);
                 return;
+            }
+            let first_term = entries.first().map_or(u64::MAX, |e| e.term);
+            if self.log.term(prev).is_some_and(|t| first_term < t) {
+                // No leader holding our committed entries sends this.
+                return self.refuse(from, Refusal::EntryTermOutOfOrder);
             }
         } else if self.log.term(prev) != Some(ae.prev_log_term) {
             let (conflict_index, conflict_term) = self.log.conflict_hint(prev);
@@ -99,7 +108,9 @@ impl RaftCore {
     /// is the log replaced and the leader told. Heartbeats and appends are
     /// answered meanwhile as ever.
     pub(super) fn handle_snapshot_chunk(&mut self, from: u64, is: InstallSnapshot) {
-        self.heard_from_leader(from);
+        if !self.heard_from_leader(from) {
+            return;
+        }
         let Some(meta) = is.meta else { return };
         let round = is.round;
         if meta.index <= self.log.committed() || self.log.term(meta.index) == Some(meta.term) {

@@ -12,6 +12,7 @@
 //! | `read_index.rs` | linearizable reads (ReadIndex) |
 //! | `ready.rs` | the output contract |
 //! | `standing.rs` | voter, discovering or recovering: repair after storage damage |
+//! | `validate.rs` | peer input checked and refused, never asserted |
 
 mod config;
 mod core;
@@ -24,6 +25,7 @@ mod read_index;
 mod ready;
 mod replication;
 mod standing;
+mod validate;
 
 pub use self::config::{Config, ConfigError};
 pub use self::core::{RaftCore, Restored};
@@ -33,3 +35,4 @@ pub use self::ready::{
     SnapshotInfo, SoftState,
 };
 pub use self::standing::{Found, Standing};
+pub use self::validate::{Refusal, MAX_SNAPSHOT_CHUNK_BYTES, MAX_TERM_OR_INDEX};

@@ -11,6 +11,7 @@ use super::progress::{
 };
 use super::quorum::{committed_index, majority};
 use super::ready::{Role, SnapshotChunkOut};
+use super::validate::Refusal;
 
 /// After this many heartbeats without progress while appends are in flight,
 /// the leader asks whether the follower has them (an empty append at the
@@ -233,6 +234,9 @@ impl RaftCore {
 
     /// A follower answered an append in our term.
     pub(super) fn handle_append_response(&mut self, from: u64, r: AppendEntriesResponse) {
+        if r.success && r.match_index > self.log.last_index() && self.role == Role::Leader {
+            return self.refuse(from, Refusal::MatchBeyondLog);
+        }
         let lacks_match = !r.success && r.rejected_index <= self.match_of(from);
         let Some(p) = self.responder(from, r.round, r.recovering, lacks_match) else {
             return;

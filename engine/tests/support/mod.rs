@@ -637,7 +637,15 @@ impl Cluster {
             if !self.nodes.get(&to).is_some_and(|n| n.up) || self.cut.contains(&(f.msg.from, to)) {
                 continue;
             }
+            let (from, term) = (f.msg.from, f.msg.term);
             self.node(to).core.step(f.msg);
+            if let Some((kind, _)) = self.node(to).core.refusals().iter().next() {
+                // Honest peers never send what the core refuses.
+                return Err(Violation(format!(
+                    "n{to} refused a message from n{from} of term {term}: {}",
+                    kind.as_str()
+                )));
+            }
             self.drain(to)?;
         }
         Ok(())

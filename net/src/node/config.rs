@@ -60,6 +60,9 @@ pub struct NodeConfig {
     pub storage_queue_capacity: usize,
     /// Largest peer frame accepted.
     pub max_peer_frame_bytes: usize,
+    /// Inbound peer connections held at once (strangers included until
+    /// they fail the hello).
+    pub max_peer_connections: usize,
     /// Injected network faults (simulation only; off by default).
     pub net_faults: NetFaults,
     /// Seed of the core's randomness (election timeouts).
@@ -97,6 +100,7 @@ impl NodeConfig {
             peer_queue_capacity: 4096,
             storage_queue_capacity: 1024,
             max_peer_frame_bytes: 64 << 20,
+            max_peer_connections: 64,
             net_faults: NetFaults::default(),
             seed: id,
             events: Events::default(),
@@ -162,6 +166,8 @@ impl NodeConfig {
             peers,
             queue_capacity: self.peer_queue_capacity,
             max_frame_bytes: self.max_peer_frame_bytes,
+            max_inbound_connections: self.max_peer_connections,
+            hello_timeout: Duration::from_secs(5),
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(1),
             faults: self.net_faults.clone(),
