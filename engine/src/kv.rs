@@ -205,6 +205,14 @@ impl KvStore {
         self.set.get(key).map(KvEntry::value)
     }
 
+    /// The value at `key`, sharing the store's memory (no copy): an answer
+    /// waiting to be written costs nothing unless the key changes meanwhile.
+    pub fn get_shared(&self, key: &[u8]) -> Option<Bytes> {
+        let entry = self.set.get(key)?;
+        let start = 4 + entry.key_len();
+        Some(Bytes::from_owner(entry.0.clone()).slice(start..))
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.set.len()
@@ -604,6 +612,19 @@ mod tests {
             "the last pair for a key wins"
         );
         assert_eq!(kv.get(b"b"), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn a_shared_value_is_the_value_and_outlives_a_later_write() {
+        let mut kv = KvStore::new();
+        kv.apply(&set("k", "first"));
+        let shared = kv.get_shared(b"k").unwrap();
+        kv.apply(&set("k", "second"));
+        assert_eq!(&shared[..], b"first");
+        assert_eq!(&kv.get_shared(b"k").unwrap()[..], b"second");
+        assert_eq!(kv.get_shared(b"nope"), None);
+        kv.apply(&set("e", ""));
+        assert_eq!(kv.get_shared(b"e").unwrap().len(), 0);
     }
 
     #[test]

@@ -809,3 +809,32 @@ fn a_follower_receiving_the_previous_snapshot_catches_up_by_appends() {
     });
     assert_eq!(c.log().first_index(), third + 1);
 }
+
+/// Flow control in bytes: proposals are refused while too many payload
+/// bytes wait to be committed, and taken again once they are; one entry
+/// larger than the whole budget still gets in when nothing waits.
+#[test]
+fn proposals_are_refused_while_too_many_bytes_wait_to_be_committed() {
+    let mut cfg = config(1, 3);
+    cfg.max_uncommitted_bytes = 100;
+    let mut c = RaftCore::new(cfg, Restored::default()).unwrap();
+    tick_until(&mut c, Role::Candidate);
+    let _ = ready_and_persist(&mut c);
+    c.step(vote(2, 1, 1, true));
+    let _ = ready_and_persist(&mut c);
+    c.step(ack(2, 1, 1));
+    let _ = ready_and_persist(&mut c);
+    let big = Bytes::from(vec![b'x'; 300]);
+    assert!(c.propose(big).is_ok(), "alone, a large entry gets in");
+    assert_eq!(
+        c.propose(Bytes::from_static(b"y")),
+        Err(ProposeError::Overloaded)
+    );
+    let _ = ready_and_persist(&mut c);
+    c.step(ack(2, 1, 2));
+    let _ = ready_and_persist(&mut c);
+    assert_eq!(c.log().committed(), 2);
+    let sixty = Bytes::from(vec![b'z'; 60]);
+    assert!(c.propose(sixty.clone()).is_ok());
+    assert_eq!(c.propose(sixty), Err(ProposeError::Overloaded));
+}

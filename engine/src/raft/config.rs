@@ -32,6 +32,8 @@ pub struct Config {
     pub max_append_bytes: usize,
     /// Proposals are refused while this many entries wait to be committed.
     pub max_uncommitted_entries: u64,
+    /// ... or while this many payload bytes do (one entry is always let in).
+    pub max_uncommitted_bytes: u64,
     /// Payload bytes of committed entries handed out in one `Ready`.
     pub max_apply_bytes: usize,
     /// Size of one `InstallSnapshot` chunk.
@@ -54,6 +56,7 @@ impl Config {
             max_append_entries: 4096,
             max_append_bytes: 1 << 20,
             max_uncommitted_entries: 1 << 16,
+            max_uncommitted_bytes: 64 << 20,
             max_apply_bytes: 4 << 20,
             snapshot_chunk_bytes: 256 << 10,
         }
@@ -80,6 +83,8 @@ impl Config {
             || self.max_inflight_bytes == 0
             || self.max_append_entries == 0
             || self.snapshot_chunk_bytes == 0
+            || self.max_uncommitted_bytes == 0
+            || self.max_uncommitted_entries == 0
         {
             return Err(ConfigError::ZeroLimit);
         }

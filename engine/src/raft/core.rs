@@ -100,6 +100,8 @@ pub struct RaftCore {
     pub(super) force_hard_state: bool,
     /// Ticks since start (for rate-limited logging).
     ticks: u64,
+    /// A leader's payload bytes not yet committed (for flow control).
+    pub(super) uncommitted_bytes: u64,
     /// Peer messages refused, by kind.
     refusals: Refusals,
 }
@@ -165,6 +167,7 @@ impl RaftCore {
             st,
             force_hard_state: false,
             ticks: 0,
+            uncommitted_bytes: 0,
             refusals: Refusals::default(),
             cfg,
         };
@@ -241,9 +244,13 @@ impl RaftCore {
             // Empty data marks the leader's no-op entry.
             return Err(ProposeError::Empty);
         }
-        if self.log.last_index() - self.log.committed() >= self.cfg.max_uncommitted_entries {
+        if self.log.last_index() - self.log.committed() >= self.cfg.max_uncommitted_entries
+            || (self.uncommitted_bytes > 0
+                && self.uncommitted_bytes + data.len() as u64 > self.cfg.max_uncommitted_bytes)
+        {
             return Err(ProposeError::Overloaded);
         }
+        self.uncommitted_bytes += data.len() as u64;
         let index = self.log.last_index() + 1;
         self.log.push(Entry {
             term: self.term,

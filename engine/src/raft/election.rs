@@ -150,6 +150,9 @@ impl RaftCore {
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
         let next = self.log.last_index() + 1;
+        self.uncommitted_bytes = self
+            .log
+            .bytes_between(self.log.committed() + 1, self.log.last_index());
         self.progress = self
             .peers
             .iter()

@@ -133,6 +133,22 @@ impl RaftLog {
         out
     }
 
+    /// Payload bytes of the entries held at indexes `from..=to`.
+    pub fn bytes_between(&self, from: u64, to: u64) -> u64 {
+        let from = from.max(self.snapshot_index + 1);
+        let to = to.min(self.last_index());
+        if from > to {
+            return 0;
+        }
+        let start = (from - self.snapshot_index - 1) as usize;
+        let count = (to - from + 1) as usize;
+        self.entries
+            .range(start..)
+            .take(count)
+            .map(|e| e.data.len() as u64)
+            .sum()
+    }
+
     /// Appends one entry at the end (leader path).
     pub fn push(&mut self, entry: Entry) {
         assert_eq!(

@@ -316,6 +316,8 @@ impl RaftCore {
             return;
         }
         let first_in_term = self.log.term(self.log.committed()) != Some(self.term);
+        let newly = self.log.bytes_between(self.log.committed() + 1, index);
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(newly);
         self.log.commit_to(index);
         if first_in_term {
             self.reads.on_term_commit(index);

@@ -384,8 +384,8 @@ impl<'a> CoreTask<'a> {
     }
 
     fn answer_read(&self, read: PendingRead) {
-        let reply = match self.kv.get(&read.key) {
-            Some(v) => ClientReply::Value(Bytes::copy_from_slice(v)),
+        let reply = match self.kv.get_shared(&read.key) {
+            Some(v) => ClientReply::Value(v),
             None => ClientReply::NotFound,
         };
         let _ = read.reply.send(reply);
