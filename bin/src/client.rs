@@ -284,6 +284,14 @@ impl Client {
             if reader.read_exact(&mut len).is_err() {
                 return Err(Attempt::Lost(addr));
             }
+            if &len == b"ERR " {
+                // Not a frame: the server refused the connection (too many
+                // connections) with a text line before closing it.
+                let mut reason = String::new();
+                let _ = reader.read_line(&mut reason);
+                self.conn = None;
+                return Ok(format!("ERR {}", reason.trim_end()));
+            }
             let len = u32::from_be_bytes(len) as usize;
             if len > MAX_FRAME_BYTES {
                 return Err(Attempt::Lost(addr));

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{connect, roundtrip, try_request, Cluster};
+use support::{binary, connect, roundtrip, try_request, Cluster};
 
 #[test]
 fn writes_and_reads_go_through_any_node_and_followers_redirect() {
@@ -202,41 +202,6 @@ fn bad_input_gets_a_clear_error_and_never_hurts_other_clients() {
     let _ = refused.0.read_line(&mut resp);
     assert_eq!(resp.trim_end(), "ERR too many connections");
     drop(held);
-}
-
-/// Binary protocol helpers: the preamble, then frames.
-mod binary {
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
-    use std::time::Duration;
-
-    use kv_proto::client as pb;
-    use kv_proto::prost::Message as _;
-
-    pub fn connect(addr: SocketAddr) -> TcpStream {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&[0, b'K', b'V', b'B']).unwrap();
-        s
-    }
-
-    pub fn send_raw(s: &mut TcpStream, payload: &[u8]) {
-        s.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
-        s.write_all(payload).unwrap();
-    }
-
-    pub fn send(s: &mut TcpStream, req: &pb::Request) {
-        send_raw(s, &req.encode_to_vec());
-    }
-
-    /// The next response, or None if the server closed the connection.
-    pub fn recv(s: &mut TcpStream) -> Option<pb::Response> {
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).ok()?;
-        let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
-        s.read_exact(&mut payload).ok()?;
-        Some(pb::Response::decode(payload.as_slice()).unwrap())
-    }
 }
 
 #[test]

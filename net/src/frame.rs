@@ -2,8 +2,10 @@
 //! (a prost-encoded message). Used on peer connections and by the binary
 //! client protocol.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::client::budget::{Charge, ConnectionBudget};
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,10 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max: usize,
+    /// Each frame is charged to this budget before its body is read.
+    budget: Option<ConnectionBudget>,
+    /// The charge for the frame being read.
+    held: Charge,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -50,11 +56,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: BytesMut::with_capacity(16 * 1024),
             max,
+            budget: None,
+            held: Charge::none(),
+        }
+    }
+
+    /// As `new`, charging every frame to `budget` from the moment its
+    /// header arrives (`next_charged_frame` hands the charge on).
+    pub fn with_budget(inner: R, max: usize, budget: ConnectionBudget) -> Self {
+        FrameReader {
+            budget: Some(budget),
+            ..Self::new(inner, max)
         }
     }
 
     /// The next frame's payload; `None` at a clean end of stream.
     pub async fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
+        Ok(self.next_charged_frame().await?.map(|(payload, _)| payload))
+    }
+
+    /// The next frame's payload and what it is charged against the budget
+    /// (nothing without one); `None` at a clean end of stream. Cancel-safe.
+    pub async fn next_charged_frame(&mut self) -> Result<Option<(Bytes, Charge)>, FrameError> {
         loop {
             if self.buf.len() >= 4 {
                 let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
@@ -62,10 +85,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 if len > self.max {
                     return Err(FrameError::TooLarge { len, max: self.max });
                 }
+                if let Some(budget) = self.budget.as_ref().filter(|_| self.held.bytes() == 0) {
+                    self.held = budget.charge(4 + len).await;
+                }
                 if self.buf.len() >= 4 + len {
                     let mut frame = self.buf.split_to(4 + len);
                     let payload = frame.split_off(4);
-                    return Ok(Some(payload.freeze()));
+                    if len > READ_AHEAD {
+                        // What is left shares the large frame's allocation
+                        // and would keep all of it alive after the frame is
+                        // done (uncharged): move it to a buffer of its own.
+                        self.buf = BytesMut::from(&self.buf[..]);
+                    }
+                    let charge = std::mem::replace(&mut self.held, Charge::none());
+                    return Ok(Some((payload.freeze(), charge)));
                 }
                 // Room for what is still missing, but at most a read's worth
                 // at a time: memory follows the bytes that arrive, not the
@@ -74,7 +107,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             } else {
                 self.buf.reserve(4096);
             }
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            // Never more than a read's worth at once, whatever capacity the
+            // buffer grew to: at most READ_AHEAD bytes past the frame being
+            // read are ever held before they are charged.
+            let n = self
+                .inner
+                .read_buf(&mut (&mut self.buf).limit(READ_AHEAD))
+                .await?;
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)

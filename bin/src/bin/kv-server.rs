@@ -109,6 +109,34 @@ struct Args {
     /// one that names no member within 5 s is closed.
     #[arg(long, env = "KV_MAX_PEER_CONNECTIONS", default_value_t = 64)]
     max_peer_connections: usize,
+
+    /// Binary requests one client connection may have in flight.
+    #[arg(long, env = "KV_MAX_PIPELINE", default_value_t = 256)]
+    max_pipeline: usize,
+
+    /// Bytes all clients together may hold in requests not yet answered;
+    /// past it, connections stop reading until answers free some.
+    #[arg(long, env = "KV_MAX_REQUEST_BYTES", default_value_t = 64 << 20)]
+    max_request_bytes: usize,
+
+    /// Bytes of answers queued for one connection; a client that lets more
+    /// pile up without reading is disconnected.
+    #[arg(long, env = "KV_MAX_ANSWER_BYTES", default_value_t = 8 << 20)]
+    max_answer_bytes: usize,
+
+    /// Disconnect a client whose answers make no progress for this many
+    /// milliseconds (it does not read them).
+    #[arg(long, env = "KV_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    write_timeout_ms: u64,
+
+    /// Bytes of entries a leader holds proposed but not yet committed;
+    /// proposals beyond it are refused as overloaded.
+    #[arg(long, env = "KV_MAX_UNCOMMITTED_BYTES", default_value_t = 64 << 20)]
+    max_uncommitted_bytes: u64,
+
+    /// Bytes of appends in flight to one follower.
+    #[arg(long, env = "KV_MAX_INFLIGHT_BYTES", default_value_t = 8 << 20)]
+    max_inflight_bytes: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -144,6 +172,12 @@ impl Args {
         cfg.client.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
         cfg.client.request_timeout = Duration::from_millis(self.request_timeout_ms);
         cfg.max_peer_connections = self.max_peer_connections;
+        cfg.client.max_pipeline = self.max_pipeline;
+        cfg.client.max_request_bytes = self.max_request_bytes;
+        cfg.client.max_answer_bytes = self.max_answer_bytes;
+        cfg.client.write_timeout = Duration::from_millis(self.write_timeout_ms);
+        cfg.max_uncommitted_bytes = self.max_uncommitted_bytes;
+        cfg.max_inflight_bytes = self.max_inflight_bytes;
         cfg
     }
 }

@@ -62,14 +62,7 @@ impl Cluster {
             .arg(&self.members)
             .arg("--data-dir")
             .arg(self.dir.join(format!("node{id}")))
-            .args([
-                "--tick-ms",
-                "10",
-                "--election-ticks",
-                "10",
-                "--heartbeat-ticks",
-                "2",
-            ])
+            .args(self.timing())
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -79,11 +72,40 @@ impl Cluster {
         self.procs[id - 1] = Some(child);
     }
 
+    /// Fast timing for quick tests (elections in 100-200 ms), unless the
+    /// test chose its own.
+    fn timing(&self) -> Vec<&'static str> {
+        if self.extra.iter().any(|a| a == "--election-ticks") {
+            return Vec::new();
+        }
+        vec![
+            "--tick-ms",
+            "10",
+            "--election-ticks",
+            "10",
+            "--heartbeat-ticks",
+            "2",
+        ]
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(&mut self, id: usize) {
         if let Some(mut child) = self.procs[id - 1].take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// The process id of node `id`, if it runs.
+    pub fn pid(&self, id: usize) -> Option<u32> {
+        self.procs[id - 1].as_ref().map(Child::id)
+    }
+
+    /// Whether node `id` is still running (it has not exited or crashed).
+    pub fn running(&mut self, id: usize) -> bool {
+        match self.procs[id - 1].as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
         }
     }
 
@@ -148,6 +170,13 @@ impl Drop for Cluster {
     }
 }
 
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// One request on a fresh connection; None if the node is unreachable or silent.
 pub fn try_request(addr: SocketAddr, line: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
@@ -174,4 +203,39 @@ pub fn roundtrip(conn: &mut (BufReader<TcpStream>, TcpStream), bytes: &[u8]) -> 
     let mut resp = String::new();
     conn.0.read_line(&mut resp).unwrap();
     resp.trim_end().to_string()
+}
+
+/// Binary protocol helpers: the preamble, then frames.
+pub mod binary {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use kv_proto::client as pb;
+    use kv_proto::prost::Message as _;
+
+    pub fn connect(addr: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&[0, b'K', b'V', b'B']).unwrap();
+        s
+    }
+
+    pub fn send_raw(s: &mut TcpStream, payload: &[u8]) {
+        s.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(payload).unwrap();
+    }
+
+    pub fn send(s: &mut TcpStream, req: &pb::Request) {
+        send_raw(s, &req.encode_to_vec());
+    }
+
+    /// The next response, or None if the server closed the connection.
+    pub fn recv(s: &mut TcpStream) -> Option<pb::Response> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).ok()?;
+        let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut payload).ok()?;
+        Some(pb::Response::decode(payload.as_slice()).unwrap())
+    }
 }

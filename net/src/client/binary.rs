@@ -3,14 +3,17 @@
 //! Requests carry ids and are served concurrently, so responses may come
 //! back out of order; at most `max_pipeline` are in flight per connection.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use kv_proto::client::{self as pb, request::Op, response::Result as Res};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::budget::ConnectionBudget;
 use super::ClientLimits;
 use crate::frame::{encode_frame, FrameError, FrameReader};
 use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle};
@@ -136,115 +139,268 @@ pub fn reply_to_response(id: u64, reply: ClientReply) -> pb::Response {
 }
 
 /// Serves one binary connection (after its preamble) until EOF, a broken
-/// frame, an idle timeout, a write error or shutdown.
+/// frame, an idle timeout, a client that does not read its answers (over
+/// `max_answer_bytes` queued, or no write progress for `write_timeout`), a
+/// write error or shutdown. Every request is charged to `budget` from its
+/// first byte until it is answered.
 pub async fn serve_binary<R, W>(
     reader: R,
-    mut writer: W,
+    writer: W,
     limits: &ClientLimits,
     node: &NodeHandle,
-    mut shutdown: watch::Receiver<bool>,
+    budget: &ConnectionBudget,
+    shutdown: watch::Receiver<bool>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut frames = FrameReader::new(reader, limits.max_frame_bytes);
-    let (responses, mut outbox) = mpsc::channel::<pb::Response>(limits.max_pipeline.max(1));
+    let frames = FrameReader::with_budget(reader, limits.max_frame_bytes, budget.clone());
+    let (answers, outbox) = mpsc::unbounded_channel::<Answer>();
+    let queue = Arc::new(AnswerQueue::new(limits.max_answer_bytes));
+    let reading = read_requests(frames, limits, node, answers, queue.clone(), shutdown);
+    let writing = write_answers(writer, outbox, queue.clone(), limits.write_timeout);
+    tokio::select! {
+        _ = async { tokio::join!(reading, writing) } => {}
+        _ = queue.closing.notified() => {}
+    }
+}
+
+/// An answer on its way out, with the pipeline slot its request holds
+/// until it is written.
+struct Answer {
+    response: pb::Response,
+    bytes: usize,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Answers queued for one connection, counted in bytes.
+struct AnswerQueue {
+    queued: AtomicUsize,
+    max: usize,
+    /// Fired when the connection must close (its client does not read).
+    closing: Notify,
+}
+
+impl AnswerQueue {
+    fn new(max: usize) -> Self {
+        AnswerQueue {
+            queued: AtomicUsize::new(0),
+            max,
+            closing: Notify::new(),
+        }
+    }
+
+    /// Counts `bytes` more queued; false (and the connection closes) if
+    /// that is over the limit.
+    fn add(&self, bytes: usize) -> bool {
+        let before = self.queued.fetch_add(bytes, Ordering::Relaxed);
+        if before > 0 && before + bytes > self.max {
+            self.closing.notify_one();
+            return false;
+        }
+        true
+    }
+
+    fn remove(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Reads, checks and hands requests to the node, at most `max_pipeline`
+/// at a time; PINGs and refusals are answered here.
+async fn read_requests<R: AsyncRead + Unpin>(
+    mut frames: FrameReader<R>,
+    limits: &ClientLimits,
+    node: &NodeHandle,
+    answers: mpsc::UnboundedSender<Answer>,
+    queue: Arc<AnswerQueue>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_pipeline.max(1)));
-    let read_side = async move {
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.changed() => return,
-                f = tokio::time::timeout(limits.idle_timeout, frames.next_frame()) => f,
-            };
-            let payload = match next {
-                Err(_) => return, // idle
-                Ok(Ok(Some(p))) => p,
-                Ok(Ok(None)) => return,
-                Ok(Err(FrameError::TooLarge { len, max })) => {
-                    let msg = format!("frame of {len} bytes exceeds the limit of {max}");
-                    let _ = responses
-                        .send(error(0, pb::error::Kind::BadRequest, msg))
-                        .await;
-                    return;
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "binary client read failed");
-                    return;
-                }
-            };
-            let req = match pb::Request::decode(payload) {
-                Ok(r) => r,
-                Err(e) => {
-                    // Framing is intact, so the connection stays usable.
-                    let msg = format!("undecodable request: {e}");
-                    if responses
-                        .send(error(0, pb::error::Kind::BadRequest, msg))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let op = match request_to_op(&req, limits) {
-                Ok(Some(op)) => op,
-                Ok(None) => {
-                    if responses
-                        .send(pb::Response {
-                            id: req.id,
-                            result: Some(Res::Pong(pb::Pong {})),
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    if responses
-                        .send(error(req.id, pb::error::Kind::BadRequest, e.to_string()))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            // Bounded pipelining: wait for a slot before taking more.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
+    let answer_now = |response: pb::Response| {
+        let bytes = answer_bytes(&response);
+        queue.add(bytes)
+            && answers
+                .send(Answer {
+                    response,
+                    bytes,
+                    _slot: None,
+                })
+                .is_ok()
+    };
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            f = tokio::time::timeout(limits.idle_timeout, frames.next_charged_frame()) => f,
+        };
+        let (payload, charge) = match next {
+            Err(_) | Ok(Ok(None)) => return, // idle, or the client is done
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Err(FrameError::TooLarge { len, max })) => {
+                let msg = format!("frame of {len} bytes exceeds the limit of {max}");
+                answer_now(error(0, pb::error::Kind::BadRequest, msg));
                 return;
-            };
-            let node = node.clone();
-            let responses = responses.clone();
-            let timeout = limits.request_timeout;
-            tokio::spawn(async move {
-                let reply = match tokio::time::timeout(timeout, node.call(op)).await {
-                    Ok(r) => r,
-                    Err(_) => ClientReply::Failed(FailKind::Timeout),
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "binary client read failed");
+                return;
+            }
+        };
+        let req = match pb::Request::decode(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                // Framing is intact, so the connection stays usable.
+                let msg = format!("undecodable request: {e}");
+                if !answer_now(error(0, pb::error::Kind::BadRequest, msg)) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let op = match request_to_op(&req, limits) {
+            Ok(Some(op)) => op,
+            Ok(None) => {
+                let pong = pb::Response {
+                    id: req.id,
+                    result: Some(Res::Pong(pb::Pong {})),
                 };
-                let _ = responses.send(reply_to_response(req.id, reply)).await;
-                drop(slot);
-            });
+                if !answer_now(pong) {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                if !answer_now(error(req.id, pb::error::Kind::BadRequest, e.to_string())) {
+                    return;
+                }
+                continue;
+            }
+        };
+        // Bounded pipelining: wait for a slot before taking more.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (node, answers, queue) = (node.clone(), answers.clone(), queue.clone());
+        let timeout = limits.request_timeout;
+        tokio::spawn(async move {
+            let reply = match tokio::time::timeout(timeout, node.call(op)).await {
+                Ok(r) => r,
+                Err(_) => ClientReply::Failed(FailKind::Timeout),
+            };
+            drop(charge);
+            let response = reply_to_response(req.id, reply);
+            let bytes = answer_bytes(&response);
+            if queue.add(bytes) {
+                let _ = answers.send(Answer {
+                    response,
+                    bytes,
+                    _slot: Some(slot),
+                });
+            }
+        });
+    }
+}
+
+/// What an answer costs while queued: its encoding plus its bookkeeping.
+fn answer_bytes(response: &pb::Response) -> usize {
+    response.encoded_len() + std::mem::size_of::<Answer>()
+}
+
+/// Most bytes of answers written in one batch.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Values longer than this are written from the store's own buffer, not
+/// copied into the connection's write buffer.
+const SHARED_VALUE_BYTES: usize = 4096;
+
+/// Writes answers as they come, several per batch; gives up (and closes
+/// the connection) when a batch makes no progress for `write_timeout`.
+async fn write_answers<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut outbox: mpsc::UnboundedReceiver<Answer>,
+    queue: Arc<AnswerQueue>,
+    write_timeout: Duration,
+) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while let Some(first) = outbox.recv().await {
+        let mut batch_bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch_bytes < WRITE_BATCH_BYTES {
+            let Ok(more) = outbox.try_recv() else { break };
+            batch_bytes += more.bytes;
+            batch.push(more);
         }
-    };
-    let write_side = async move {
-        let mut buf = Vec::with_capacity(64 * 1024);
-        while let Some(first) = outbox.recv().await {
+        let write = write_batch(&mut writer, &batch, &mut buf);
+        let done = matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(())));
+        queue.remove(batch_bytes);
+        if !done {
+            tracing::debug!("binary client does not read its answers; closing");
+            queue.closing.notify_one();
+            return;
+        }
+        if buf.capacity() > 2 * WRITE_BATCH_BYTES {
+            buf = Vec::with_capacity(16 * 1024);
+        }
+    }
+}
+
+/// Writes one batch of answers: small ones encoded together in `buf`,
+/// long values straight from their shared buffers.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    batch: &[Answer],
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    buf.clear();
+    for answer in batch {
+        if let Some(value) = encode_answer(&answer.response, buf) {
+            writer.write_all(buf).await?;
             buf.clear();
-            encode_frame(&first, &mut buf);
-            while let Ok(more) = outbox.try_recv() {
-                encode_frame(&more, &mut buf);
-            }
-            if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
-                return;
-            }
+            writer.write_all(&value).await?;
         }
+    }
+    if !buf.is_empty() {
+        writer.write_all(buf).await?;
+    }
+    writer.flush().await
+}
+
+/// Appends `response`'s frame to `out`, except that a long value is left
+/// out and returned: the frame is `out`'s new bytes followed by it.
+fn encode_answer(response: &pb::Response, out: &mut Vec<u8>) -> Option<Bytes> {
+    use prost::encoding::{encode_varint, encoded_len_varint};
+    let Some(Res::Value(pb::Value { value })) = &response.result else {
+        encode_frame(response, out);
+        return None;
     };
-    tokio::join!(read_side, write_side);
+    if value.len() <= SHARED_VALUE_BYTES {
+        encode_frame(response, out);
+        return None;
+    }
+    // Field numbers and wire types of client.proto: Response.id = 1
+    // (varint), Response.value = 3 (message), Value.value = 1 (bytes).
+    const ID_TAG: u8 = 1 << 3;
+    const RESULT_VALUE_TAG: u8 = (3 << 3) | 2;
+    const VALUE_BYTES_TAG: u8 = (1 << 3) | 2;
+    let vlen = value.len() as u64;
+    let inner = 1 + encoded_len_varint(vlen) + value.len();
+    let id_len = if response.id == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(response.id)
+    };
+    let total = id_len + 1 + encoded_len_varint(inner as u64) + inner;
+    out.extend_from_slice(&(total as u32).to_be_bytes());
+    if response.id != 0 {
+        out.push(ID_TAG);
+        encode_varint(response.id, out);
+    }
+    out.push(RESULT_VALUE_TAG);
+    encode_varint(inner as u64, out);
+    out.push(VALUE_BYTES_TAG);
+    encode_varint(vlen, out);
+    Some(value.clone())
 }
 
 #[cfg(test)]
@@ -307,6 +463,27 @@ mod tests {
             request_to_op(&req(4, Op::Get(pb::Get { key: b("toolong") })), &l),
             Err(RequestError::KeyTooLong { len: 7, max: 4 })
         );
+    }
+
+    #[test]
+    fn a_long_value_is_framed_exactly_as_prost_frames_it() {
+        for id in [0, 1, 300, u64::MAX] {
+            for len in [0, 10, SHARED_VALUE_BYTES, SHARED_VALUE_BYTES + 1, 200_000] {
+                let value = Bytes::from(vec![7u8; len]);
+                let response = reply_to_response(id, ClientReply::Value(value.clone()));
+                let mut expected = Vec::new();
+                encode_frame(&response, &mut expected);
+                let mut got = b"before".to_vec();
+                let shared = encode_answer(&response, &mut got);
+                if let Some(shared) = &shared {
+                    assert_eq!(shared.as_ptr(), value.as_ptr(), "not copied");
+                    got.extend_from_slice(shared);
+                }
+                assert_eq!(shared.is_some(), len > SHARED_VALUE_BYTES);
+                assert_eq!(&got[..6], b"before");
+                assert_eq!(&got[6..], &expected[..], "id {id}, {len} bytes");
+            }
+        }
     }
 
     #[test]

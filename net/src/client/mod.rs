@@ -1,6 +1,7 @@
 //! Everything clients talk to: the text and binary protocols and the listener.
 
 pub mod binary;
+pub mod budget;
 pub mod server;
 pub mod text;
 
@@ -23,6 +24,16 @@ pub struct ClientLimits {
     pub max_frame_bytes: usize,
     /// Binary requests in flight per connection.
     pub max_pipeline: usize,
+    /// Bytes all clients together may hold in requests not yet answered
+    /// (and in long lines or frames still arriving); past it, connections
+    /// stop reading until answers free some (see `budget.rs`).
+    pub max_request_bytes: usize,
+    /// Bytes of answers queued for one connection; a client that lets more
+    /// pile up without reading them is disconnected.
+    pub max_answer_bytes: usize,
+    /// A connection whose answers make no progress for this long (its
+    /// client does not read) is disconnected.
+    pub write_timeout: Duration,
 }
 
 impl Default for ClientLimits {
@@ -33,7 +44,10 @@ impl Default for ClientLimits {
             idle_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(5),
             max_frame_bytes: 2 << 20,
-            max_pipeline: 1024,
+            max_pipeline: 256,
+            max_request_bytes: 64 << 20,
+            max_answer_bytes: 8 << 20,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }

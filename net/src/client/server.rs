@@ -9,8 +9,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use super::binary;
+use super::budget::{ConnectionBudget, MemoryBudget};
 use super::text::{encode_response, parse_request, LineError, LineReader, Request, Response};
 use super::ClientLimits;
+use crate::log_limit::LogLimiter;
 use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle};
 
 /// A bound client listener, ready to `run`.
@@ -20,6 +22,8 @@ pub struct ClientServer {
     node: NodeHandle,
     shutdown: watch::Receiver<bool>,
     connections: Arc<Semaphore>,
+    budget: MemoryBudget,
+    refusals: Arc<LogLimiter>,
 }
 
 impl ClientServer {
@@ -32,12 +36,15 @@ impl ClientServer {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let budget = MemoryBudget::new(limits.max_request_bytes);
         Ok(ClientServer {
             listener,
             limits,
             node,
             shutdown,
             connections,
+            budget,
+            refusals: Arc::new(LogLimiter::new(REFUSAL_LOG_EVERY)),
         })
     }
 
@@ -59,20 +66,27 @@ impl ClientServer {
             let (stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(held_back) = self.refusals.allow("accept failed") {
+                        tracing::warn!(error = %e, held_back, "accept failed");
+                    }
+                    // Out of file descriptors, say: do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max = self.limits.max_connections, "refusing client: too many connections");
-                tokio::spawn(refuse(stream));
+                if let Some(held_back) = self.refusals.allow("too many connections") {
+                    tracing::warn!(%peer, max = self.limits.max_connections, held_back, "refusing client: too many connections");
+                }
+                tokio::spawn(refuse(stream, self.limits.write_timeout));
                 continue;
             };
             let limits = self.limits.clone();
             let node = self.node.clone();
             let shutdown = self.shutdown.clone();
+            let budget = self.budget.clone();
             tokio::spawn(async move {
-                serve(stream, &limits, &node, shutdown).await;
+                serve(stream, &limits, &node, &budget.connection(), shutdown).await;
                 drop(permit);
             });
         }
@@ -85,6 +99,7 @@ async fn serve(
     stream: TcpStream,
     limits: &ClientLimits,
     node: &NodeHandle,
+    budget: &ConnectionBudget,
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -95,7 +110,7 @@ async fn serve(
         _ => return,
     }
     if first[0] != binary::MAGIC[0] {
-        serve_text(reader, writer, limits, node, shutdown, &first).await;
+        serve_text(reader, writer, limits, node, budget, shutdown, &first).await;
         return;
     }
     let mut rest = [0u8; 3];
@@ -110,13 +125,46 @@ async fn serve(
         let _ = writer.flush().await;
         return;
     }
-    binary::serve_binary(reader, writer, limits, node, shutdown).await;
+    binary::serve_binary(reader, writer, limits, node, budget, shutdown).await;
 }
 
-async fn refuse(mut stream: TcpStream) {
-    let _ = stream.write_all(b"ERR too many connections\n").await;
-    let _ = stream.flush().await;
+/// Tells a refused client why before closing (both protocols read it: a
+/// binary client sees a line where it expected a frame).
+async fn refuse(mut stream: TcpStream, write_timeout: std::time::Duration) {
+    let say = async {
+        stream.write_all(TOO_MANY_CONNECTIONS).await?;
+        stream.shutdown().await
+    };
+    if !matches!(tokio::time::timeout(write_timeout, say).await, Ok(Ok(()))) {
+        return;
+    }
+    // Closing with unread input would reset the connection and could
+    // discard the line before the client reads it: drain what the client
+    // already sent, briefly and boundedly, until it closes its side.
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left = REFUSAL_DRAIN_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_DRAIN_TIME, drain).await;
 }
+
+/// How long a refused connection is drained before it is dropped.
+const REFUSAL_DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// At most this many bytes are drained from a refused connection.
+const REFUSAL_DRAIN_BYTES: usize = 64 << 10;
+
+/// What a client refused for lack of connection slots reads before the close.
+pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERR too many connections\n";
+
+/// Refusals of each kind are logged at most this often.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves one text-protocol connection until EOF, an over-long line, an
 /// idle timeout, a write error or shutdown.
@@ -125,13 +173,15 @@ pub async fn serve_text<R, W>(
     mut writer: W,
     limits: &ClientLimits,
     node: &NodeHandle,
+    budget: &ConnectionBudget,
     mut shutdown: watch::Receiver<bool>,
     initial: &[u8],
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut lines = LineReader::with_initial(reader, limits.text.max_line_bytes, initial);
+    let mut lines = LineReader::with_initial(reader, limits.text.max_line_bytes, initial)
+        .charging(budget.clone());
     let mut out = Vec::with_capacity(256);
     loop {
         let next = tokio::select! {
@@ -153,12 +203,24 @@ pub async fn serve_text<R, W>(
                 tracing::debug!(error = %e, "client read failed");
                 return;
             }
-            Ok(Ok(Some(line))) => (answer(&line, limits, node).await, false),
+            Ok(Ok(Some(line))) => {
+                // The request holds its bytes against the node's budget until answered.
+                let _charge = budget.charge(line.len()).await;
+                (answer(&line, limits, node).await, false)
+            }
         };
         out.clear();
         encode_response(&response, &mut out);
-        if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() || close {
+        let write = async {
+            writer.write_all(&out).await?;
+            writer.flush().await
+        };
+        let written = tokio::time::timeout(limits.write_timeout, write).await;
+        if !matches!(written, Ok(Ok(()))) || close {
             return;
+        }
+        if out.capacity() > 64 * 1024 {
+            out = Vec::with_capacity(256);
         }
     }
 }

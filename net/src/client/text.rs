@@ -26,6 +26,8 @@
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::budget::{Charge, ConnectionBudget};
+
 /// Size limits of the text protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextLimits {
@@ -380,7 +382,13 @@ pub struct LineReader<R> {
     /// Start of the unread part of `buf`.
     start: usize,
     max_line: usize,
+    /// A line still arriving beyond `LINE_BASE` bytes is charged to this.
+    budget: Option<ConnectionBudget>,
+    held: Charge,
 }
+
+/// Bytes of a partial line a connection holds without charging a budget.
+pub const LINE_BASE: usize = 16 * 1024;
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
     /// A reader refusing lines longer than `max_line` bytes.
@@ -399,7 +407,16 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             scanned: 0,
             start: 0,
             max_line,
+            budget: None,
+            held: Charge::none(),
         }
+    }
+
+    /// Charges a line still arriving beyond `LINE_BASE` bytes to `budget`,
+    /// so slow senders of long lines cannot hold unbounded memory.
+    pub fn charging(mut self, budget: ConnectionBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The next line without its `\n`; `None` at a clean end of stream.
@@ -413,6 +430,14 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 let line = self.buf[self.start..end].to_vec();
                 self.start = end + 1;
                 self.scanned = self.start;
+                self.held = Charge::none();
+                if self.buf.capacity() > 4 * LINE_BASE && self.buf.len() - self.start < LINE_BASE {
+                    // A long line went by: give its room back.
+                    self.buf.drain(..self.start);
+                    self.scanned = 0;
+                    self.start = 0;
+                    self.buf.shrink_to(LINE_BASE);
+                }
                 return Ok(Some(line));
             }
             self.scanned = self.buf.len();
@@ -424,6 +449,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 self.buf.drain(..self.start);
                 self.scanned -= self.start;
                 self.start = 0;
+            }
+            let pending = self.buf.len();
+            if let Some(budget) = self.budget.as_ref().filter(|_| pending > LINE_BASE) {
+                if self.held.bytes() < pending + 4096 {
+                    let more = budget.charge(4 * LINE_BASE).await;
+                    self.held.merge(more);
+                }
             }
             let mut chunk = [0u8; 4096];
             let n = self.inner.read(&mut chunk).await?;

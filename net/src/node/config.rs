@@ -63,6 +63,10 @@ pub struct NodeConfig {
     /// Inbound peer connections held at once (strangers included until
     /// they fail the hello).
     pub max_peer_connections: usize,
+    /// Bytes of entries the leader may hold proposed but not committed.
+    pub max_uncommitted_bytes: u64,
+    /// Bytes of appends in flight to one follower.
+    pub max_inflight_bytes: u64,
     /// Injected network faults (simulation only; off by default).
     pub net_faults: NetFaults,
     /// Seed of the core's randomness (election timeouts).
@@ -101,6 +105,8 @@ impl NodeConfig {
             storage_queue_capacity: 1024,
             max_peer_frame_bytes: 64 << 20,
             max_peer_connections: 64,
+            max_uncommitted_bytes: 64 << 20,
+            max_inflight_bytes: 8 << 20,
             net_faults: NetFaults::default(),
             seed: id,
             events: Events::default(),
@@ -145,6 +151,8 @@ impl NodeConfig {
         cfg.heartbeat_ticks = self.heartbeat_ticks;
         cfg.seed = self.seed;
         cfg.max_append_entries = self.max_append_entries;
+        cfg.max_uncommitted_bytes = self.max_uncommitted_bytes;
+        cfg.max_inflight_bytes = self.max_inflight_bytes;
         // An append must fit a peer frame with room to spare.
         cfg.max_append_bytes = cfg.max_append_bytes.min(self.max_peer_frame_bytes / 4);
         cfg.snapshot_chunk_bytes = cfg.snapshot_chunk_bytes.min(self.max_peer_frame_bytes / 4);
