@@ -18,7 +18,7 @@ cargo build -q --release --bin kv-server --bin kv-bench
 dir="target/bench-repair"
 rm -rf "$dir"
 mkdir -p "$dir"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/lib.sh
 members=""
 declare -A client
 for id in 1 2 3; do

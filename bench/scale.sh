@@ -18,7 +18,7 @@ sizes="${SCALE_SIZES:-1000000 5000000 10000000}"
 secs="${SCALE_SECS:-60}"
 cargo build -q --release --bin kv-server --bin kv-bench
 root="target/bench-scale"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/lib.sh
 declare -A pid client
 
 start() {

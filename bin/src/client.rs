@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -35,10 +36,97 @@ const MAX_REDIRECTS: usize = 8;
 pub struct Client {
     addrs: Vec<SocketAddr>,
     current: usize,
-    conn: Option<(SocketAddr, BufReader<TcpStream>)>,
+    conn: Option<(SocketAddr, BufReader<Stream>)>,
     timeout: Duration,
     protocol: Protocol,
     next_id: u64,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// One connection to a node, plain or over TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// Connects to `addr`, with the TLS handshake done when `tls` is given
+    /// (so a refused certificate is reported as such, not as a lost answer).
+    fn open(
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<Stream, Attempt> {
+        let mut sock = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(1)))
+            .map_err(|e| Attempt::Unreachable(format!("{addr}: {e}")))?;
+        let _ = sock.set_nodelay(true);
+        let Some(tls) = tls else {
+            return Ok(Stream::Plain(sock));
+        };
+        let _ = sock.set_read_timeout(Some(timeout));
+        let name = kv_net::tls::server_name(addr);
+        let mut conn = rustls::ClientConnection::new(tls.clone(), name)
+            .map_err(|e| Attempt::Refused(format!("{addr}: TLS: {e}")))?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).map_err(|e| {
+                let why = format!("{addr}: TLS handshake failed: {e}");
+                match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    Some(_) => Attempt::Refused(why),
+                    None => Attempt::Unreachable(why),
+                }
+            })?;
+        }
+        Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, sock))))
+    }
+
+    /// Why a write failed: over TLS, the server may have refused this
+    /// client's certificate at the end of the handshake (TLS 1.3 tells the
+    /// client only afterwards), and its alert says so.
+    fn why_closed(&mut self, addr: SocketAddr) -> Attempt {
+        if let Stream::Tls(tls) = self {
+            let _ = tls
+                .get_ref()
+                .set_read_timeout(Some(Duration::from_millis(200)));
+            if let Err(e) = tls.read(&mut [0u8; 1]) {
+                if let refused @ Attempt::Refused(_) = lost_or_refused(addr, &e) {
+                    return refused;
+                }
+            }
+        }
+        Attempt::Unreachable(format!("{addr}: connection closed"))
+    }
+
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
 }
 
 /// Why a request could not be answered.
@@ -57,6 +145,10 @@ pub enum ClientError {
     /// The server's answer could not be understood.
     #[error("unintelligible answer: {0}")]
     Protocol(String),
+    /// TLS refused the connection (this client's certificate, or the
+    /// node's); nothing was sent.
+    #[error("{0}")]
+    Refused(String),
     /// The request was sent but no answer came back: it may or may not have been applied.
     #[error(
         "connection to {addr} lost after sending the request; it may or may not have been applied"
@@ -95,7 +187,15 @@ impl Client {
             timeout,
             protocol,
             next_id: 1,
+            tls: None,
         })
+    }
+
+    /// Speaks TLS with `config` (trusting the cluster CA, and presenting a
+    /// client certificate if the config has one).
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// The address currently connected to (or to be tried next).
@@ -153,6 +253,11 @@ impl Client {
                     self.conn = None;
                     return Err(ClientError::Lost { addr });
                 }
+                Err(Attempt::Refused(why)) => {
+                    // Every node shares the CA: no other one will differ.
+                    self.conn = None;
+                    return Err(ClientError::Refused(why));
+                }
             }
             std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
             backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -197,9 +302,7 @@ impl Client {
             .max(Duration::from_millis(1));
         if self.conn.is_none() {
             let addr = self.addrs[self.current];
-            let stream = TcpStream::connect_timeout(&addr, remaining.min(Duration::from_secs(1)))
-                .map_err(|e| Attempt::Unreachable(format!("{addr}: {e}")))?;
-            let _ = stream.set_nodelay(true);
+            let stream = Stream::open(addr, remaining, self.tls.as_ref())?;
             let mut reader = BufReader::new(stream);
             if self.protocol == Protocol::Binary && reader.get_mut().write_all(&MAGIC).is_err() {
                 return Err(Attempt::Unreachable(format!("{addr}: connection closed")));
@@ -214,7 +317,7 @@ impl Client {
         };
         let addr = *addr;
         let stream = reader.get_mut();
-        let _ = stream.set_read_timeout(Some(remaining));
+        let _ = stream.socket().set_read_timeout(Some(remaining));
         let mut out = line.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
         out.push(b'\n');
         // A failed write on a kept connection (the server closed it) means
@@ -224,13 +327,14 @@ impl Client {
             .and_then(|()| stream.flush())
             .is_err()
         {
-            return Err(Attempt::Unreachable(format!("{addr}: connection closed")));
+            return Err(stream.why_closed(addr));
         }
         let mut resp = String::new();
         match reader.read_line(&mut resp) {
             Ok(n) if n > 0 && resp.ends_with('\n') => {
                 Ok(resp.trim_end_matches(['\r', '\n']).to_string())
             }
+            Err(e) => Err(lost_or_refused(addr, &e)),
             _ => Err(Attempt::Lost(addr)),
         }
     }
@@ -271,18 +375,18 @@ impl Client {
         let mut frame = Vec::new();
         encode_frame(&to_binary(id, req), &mut frame);
         let stream = reader.get_mut();
-        let _ = stream.set_read_timeout(Some(remaining));
+        let _ = stream.socket().set_read_timeout(Some(remaining));
         if stream
             .write_all(&frame)
             .and_then(|()| stream.flush())
             .is_err()
         {
-            return Err(Attempt::Unreachable(format!("{addr}: connection closed")));
+            return Err(stream.why_closed(addr));
         }
         loop {
             let mut len = [0u8; 4];
-            if reader.read_exact(&mut len).is_err() {
-                return Err(Attempt::Lost(addr));
+            if let Err(e) = reader.read_exact(&mut len) {
+                return Err(lost_or_refused(addr, &e));
             }
             if &len == b"ERR " {
                 // Not a frame: the server refused the connection (too many
@@ -376,6 +480,23 @@ enum Attempt {
     Unreachable(String),
     /// Sent, no answer.
     Lost(SocketAddr),
+    /// The TLS handshake failed: a certificate problem that retrying
+    /// (here or on another node) will not mend.
+    Refused(String),
+}
+
+/// What a failed read after sending means: a TLS alert is the server
+/// refusing this client's certificate at the end of the handshake, before
+/// it read any request (nothing was applied); anything else leaves the
+/// outcome unknown.
+fn lost_or_refused(addr: SocketAddr, e: &std::io::Error) -> Attempt {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => Attempt::Refused(format!("{addr}: refused by TLS: {tls}")),
+        None => Attempt::Lost(addr),
+    }
 }
 
 /// Whether a response line means the request failed (for exit codes).

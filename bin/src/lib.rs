@@ -2,5 +2,6 @@
 
 pub mod check;
 pub mod client;
+pub mod dev_certs;
 pub mod logging;
 pub mod members;

@@ -11,6 +11,7 @@
 //! | `snapshots` | snapshot files, streamed: written, sent, received, restored |
 //! | `fs` | the file-system trait, real and in-memory |
 //! | `log_limit` | rate limits for warnings outsiders can trigger |
+//! | `tls` | mutual TLS for the peer and client ports (real sockets only) |
 
 pub mod client;
 pub mod frame;
@@ -19,6 +20,8 @@ pub mod log_limit;
 pub mod node;
 pub mod snapshots;
 pub mod storage;
+#[cfg(not(madsim))]
+pub mod tls;
 pub mod transport;
 
 #[cfg(test)]

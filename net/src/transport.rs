@@ -22,7 +22,7 @@ use kv_proto::raft::{Envelope, Hello, Message};
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -81,6 +81,9 @@ pub struct TransportConfig {
     pub reconnect_backoff_max: Duration,
     /// Injected faults (off by default).
     pub faults: NetFaults,
+    /// Mutual TLS on both ends of every peer connection (off: plain TCP).
+    #[cfg(not(madsim))]
+    pub tls: Option<crate::tls::NodeTls>,
 }
 
 /// Why the transport could not start.
@@ -321,7 +324,7 @@ async fn accept_loop(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let reading = read_loop(
+                let reading = serve_inbound(
                     stream,
                     from,
                     cfg.clone(),
@@ -342,11 +345,36 @@ async fn accept_loop(
     }
 }
 
+/// Serves one inbound connection: the TLS handshake first when TLS is on
+/// (a peer whose certificate the cluster CA did not sign goes no further),
+/// then its envelopes.
+async fn serve_inbound(
+    stream: TcpStream,
+    from: SocketAddr,
+    cfg: Arc<TransportConfig>,
+    inbound: mpsc::Sender<Message>,
+    counters: Arc<Counters>,
+    shutdown: watch::Receiver<bool>,
+) {
+    #[cfg(not(madsim))]
+    if let Some(tls) = cfg.tls.clone() {
+        let handshake = tls.peer_acceptor.accept(stream);
+        return match tokio::time::timeout(cfg.hello_timeout, handshake).await {
+            Ok(Ok(stream)) => read_loop(stream, from, cfg, inbound, counters, shutdown).await,
+            Ok(Err(e)) => {
+                counters.refuse(cfg.node_id, from, "TLS handshake failed", &e.to_string())
+            }
+            Err(_) => counters.refuse(cfg.node_id, from, "no TLS handshake in time", ""),
+        };
+    }
+    read_loop(stream, from, cfg, inbound, counters, shutdown).await
+}
+
 /// Reads envelopes from one inbound connection until it closes: first the
 /// hello, then envelopes from the member it named. Anything that does not
 /// check out closes the connection.
-async fn read_loop(
-    stream: TcpStream,
+async fn read_loop<S: AsyncRead + Unpin>(
+    stream: S,
     from: SocketAddr,
     cfg: Arc<TransportConfig>,
     inbound: mpsc::Sender<Message>,
@@ -477,10 +505,11 @@ async fn dial_loop(
                 let since = tokio::time::Instant::now();
                 let link = Link {
                     peer,
+                    addr,
                     cfg: &cfg,
                     counters: &counters,
                 };
-                match link.pump(stream, &mut queue, &mut shutdown, &mut buf).await {
+                match link.run(stream, &mut queue, &mut shutdown, &mut buf).await {
                     Pumped::Stopped => return,
                     Pumped::Broken => since.elapsed(),
                 }
@@ -516,20 +545,51 @@ enum Pumped {
 /// One outbound connection to `peer`.
 struct Link<'a> {
     peer: u64,
+    /// The address dialled (what the peer's certificate must name).
+    #[cfg_attr(madsim, allow(dead_code))]
+    addr: SocketAddr,
     cfg: &'a TransportConfig,
     counters: &'a Counters,
 }
 
 impl Link<'_> {
-    /// Says hello, then writes batches of queued messages until a write fails.
-    async fn pump(
+    /// Runs a fresh connection: the TLS handshake first when TLS is on (the
+    /// peer must show a certificate the cluster CA signed for `addr`), then
+    /// the pump.
+    async fn run(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         queue: &mut mpsc::Receiver<Message>,
         shutdown: &mut watch::Receiver<bool>,
         buf: &mut Vec<u8>,
     ) -> Pumped {
         let _ = stream.set_nodelay(true);
+        #[cfg(not(madsim))]
+        if let Some(tls) = &self.cfg.tls {
+            let name = crate::tls::server_name(self.addr);
+            let handshake = tls.peer_connector.connect(name, stream);
+            return match tokio::time::timeout(self.cfg.hello_timeout, handshake).await {
+                Ok(Ok(stream)) => self.pump(stream, queue, shutdown, buf).await,
+                Ok(Err(e)) => {
+                    if let Some(held_back) = self.counters.refusal_log.allow("TLS dial failed") {
+                        tracing::warn!(node = self.cfg.node_id, peer = self.peer, addr = %self.addr, held_back, error = %e, "TLS handshake with peer failed");
+                    }
+                    Pumped::Broken
+                }
+                Err(_) => Pumped::Broken,
+            };
+        }
+        self.pump(stream, queue, shutdown, buf).await
+    }
+
+    /// Says hello, then writes batches of queued messages until a write fails.
+    async fn pump<S: AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        queue: &mut mpsc::Receiver<Message>,
+        shutdown: &mut watch::Receiver<bool>,
+        buf: &mut Vec<u8>,
+    ) -> Pumped {
         buf.clear();
         let hello = Hello {
             cluster_id: self.cfg.cluster_id,
@@ -586,7 +646,7 @@ impl Link<'_> {
     }
 }
 
-async fn write_all_flush(stream: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+async fn write_all_flush<S: AsyncWrite + Unpin>(stream: &mut S, buf: &[u8]) -> std::io::Result<()> {
     stream.write_all(buf).await?;
     stream.flush().await
 }
@@ -629,6 +689,8 @@ mod tests {
             reconnect_backoff_min: Duration::from_millis(5),
             reconnect_backoff_max: Duration::from_millis(50),
             faults: NetFaults::default(),
+            #[cfg(not(madsim))]
+            tls: None,
         }
     }
 

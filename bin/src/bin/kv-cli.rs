@@ -5,10 +5,11 @@
 // A binary talks to its user on the terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use kv_bin::client::{is_error, request_from_words, Client, Protocol};
 use kv_net::client::text::{encode_response, Response};
@@ -40,6 +41,20 @@ struct Args {
     #[arg(long, env = "KV_PROTOCOL", value_enum, default_value_t = Protocol::Binary)]
     protocol: Protocol,
 
+    /// The cluster CA certificate (PEM): speak TLS and trust the nodes it
+    /// signed.
+    #[arg(long, env = "KV_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) the cluster CA signed, for nodes that
+    /// require one (with --tls-key).
+    #[arg(long, env = "KV_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "KV_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+
     /// A command to run once (e.g. `SET a 1`); without one, start a prompt.
     /// Each word is one token, so a quoted value may hold spaces.
     command: Vec<String>,
@@ -55,11 +70,7 @@ fn main() -> ExitCode {
         eprintln!("error: --timeout must be a positive number of seconds");
         return ExitCode::from(EXIT_UNREACHABLE);
     }
-    let mut client = match Client::with_protocol(
-        &args.addr,
-        Duration::from_secs_f64(args.timeout),
-        args.protocol,
-    ) {
+    let mut client = match connect(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -77,6 +88,21 @@ fn main() -> ExitCode {
     } else {
         one_shot(&mut client, &args.command)
     }
+}
+
+/// The client the flags describe.
+fn connect(args: &Args) -> Result<Client> {
+    let client = Client::with_protocol(
+        &args.addr,
+        Duration::from_secs_f64(args.timeout),
+        args.protocol,
+    )?;
+    let Some(ca) = &args.tls_ca else {
+        return Ok(client);
+    };
+    let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+    let tls = kv_net::tls::client_tls(ca, identity).context("loading the TLS certificates")?;
+    Ok(client.with_tls(tls))
 }
 
 fn one_shot(client: &mut Client, words: &[String]) -> ExitCode {

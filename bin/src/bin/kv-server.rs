@@ -14,6 +14,7 @@ use clap::Parser;
 use kv_bin::members::parse_members;
 use kv_net::fs::StdFs;
 use kv_net::node::{Member, Node, NodeConfig};
+use kv_net::tls::{NodeTls, TlsFiles};
 
 /// One node of a Raft-replicated key-value store.
 ///
@@ -134,6 +135,31 @@ struct Args {
     #[arg(long, env = "KV_MAX_UNCOMMITTED_BYTES", default_value_t = 64 << 20)]
     max_uncommitted_bytes: u64,
 
+    /// This node's TLS certificate chain (PEM). With --tls-key and --tls-ca
+    /// it turns on mutual TLS on the peer and client ports: peers and
+    /// clients must present a certificate the CA signed.
+    #[arg(long, env = "KV_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+
+    /// This node's TLS private key (PEM).
+    #[arg(long, env = "KV_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+
+    /// The cluster CA certificate (PEM) that signs every node's and
+    /// client's certificate.
+    #[arg(long, env = "KV_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+
+    /// With TLS on, let clients connect without a certificate (server-only
+    /// TLS on the client port; peers always need one).
+    #[arg(long, env = "KV_TLS_CLIENT_CERT_OPTIONAL")]
+    tls_client_cert_optional: bool,
+
+    /// With --dev: make a throwaway CA and certificates under
+    /// <data-dir>/tls and run the local cluster with mutual TLS.
+    #[arg(long, requires = "dev", conflicts_with = "tls_cert")]
+    dev_tls: bool,
+
     /// Bytes of appends in flight to one follower.
     #[arg(long, env = "KV_MAX_INFLIGHT_BYTES", default_value_t = 8 << 20)]
     max_inflight_bytes: u64,
@@ -149,6 +175,16 @@ enum Command {
         #[arg(long, env = "KV_DATA_DIR", default_value = "kv-data")]
         data_dir: PathBuf,
     },
+    /// Writes a throwaway CA and certificates for nodes 1..=N and one
+    /// client (PEM), for trying mutual TLS; never for production.
+    DevCerts {
+        /// Where to write them.
+        #[arg(long, default_value = "kv-certs")]
+        out: PathBuf,
+        /// How many node certificates.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
+        nodes: u64,
+    },
 }
 
 impl Args {
@@ -157,8 +193,14 @@ impl Args {
         id: u64,
         members: BTreeMap<u64, Member>,
         data_dir: PathBuf,
-    ) -> NodeConfig {
+        tls: Option<&TlsFiles>,
+    ) -> Result<NodeConfig> {
         let mut cfg = NodeConfig::new(id, members, data_dir);
+        if let Some(files) = tls {
+            let tls = NodeTls::load(files, !self.tls_client_cert_optional)
+                .context("loading the TLS certificates")?;
+            cfg.tls = Some(tls);
+        }
         cfg.cluster_id = self.cluster_id;
         cfg.tick = Duration::from_millis(self.tick_ms);
         cfg.election_ticks = self.election_ticks;
@@ -178,16 +220,47 @@ impl Args {
         cfg.client.write_timeout = Duration::from_millis(self.write_timeout_ms);
         cfg.max_uncommitted_bytes = self.max_uncommitted_bytes;
         cfg.max_inflight_bytes = self.max_inflight_bytes;
-        cfg
+        Ok(cfg)
+    }
+
+    /// The TLS files named by the flags, if TLS is on.
+    fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.tls_ca.clone()?,
+        })
     }
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(Command::Check { data_dir }) = &args.command {
-        let (report, code) = kv_bin::check::check(data_dir);
-        print!("{report}");
-        std::process::exit(code);
+    match &args.command {
+        Some(Command::Check { data_dir }) => {
+            let (report, code) = kv_bin::check::check(data_dir);
+            print!("{report}");
+            std::process::exit(code);
+        }
+        Some(Command::DevCerts { out, nodes }) => {
+            let certs = kv_bin::dev_certs::write(out, *nodes)?;
+            println!("wrote a throwaway CA and certificates to {}", out.display());
+            println!("  CA:      {}", certs.ca.display());
+            for (i, node) in certs.nodes.iter().enumerate() {
+                println!(
+                    "  node {}:  {} {}",
+                    i + 1,
+                    node.cert.display(),
+                    node.key.display()
+                );
+            }
+            println!(
+                "  client:  {} {}",
+                certs.client.cert.display(),
+                certs.client.key.display()
+            );
+            return Ok(());
+        }
+        None => {}
     }
     kv_bin::logging::init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -216,7 +289,12 @@ async fn run_one(args: &Args) -> Result<()> {
                 .join(", ")
         );
     }
-    let cfg = args.node_config(id, members, args.data_dir.clone());
+    let cfg = args.node_config(
+        id,
+        members,
+        args.data_dir.clone(),
+        args.tls_files().as_ref(),
+    )?;
     let node = Node::start(cfg, StdFs::new()).await.with_context(|| {
         format!(
             "starting node {id} with data in {}",
@@ -247,10 +325,30 @@ async fn run_dev(args: &Args) -> Result<()> {
             (id, member)
         })
         .collect();
+    let certs = if args.dev_tls {
+        let dir = args.data_dir.join("tls");
+        Some(kv_bin::dev_certs::write(&dir, args.dev_nodes).context("making dev certificates")?)
+    } else {
+        None
+    };
     let mut nodes = Vec::new();
     for &id in members.keys() {
         let dir = args.data_dir.join(format!("node{id}"));
-        let cfg = args.node_config(id, members.clone(), dir.clone());
+        let tls = match &certs {
+            Some(certs) => {
+                let node = certs
+                    .nodes
+                    .get(id as usize - 1)
+                    .context("a dev certificate per node")?;
+                Some(TlsFiles {
+                    cert: node.cert.clone(),
+                    key: node.key.clone(),
+                    ca: certs.ca.clone(),
+                })
+            }
+            None => args.tls_files(),
+        };
+        let cfg = args.node_config(id, members.clone(), dir.clone(), tls.as_ref())?;
         let node = Node::start(cfg, StdFs::new())
             .await
             .with_context(|| format!("starting dev node {id} (data in {})", dir.display()))?;
@@ -271,8 +369,20 @@ async fn run_dev(args: &Args) -> Result<()> {
             m.client_addr, m.peer_addr
         );
     }
+    let env = match &certs {
+        Some(c) => format!(
+            "KV_TLS_CA={} KV_TLS_CERT={} KV_TLS_KEY={} ",
+            c.ca.display(),
+            c.client.cert.display(),
+            c.client.key.display()
+        ),
+        None => String::new(),
+    };
+    if certs.is_some() {
+        println!("mutual TLS is on: every client needs the client certificate below");
+    }
     println!(
-        "connect with:  cargo run --bin kv-cli -- --addr {}",
+        "connect with:  {env}cargo run --bin kv-cli -- --addr {}",
         addrs.join(",")
     );
     println!("stop with Ctrl-C");

@@ -14,8 +14,11 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub members: String,
     clients: Vec<SocketAddr>,
+    peers: Vec<SocketAddr>,
     procs: Vec<Option<Child>>,
     extra: Vec<String>,
+    /// Flags for one node only (`per_node[id - 1]`), after `extra`.
+    per_node: Vec<Vec<String>>,
 }
 
 pub fn free_port() -> u16 {
@@ -28,24 +31,33 @@ pub fn free_port() -> u16 {
 
 impl Cluster {
     pub fn start(name: &str, n: usize, extra: &[&str]) -> Cluster {
+        Self::start_each(name, n, extra, vec![Vec::new(); n])
+    }
+
+    /// As `start`, with `per_node[id - 1]` added to node `id`'s flags.
+    pub fn start_each(name: &str, n: usize, extra: &[&str], per_node: Vec<Vec<String>>) -> Cluster {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut members = Vec::new();
         let mut clients = Vec::new();
+        let mut peers = Vec::new();
         for id in 1..=n {
             let peer = free_port();
             let client = free_port();
             members.push(format!("{id}=127.0.0.1:{peer}/127.0.0.1:{client}"));
             clients.push(SocketAddr::from(([127, 0, 0, 1], client)));
+            peers.push(SocketAddr::from(([127, 0, 0, 1], peer)));
         }
         let mut c = Cluster {
             dir,
             members: members.join(","),
             clients,
+            peers,
             procs: (0..n).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            per_node,
         };
         for id in 1..=n {
             c.spawn(id);
@@ -64,6 +76,7 @@ impl Cluster {
             .arg(self.dir.join(format!("node{id}")))
             .args(self.timing())
             .args(&self.extra)
+            .args(self.per_node.get(id - 1).into_iter().flatten())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -109,8 +122,22 @@ impl Cluster {
         }
     }
 
+    pub fn peer_addr(&self, id: usize) -> SocketAddr {
+        self.peers[id - 1]
+    }
+
     pub fn client(&self, id: usize) -> SocketAddr {
         self.clients[id - 1]
+    }
+
+    /// Replaces node `id`'s own flags (for its next `spawn`).
+    pub fn set_flags(&mut self, id: usize, flags: Vec<String>) {
+        self.per_node[id - 1] = flags;
+    }
+
+    /// What node `id` logged so far.
+    pub fn log(&self, id: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("node{id}.log"))).unwrap_or_default()
     }
 
     /// The id of the leader, as the nodes report it.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use super::binary;
@@ -24,6 +24,9 @@ pub struct ClientServer {
     connections: Arc<Semaphore>,
     budget: MemoryBudget,
     refusals: Arc<LogLimiter>,
+    /// TLS on this port (off: plain TCP).
+    #[cfg(not(madsim))]
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl ClientServer {
@@ -45,7 +48,16 @@ impl ClientServer {
             connections,
             budget,
             refusals: Arc::new(LogLimiter::new(REFUSAL_LOG_EVERY)),
+            #[cfg(not(madsim))]
+            tls: None,
         })
+    }
+
+    /// Serves clients over TLS with `tls` (plain TCP with `None`).
+    #[cfg(not(madsim))]
+    pub fn with_tls(mut self, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -74,20 +86,50 @@ impl ClientServer {
                     continue;
                 }
             };
-            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            let _ = stream.set_nodelay(true);
+            let permit = self.connections.clone().try_acquire_owned().ok();
+            if permit.is_none() {
                 if let Some(held_back) = self.refusals.allow("too many connections") {
                     tracing::warn!(%peer, max = self.limits.max_connections, held_back, "refusing client: too many connections");
                 }
-                tokio::spawn(refuse(stream, self.limits.write_timeout));
-                continue;
-            };
+            }
             let limits = self.limits.clone();
             let node = self.node.clone();
             let shutdown = self.shutdown.clone();
-            let budget = self.budget.clone();
+            let budget = self.budget.connection();
+            #[cfg(not(madsim))]
+            let tls = self.tls.clone();
+            #[cfg(not(madsim))]
+            let refusals = self.refusals.clone();
             tokio::spawn(async move {
-                serve(stream, &limits, &node, &budget.connection(), shutdown).await;
-                drop(permit);
+                #[cfg(not(madsim))]
+                if let Some(tls) = tls {
+                    if !starts_tls(&stream, limits.write_timeout).await {
+                        // A plain-text client: tell it in words it can read.
+                        return refuse_plain(stream, TLS_REQUIRED, limits.write_timeout).await;
+                    }
+                    let handshake = tls.accept(stream).into_fallible();
+                    match tokio::time::timeout(limits.write_timeout, handshake).await {
+                        Ok(Ok(stream)) => match permit {
+                            Some(_) => serve(stream, &limits, &node, &budget, shutdown).await,
+                            None => refuse(stream, limits.write_timeout).await,
+                        },
+                        Ok(Err((e, mut stream))) => {
+                            if let Some(held_back) = refusals.allow("TLS handshake failed") {
+                                tracing::warn!(%peer, held_back, error = %e, "refusing client: TLS handshake failed");
+                            }
+                            // Let the alert reach the client before the close.
+                            let _ = stream.shutdown().await;
+                            drain(&mut stream).await;
+                        }
+                        Err(_) => {}
+                    }
+                    return;
+                }
+                match permit {
+                    Some(_) => serve(stream, &limits, &node, &budget, shutdown).await,
+                    None => refuse(stream, limits.write_timeout).await,
+                }
             });
         }
     }
@@ -95,14 +137,13 @@ impl ClientServer {
 
 /// Tells the protocols apart by the first byte (a binary connection starts
 /// with `binary::MAGIC`, whose first byte is NUL) and serves the connection.
-async fn serve(
-    stream: TcpStream,
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     limits: &ClientLimits,
     node: &NodeHandle,
     budget: &ConnectionBudget,
     shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut first = [0u8; 1];
     match tokio::time::timeout(limits.idle_timeout, reader.read(&mut first)).await {
@@ -128,9 +169,44 @@ async fn serve(
     binary::serve_binary(reader, writer, limits, node, budget, shutdown).await;
 }
 
+/// Whether the client's first byte opens a TLS handshake record (a plain
+/// text or binary client sends something else).
+#[cfg(not(madsim))]
+async fn starts_tls(stream: &tokio::net::TcpStream, wait: std::time::Duration) -> bool {
+    const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD
+    )
+}
+
+/// What a client that does not speak TLS reads from a port that requires it.
+#[cfg(not(madsim))]
+pub const TLS_REQUIRED: &[u8] = b"ERR this port requires TLS (see --tls-ca)\n";
+
+/// Tells a plain client `why` before closing.
+#[cfg(not(madsim))]
+async fn refuse_plain(
+    mut stream: tokio::net::TcpStream,
+    why: &[u8],
+    write_timeout: std::time::Duration,
+) {
+    let say = async {
+        stream.write_all(why).await?;
+        stream.shutdown().await
+    };
+    if matches!(tokio::time::timeout(write_timeout, say).await, Ok(Ok(()))) {
+        drain(&mut stream).await;
+    }
+}
+
 /// Tells a refused client why before closing (both protocols read it: a
 /// binary client sees a line where it expected a frame).
-async fn refuse(mut stream: TcpStream, write_timeout: std::time::Duration) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    write_timeout: std::time::Duration,
+) {
     let say = async {
         stream.write_all(TOO_MANY_CONNECTIONS).await?;
         stream.shutdown().await
@@ -138,9 +214,13 @@ async fn refuse(mut stream: TcpStream, write_timeout: std::time::Duration) {
     if !matches!(tokio::time::timeout(write_timeout, say).await, Ok(Ok(()))) {
         return;
     }
-    // Closing with unread input would reset the connection and could
-    // discard the line before the client reads it: drain what the client
-    // already sent, briefly and boundedly, until it closes its side.
+    drain(&mut stream).await;
+}
+
+/// Reads and discards what the client already sent, briefly and boundedly,
+/// until it closes its side: closing with unread input would reset the
+/// connection and could discard our last line before the client reads it.
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
     let drain = async {
         let mut sink = [0u8; 4096];
         let mut left = REFUSAL_DRAIN_BYTES;

@@ -67,6 +67,9 @@ pub struct NodeConfig {
     pub max_uncommitted_bytes: u64,
     /// Bytes of appends in flight to one follower.
     pub max_inflight_bytes: u64,
+    /// Mutual TLS on the peer and client ports (off: plain TCP).
+    #[cfg(not(madsim))]
+    pub tls: Option<crate::tls::NodeTls>,
     /// Injected network faults (simulation only; off by default).
     pub net_faults: NetFaults,
     /// Seed of the core's randomness (election timeouts).
@@ -107,6 +110,8 @@ impl NodeConfig {
             max_peer_connections: 64,
             max_uncommitted_bytes: 64 << 20,
             max_inflight_bytes: 8 << 20,
+            #[cfg(not(madsim))]
+            tls: None,
             net_faults: NetFaults::default(),
             seed: id,
             events: Events::default(),
@@ -179,6 +184,8 @@ impl NodeConfig {
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(1),
             faults: self.net_faults.clone(),
+            #[cfg(not(madsim))]
+            tls: self.tls.clone(),
         }
     }
 

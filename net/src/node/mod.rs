@@ -226,6 +226,9 @@ impl Node {
             addr: cfg.client_addr(),
             source,
         })?;
+        #[cfg(not(madsim))]
+        let client_server =
+            client_server.with_tls(cfg.tls.as_ref().map(|t| t.client_acceptor.clone()));
         let client_addr = client_server.local_addr();
         tokio::spawn(client_server.run());
 

@@ -82,6 +82,29 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// The cluster CA certificate (PEM): speak TLS and trust the nodes it
+    /// signed.
+    #[arg(long, env = "KV_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) the cluster CA signed (with --tls-key).
+    #[arg(long, env = "KV_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "KV_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    /// The TLS connector the flags describe, if TLS is on.
+    fn tls(&self) -> Result<Option<tokio_rustls::TlsConnector>> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        let config =
+            kv_net::tls::client_tls(ca, identity).context("loading the TLS certificates")?;
+        Ok(Some(tokio_rustls::TlsConnector::from(config)))
+    }
 }
 
 /// The client protocol spoken.

@@ -89,6 +89,8 @@ struct Shared {
     /// Progress, for the bar.
     answered: AtomicU64,
     failed: AtomicU64,
+    /// TLS towards the nodes (off: plain TCP).
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Shared {
@@ -169,6 +171,7 @@ pub async fn run_phase(args: &Args, phase: Phase) -> Result<PhaseResult> {
         next_key: AtomicU64::new(0),
         answered: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        tls: args.tls()?,
     });
     let value = Bytes::from(vec![b'v'; args.value_size]);
     let mut tasks = Vec::new();
@@ -293,7 +296,8 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
             break;
         }
         let addr = shared.leader();
-        let Ok((mut writer, mut reader)) = connect(addr, args.protocol).await else {
+        let Ok((mut writer, mut reader)) = connect(addr, args.protocol, shared.tls.as_ref()).await
+        else {
             shared.rotate_from(addr);
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;

@@ -7,9 +7,9 @@ use kv_net::client::text::{parse_response, Response};
 use kv_net::frame::{encode_frame, FrameReader};
 use kv_proto::client::{self as pb, error::Kind, request::Op};
 use kv_proto::prost::Message as _;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::Protocol;
 
@@ -49,22 +49,28 @@ fn classify(kind: Kind) -> Answer {
     }
 }
 
+/// The read half of a connection, plain or TLS.
+type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+
+/// The write half of a connection, plain or TLS.
+type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
+
 /// One connection's read side.
 pub enum Reader {
     /// Answers in request order.
     Text {
-        lines: BufReader<OwnedReadHalf>,
+        lines: BufReader<ReadHalf>,
         line: String,
         /// Ids of the requests sent, oldest first.
         order: std::collections::VecDeque<u64>,
     },
     /// Answers by id.
-    Binary(FrameReader<OwnedReadHalf>),
+    Binary(FrameReader<ReadHalf>),
 }
 
 /// One connection's write side.
 pub struct Writer {
-    half: OwnedWriteHalf,
+    half: WriteHalf,
     protocol: Protocol,
     buf: Vec<u8>,
 }
@@ -73,10 +79,21 @@ pub struct Writer {
 pub async fn connect(
     addr: std::net::SocketAddr,
     protocol: Protocol,
+    tls: Option<&TlsConnector>,
 ) -> std::io::Result<(Writer, Reader)> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+    let (read, mut write): (ReadHalf, WriteHalf) = match tls {
+        None => {
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        Some(tls) => {
+            let stream = tls.connect(kv_net::tls::server_name(addr), stream).await?;
+            let (read, write) = tokio::io::split(stream);
+            (Box::new(read), Box::new(write))
+        }
+    };
     let reader = match protocol {
         Protocol::Binary => {
             write.write_all(&MAGIC).await?;
