@@ -43,15 +43,84 @@ pub struct NetFaults {
     pub delay_probability: f64,
     /// Longest hold-back.
     pub max_delay: Duration,
+    /// Probability that a message travels in time: held back up to
+    /// `long_delay_max` (several election timeouts), so it arrives after
+    /// the term it belongs to has ended.
+    pub long_delay_probability: f64,
+    /// Longest time-travelling hold-back.
+    pub long_delay_max: Duration,
+    /// Probability that sending a message also sends again one of the last
+    /// `REPLAY_WINDOW` messages to that peer (old votes, old
+    /// acknowledgements, old appends).
+    pub replay_probability: f64,
     /// Seed of the fault generator.
     pub seed: u64,
 }
+
+/// Messages per peer kept for replays.
+const REPLAY_WINDOW: usize = 64;
 
 impl NetFaults {
     fn is_off(&self) -> bool {
         self.drop_probability <= 0.0
             && self.duplicate_probability <= 0.0
             && self.delay_probability <= 0.0
+            && self.long_delay_probability <= 0.0
+            && self.replay_probability <= 0.0
+    }
+}
+
+/// The fault layer's state: its settings, its generator and, per peer, the
+/// last messages sent (for replays).
+struct FaultState {
+    faults: NetFaults,
+    rng: ChaCha8Rng,
+    sent: BTreeMap<u64, std::collections::VecDeque<Message>>,
+}
+
+impl FaultState {
+    /// What happens to `msg`: dropped (empty), or its copies, each with its
+    /// hold-back (an old message replayed among them).
+    fn fate(&mut self, msg: Message) -> Vec<(Message, Option<Duration>)> {
+        let (f, rng) = (&self.faults, &mut self.rng);
+        if rng.random_bool(f.drop_probability.clamp(0.0, 1.0)) {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(2);
+        let hold = |rng: &mut ChaCha8Rng| {
+            if rng.random_bool(f.long_delay_probability.clamp(0.0, 1.0))
+                && !f.long_delay_max.is_zero()
+            {
+                Some(Duration::from_micros(
+                    rng.random_range(1..=f.long_delay_max.as_micros() as u64),
+                ))
+            } else if rng.random_bool(f.delay_probability.clamp(0.0, 1.0)) && !f.max_delay.is_zero()
+            {
+                Some(Duration::from_micros(
+                    rng.random_range(1..=f.max_delay.as_micros() as u64),
+                ))
+            } else {
+                None
+            }
+        };
+        if rng.random_bool(f.duplicate_probability.clamp(0.0, 1.0)) {
+            out.push((msg.clone(), None));
+        }
+        let replay = rng.random_bool(f.replay_probability.clamp(0.0, 1.0));
+        let history = self.sent.entry(msg.to).or_default();
+        if replay && !history.is_empty() {
+            let old = history[rng.random_range(0..history.len())].clone();
+            out.push((old, None));
+        }
+        if f.replay_probability > 0.0 {
+            if history.len() == REPLAY_WINDOW {
+                history.pop_front();
+            }
+            history.push_back(msg.clone());
+        }
+        let delay = hold(rng);
+        out.push((msg, delay));
+        out
     }
 }
 
@@ -156,7 +225,7 @@ impl Counters {
 pub struct PeerTransport {
     queues: BTreeMap<u64, mpsc::Sender<Message>>,
     counters: Arc<Counters>,
-    faults: Option<Mutex<(NetFaults, ChaCha8Rng)>>,
+    faults: Option<Mutex<FaultState>>,
     shutdown: watch::Sender<bool>,
     local_addr: SocketAddr,
 }
@@ -199,10 +268,11 @@ impl PeerTransport {
             ));
         }
         let faults = (!cfg.faults.is_off()).then(|| {
-            Mutex::new((
-                cfg.faults.clone(),
-                ChaCha8Rng::seed_from_u64(cfg.faults.seed ^ cfg.node_id),
-            ))
+            Mutex::new(FaultState {
+                faults: cfg.faults.clone(),
+                rng: ChaCha8Rng::seed_from_u64(cfg.faults.seed ^ cfg.node_id),
+                sent: BTreeMap::new(),
+            })
         });
         tracing::info!(node = cfg.node_id, addr = %local_addr, peers = cfg.peers.len(), "peer transport listening");
         Ok(PeerTransport {
@@ -229,43 +299,23 @@ impl PeerTransport {
             self.enqueue(queue, msg);
             return;
         };
-        let (copies, delay) = {
-            let mut guard = faults.lock().unwrap_or_else(|e| e.into_inner());
-            let (f, rng) = &mut *guard;
-            if rng.random_bool(f.drop_probability.clamp(0.0, 1.0)) {
-                self.counters.faults.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let copies = if rng.random_bool(f.duplicate_probability.clamp(0.0, 1.0)) {
-                2
-            } else {
-                1
-            };
-            let delay =
-                if rng.random_bool(f.delay_probability.clamp(0.0, 1.0)) && !f.max_delay.is_zero() {
-                    Some(Duration::from_micros(
-                        rng.random_range(1..=f.max_delay.as_micros() as u64),
-                    ))
-                } else {
-                    None
-                };
-            (copies, delay)
-        };
-        if copies > 1 {
+        let fate = faults.lock().unwrap_or_else(|e| e.into_inner()).fate(msg);
+        if fate.len() != 1 {
             self.counters.faults.fetch_add(1, Ordering::Relaxed);
-            self.enqueue(queue, msg.clone());
         }
-        match delay {
-            None => self.enqueue(queue, msg),
-            Some(d) => {
-                let queue = queue.clone();
-                let counters = self.counters.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(d).await;
-                    if queue.try_send(msg).is_err() {
-                        counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
+        for (msg, delay) in fate {
+            match delay {
+                None => self.enqueue(queue, msg),
+                Some(d) => {
+                    let queue = queue.clone();
+                    let counters = self.counters.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        if queue.try_send(msg).is_err() {
+                            counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
             }
         }
     }

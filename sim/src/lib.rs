@@ -6,6 +6,7 @@
 //! | `history` | operations with invoke/return order | always |
 //! | `linearizability` | Wing-Gong-Lowe checker, per key | always |
 //! | `invariants` | Raft safety from node events | always |
+//! | `swarm` | each seed's own mix of faults and intensities | always |
 //! | `cluster` | madsim nodes running `kv_net::node::Node` | `--cfg madsim` |
 //! | `workload` | clients on the real text protocol | `--cfg madsim` |
 //! | `scenario` | one run: faults, heal, checks | `--cfg madsim` |
@@ -14,6 +15,7 @@
 pub mod history;
 pub mod invariants;
 pub mod linearizability;
+pub mod swarm;
 
 #[cfg(madsim)]
 pub mod cluster;

@@ -19,6 +19,7 @@ use crate::disk_faults::DiskNemesis;
 use crate::history::HistoryRecorder;
 use crate::invariants::{InvariantChecker, SnapshotSaved};
 use crate::linearizability::{check_history, CheckResult};
+use crate::swarm::{Fault, FaultMix};
 use crate::workload::{Client, WorkloadConfig};
 
 /// What a run does.
@@ -54,6 +55,17 @@ pub struct Load {
 }
 
 impl Load {
+    /// Extra time a heal may take to move the loaded state through the
+    /// slow disks: written by the leader, read for each follower that needs
+    /// it and written by each, several times over (repairs and elections
+    /// in between). Measured need on 5 nodes with two damaged: about 2.5x
+    /// one pass per node.
+    pub fn repair_allowance(&self, nodes: u64) -> Duration {
+        const BYTES_PER_KEY: u64 = 120;
+        let one_pass = (self.keys * BYTES_PER_KEY) as f64 / self.disk_bytes_per_sec.max(1) as f64;
+        Duration::from_secs_f64(4.0 * one_pass * nodes.saturating_sub(1) as f64)
+    }
+
     /// Whether a nemesis run of `seed` is a snapshot-heavy one, and its load.
     /// Drawn from its own generator so the other runs stay as they were.
     fn for_seed(seed: u64) -> Option<Load> {
@@ -149,8 +161,10 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         scenario.trace,
     ));
 
+    let mix = FaultMix::for_seed(seed);
     let net_faults = if scenario.nemesis && scenario.script.is_none() {
-        random_net_faults(&mut rng, seed)
+        checker.note(&mix.to_string());
+        mix.net.clone()
     } else {
         NetFaults::default()
     };
@@ -179,6 +193,10 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         disk_bytes_per_sec: load.map_or(0, |l| l.disk_bytes_per_sec),
         ..cluster_cfg
     };
+    let mut scenario = scenario;
+    if let Some(load) = load {
+        scenario.heal_deadline += load.repair_allowance(scenario.nodes);
+    }
     let mut cluster = SimCluster::start(&cluster_cfg, checker.clone());
     if let Some(load) = load {
         preload(&cluster, load, seed).await?;
@@ -213,7 +231,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
     if let Some(script) = scenario.script {
         damaged_at = run_script(&mut cluster, script, stop_at, &history).await;
     } else if scenario.nemesis {
-        nemesis(&mut cluster, &mut disks, &mut rng, stop_at).await;
+        nemesis(&mut cluster, &mut disks, &mix, &mut rng, stop_at).await;
     } else {
         sleep(scenario.fault_phase).await;
     }
@@ -381,22 +399,14 @@ async fn preload(cluster: &SimCluster, load: Load, seed: u64) -> Result<(), Stri
     }
 }
 
-fn random_net_faults(rng: &mut ChaCha8Rng, seed: u64) -> NetFaults {
-    NetFaults {
-        drop_probability: rng.random_range(0.0..0.05),
-        duplicate_probability: rng.random_range(0.0..0.03),
-        delay_probability: rng.random_range(0.0..0.1),
-        max_delay: Duration::from_millis(rng.random_range(1..100)),
-        seed,
-    }
-}
-
-/// Injects faults until `until`: kills and restarts, partitions of random
-/// halves, an isolated node, one-way links, pauses, disk faults on a
-/// minority (`disk_faults.rs`), and heals.
+/// Injects faults until `until`, drawn by the seed's mix (`swarm.rs`):
+/// kills and restarts, partitions of random halves, an isolated node,
+/// one-way links, pauses, disk faults on a minority (`disk_faults.rs`),
+/// and heals.
 async fn nemesis(
     cluster: &mut SimCluster,
     disks: &mut DiskNemesis,
+    mix: &FaultMix,
     rng: &mut ChaCha8Rng,
     until: Instant,
 ) {
@@ -408,17 +418,17 @@ async fn nemesis(
         let random = ids[rng.random_range(0..ids.len())];
         // Most faults aim at the leader: that is where Raft's hard cases are.
         let leader = cluster.checker.current_leader().unwrap_or(random);
-        match rng.random_range(0..24) {
-            0 | 1 => cluster.kill(leader, rng.random()),
+        match mix.pick(rng) {
+            Fault::KillLeader => cluster.kill(leader, rng.random()),
             // A new leader dies before its first entry spreads (Figure 8).
-            2 | 3 => kill_next_leader(cluster, rng).await,
-            4 | 5 => cluster.kill(random, rng.random()),
-            6..=9 => {
+            Fault::KillNextLeader => kill_next_leader(cluster, rng).await,
+            Fault::KillAny => cluster.kill(random, rng.random()),
+            Fault::RestartAll => {
                 for &id in &ids {
                     cluster.restart(id);
                 }
             }
-            10 | 11 => {
+            Fault::Partition => {
                 // Random halves.
                 let mut side: Vec<u64> = ids
                     .iter()
@@ -436,7 +446,7 @@ async fn nemesis(
                 }
                 cluster.checker.note(&format!("partition {side:?}"));
             }
-            12 | 13 => {
+            Fault::Isolate => {
                 let victim = if rng.random_bool(0.7) { leader } else { random };
                 for &b in ids.iter().filter(|&&b| b != victim) {
                     clog(cluster, &net, &mut clogged, victim, b);
@@ -444,9 +454,9 @@ async fn nemesis(
                 }
                 cluster.checker.note(&format!("isolate n{victim}"));
             }
-            20 => swizzle(cluster, &net, &mut clogged, rng).await,
-            21..=23 => disks.strike(cluster, random, rng).await,
-            14 => {
+            Fault::Swizzle => swizzle(cluster, &net, &mut clogged, rng).await,
+            Fault::Disk => disks.strike(cluster, random, rng).await,
+            Fault::OneWay => {
                 let other = ids[rng.random_range(0..ids.len())];
                 if other != random {
                     clog(cluster, &net, &mut clogged, random, other);
@@ -455,7 +465,7 @@ async fn nemesis(
                         .note(&format!("one-way n{random} -> n{other}"));
                 }
             }
-            15 => {
+            Fault::Pause => {
                 if cluster.nodes.values().filter(|n| n.paused).count() == 0 {
                     cluster.pause(leader);
                 } else {
@@ -464,7 +474,7 @@ async fn nemesis(
                     }
                 }
             }
-            _ => {
+            Fault::Heal => {
                 unclog_all(cluster, &net, &mut clogged);
                 cluster.checker.note("heal network");
             }

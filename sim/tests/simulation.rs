@@ -8,6 +8,7 @@
 #![allow(clippy::print_stderr)]
 
 use kv_sim::scenario::{run, Load, Scenario, Script};
+use kv_sim::swarm::FaultMix;
 
 fn replay_hint(seed: u64, test: &str) -> String {
     format!(
@@ -18,7 +19,7 @@ fn replay_hint(seed: u64, test: &str) -> String {
 
 async fn sweep_one(nodes: u64, test: &str) {
     let seed = madsim::runtime::Handle::current().seed();
-    eprintln!("seed {seed} ({nodes} nodes)");
+    eprintln!("seed {seed} ({nodes} nodes), {}", FaultMix::for_seed(seed));
     match run(Scenario::standard(nodes)).await {
         Ok(r) => eprintln!(
             "seed {seed} ok: {} ops ({} indeterminate), {} node events checked, {:.1} s simulated",
