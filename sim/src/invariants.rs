@@ -42,6 +42,9 @@ struct State {
     standing_at: BTreeMap<u64, u64>,
     /// Every local snapshot made durable: (node, index, bytes, millis).
     snapshots: Vec<SnapshotSaved>,
+    /// Per node, how many durability promises and saved snapshots it
+    /// reported (the nemesis crashes nodes at these moments).
+    crash_points: BTreeMap<u64, u64>,
     violations: Vec<String>,
     trace: String,
     events: u64,
@@ -174,6 +177,12 @@ impl InvariantChecker {
         // A panic while holding the lock already fails the run; keep going
         // so the violation list survives.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many moments `node` reported where a crash must cost nothing:
+    /// messages promising something durable, snapshots saved.
+    pub fn crash_points(&self, node: u64) -> u64 {
+        self.lock().crash_points.get(&node).copied().unwrap_or(0)
     }
 
     fn check(&self, at: u64, event: NodeEvent) {
@@ -332,12 +341,18 @@ impl InvariantChecker {
                 index,
                 bytes,
                 millis,
-            } => s.snapshots.push(SnapshotSaved {
-                node,
-                index,
-                bytes,
-                millis,
-            }),
+            } => {
+                *s.crash_points.entry(node).or_default() += 1;
+                s.snapshots.push(SnapshotSaved {
+                    node,
+                    index,
+                    bytes,
+                    millis,
+                });
+            }
+            NodeEvent::Promised { node, .. } => {
+                *s.crash_points.entry(node).or_default() += 1;
+            }
             NodeEvent::InstalledSnapshot {
                 node,
                 index,

@@ -456,6 +456,7 @@ async fn nemesis(
             }
             Fault::Swizzle => swizzle(cluster, &net, &mut clogged, rng).await,
             Fault::Disk => disks.strike(cluster, random, rng).await,
+            Fault::CrashAtPromise => crash_at_next_promise(cluster, random, rng).await,
             Fault::OneWay => {
                 let other = ids[rng.random_range(0..ids.len())];
                 if other != random {
@@ -481,6 +482,26 @@ async fn nemesis(
         }
     }
     unclog_all(cluster, &net, &mut clogged);
+}
+
+/// Cuts `victim`'s power the moment it next hands the network a message
+/// promising something durable (or saves a snapshot): whatever it had
+/// queued for its disk but not synced is lost, as in a crash right after
+/// the send. Correct code promises only what is already durable, so this
+/// must cost nothing; a promise made early loses acknowledged data.
+async fn crash_at_next_promise(cluster: &mut SimCluster, victim: u64, rng: &mut ChaCha8Rng) {
+    let before = cluster.checker.crash_points(victim);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        sleep(Duration::from_micros(200)).await;
+        if cluster.checker.crash_points(victim) > before {
+            cluster
+                .checker
+                .note(&format!("crash n{victim} at a durability promise"));
+            cluster.kill(victim, rng.random());
+            return;
+        }
+    }
 }
 
 /// Runs one fixed fault sequence until `until`. Returns the history's mark

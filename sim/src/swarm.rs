@@ -34,12 +34,15 @@ pub enum Fault {
     Swizzle,
     /// A disk fault on a minority (see `disk_faults.rs`).
     Disk,
+    /// Power loss on any node the moment it next promises something
+    /// durable (a vote, an acknowledgement, a snapshot installed or saved).
+    CrashAtPromise,
     /// Heal the network.
     Heal,
 }
 
 /// Every kind, with its weight in the standard mix.
-const STANDARD: [(Fault, u32); 11] = [
+const STANDARD: [(Fault, u32); 12] = [
     (Fault::KillLeader, 2),
     (Fault::KillNextLeader, 2),
     (Fault::KillAny, 2),
@@ -50,6 +53,7 @@ const STANDARD: [(Fault, u32); 11] = [
     (Fault::Pause, 1),
     (Fault::Swizzle, 1),
     (Fault::Disk, 3),
+    (Fault::CrashAtPromise, 2),
     (Fault::Heal, 4),
 ];
 

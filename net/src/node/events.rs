@@ -80,6 +80,15 @@ pub enum NodeEvent {
         /// Time from capture to durable, in milliseconds.
         millis: u64,
     },
+    /// It handed the transport a message that promises something durable
+    /// (a vote, an acknowledgement of entries, a snapshot installed): a
+    /// moment a crash must cost nothing (the simulation kills nodes here).
+    Promised {
+        /// Node id.
+        node: u64,
+        /// What it promised.
+        what: &'static str,
+    },
     /// It replaced its state with a snapshot.
     InstalledSnapshot {
         /// Node id.
@@ -122,6 +131,18 @@ impl fmt::Debug for Events {
         } else {
             "Events(off)"
         })
+    }
+}
+
+/// What `m` promises about its sender's storage, if anything: a vote, an
+/// acknowledgement of entries, or a snapshot installed.
+pub fn durable_promise(m: &kv_proto::raft::Message) -> Option<&'static str> {
+    use kv_proto::raft::message::Body;
+    match m.body.as_ref()? {
+        Body::RequestVoteResponse(r) if r.granted && !r.pre_vote => Some("vote"),
+        Body::AppendEntriesResponse(r) if r.success => Some("append acknowledgement"),
+        Body::InstallSnapshotResponse(r) if r.done => Some("snapshot installed"),
+        _ => None,
     }
 }
 

@@ -15,14 +15,14 @@ use bytes::Bytes;
 use kv_engine::kv::{encode_command, CommandResult, KvStore};
 use kv_engine::raft::{ProposeError, RaftCore, Ready, Role};
 use kv_proto::command::{command::Op, Cas, Command, Del, MSet, Pair, Set};
-use kv_proto::raft::Entry;
+use kv_proto::raft::{Entry, Message};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 mod snapshots;
 
 use self::snapshots::SnapshotPlan;
-use super::events::{fnv1a, term_runs, Events, NodeEvent};
+use super::events::{durable_promise, fnv1a, term_runs, Events, NodeEvent};
 use super::snapshot_task::{SnapshotDone, SnapshotTasks};
 use super::storage_task::{StorageDone, StorageJob, WriteJob};
 use super::supervisor::{Ended, Inputs};
@@ -321,7 +321,7 @@ impl<'a> CoreTask<'a> {
         let point = rd.persist_point();
         let must_persist = rd.must_persist();
         for m in rd.messages {
-            self.transport.send(m);
+            self.send_peer(m);
         }
         for chunk in rd.snapshot_chunks_out {
             // Never wait on the reader: a full queue means a slow disk, and
@@ -453,7 +453,7 @@ impl<'a> CoreTask<'a> {
                 point,
             } => {
                 for m in persisted_messages {
-                    self.transport.send(m);
+                    self.send_peer(m);
                 }
                 if let Some((index, term)) = point {
                     self.core.on_persisted(index, term);
@@ -466,6 +466,15 @@ impl<'a> CoreTask<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Hands `m` to the transport, reporting a durability promise.
+    fn send_peer(&mut self, m: Message) {
+        if let Some(what) = durable_promise(&m) {
+            let node = self.id;
+            self.events.emit(|| NodeEvent::Promised { node, what });
+        }
+        self.transport.send(m);
     }
 
     /// This node's disk failed: a leader asks its most up-to-date follower
