@@ -207,7 +207,16 @@ fn safety_and_liveness_hold_across_seeds() {
         .unwrap_or(0);
     let mut total = Counts::default();
     for seed in first..first + seeds {
-        match run_seed(seed, false) {
+        // A panic inside the core (an assertion) must still name its seed.
+        let outcome = std::panic::catch_unwind(|| run_seed(seed, false)).unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Violation(format!("the core panicked: {why}")))
+        });
+        match outcome {
             Ok(c) => {
                 total.proposals += c.proposals;
                 total.reads += c.reads;
