@@ -67,6 +67,9 @@ pub struct ClusterConfig {
     pub max_append_entries: usize,
     /// Disk bandwidth, shared by the WAL and snapshots (0: no limit).
     pub disk_bytes_per_sec: u64,
+    /// One node whose fsyncs take up to this long instead (a leader on it
+    /// commits with its followers' copies before its own is durable).
+    pub slow_disk: Option<(u64, Duration)>,
 }
 
 impl SimCluster {
@@ -95,7 +98,10 @@ impl SimCluster {
             node_cfg.seed = handle.seed().wrapping_add(id);
             node_cfg.client.request_timeout = Duration::from_secs(2);
             node_cfg.events = Events(Some(checker.clone()));
-            node_cfg.disk_latency_max = cfg.disk_latency_max;
+            node_cfg.disk_latency_max = match cfg.slow_disk {
+                Some((slow, latency)) if slow == id => latency,
+                _ => cfg.disk_latency_max,
+            };
             node_cfg.disk_bytes_per_sec = cfg.disk_bytes_per_sec;
             node_cfg.max_append_entries = cfg.max_append_entries;
             let fs = disk.clone();

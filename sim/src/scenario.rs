@@ -183,7 +183,12 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         },
         max_append_entries: rng.random_range(1..=16),
         disk_bytes_per_sec: 0,
+        slow_disk: None,
     };
+    let slow_disk = (scenario.nemesis && scenario.script.is_none())
+        .then_some(mix.slow_disk)
+        .flatten()
+        .map(|latency| (1 + seed % scenario.nodes, latency));
     let load = scenario.load.or_else(|| {
         (scenario.nemesis && scenario.script.is_none())
             .then(|| Load::for_seed(seed))
@@ -191,6 +196,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
     });
     let cluster_cfg = ClusterConfig {
         disk_bytes_per_sec: load.map_or(0, |l| l.disk_bytes_per_sec),
+        slow_disk,
         ..cluster_cfg
     };
     let mut scenario = scenario;

@@ -63,6 +63,8 @@ pub struct FaultMix {
     weights: Vec<(Fault, u32)>,
     /// Message faults on every link.
     pub net: NetFaults,
+    /// The longest fsync of one slow node, if the seed has one.
+    pub slow_disk: Option<Duration>,
 }
 
 impl FaultMix {
@@ -90,7 +92,14 @@ impl FaultMix {
             }
         }
         let net = net_faults(&mut rng, seed);
-        FaultMix { weights, net }
+        let slow_disk = rng
+            .random_bool(0.3)
+            .then(|| Duration::from_millis(rng.random_range(20..150)));
+        FaultMix {
+            weights,
+            net,
+            slow_disk,
+        }
     }
 
     /// The next fault, drawn by weight.
@@ -149,7 +158,11 @@ impl fmt::Display for FaultMix {
             n.long_delay_probability,
             n.long_delay_max.as_millis(),
             n.replay_probability
-        )
+        )?;
+        if let Some(d) = self.slow_disk {
+            write!(f, "; one node's fsyncs up to {} ms", d.as_millis())?;
+        }
+        Ok(())
     }
 }
 
