@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use kv_proto::client::{self as pb, request::Op, response::Result as R};
 use kv_proto::prost::Message as _;
-use support::{binary, connect, proc_status_kib, roundtrip, try_request, Cluster};
+use support::{binary, connect, proc_status_kib, roundtrip, said, try_request, Cluster};
 
 const MIB: u64 = 1 << 20;
 
@@ -141,11 +141,7 @@ fn a_refused_connection_is_told_why_and_kv_cli_prints_it() {
             .args(["GET", "x"])
             .output()
             .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let said = said(&out);
         assert!(
             said.contains("too many connections"),
             "kv-cli over {protocol} said: {said}"

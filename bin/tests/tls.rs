@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::Cluster;
+use support::{said, Cluster};
 
 /// Writes a throwaway CA and certificates with `kv-server dev-certs`.
 fn dev_certs(dir: &Path) -> PathBuf {
@@ -51,11 +51,7 @@ fn kv_cli(addrs: &str, tls: &[String], words: &[&str]) -> (Option<i32>, String) 
         .args(words)
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = said(&out);
     (out.status.code(), said.trim().to_string())
 }
 
