@@ -6,7 +6,8 @@
 //! | process crash that keeps the page cache, restart, power loss later | no |
 //! | disk replaced by an empty one | yes |
 //! | a bit flipped in a WAL segment, or in a snapshot file | yes |
-//! | EIO on the next writes, fsyncs or renames | no |
+//! | EIO on the next writes or renames | no |
+//! | EIO on the next fsyncs | may be: one that fails at start-up leaves the node unable to tell what reached its disk, so it starts recovering |
 //! | disk full until space is freed | no |
 //!
 //! A node counts as damaged from the fault until it reports itself a voter
@@ -76,7 +77,7 @@ impl DiskNemesis {
                     self.damage(cluster, victim, rng);
                 }
             }
-            4 => failing_io(cluster, victim, rng),
+            4 => self.failing_io(cluster, victim, rng),
             _ => self.fill_or_free(cluster, victim, rng),
         }
     }
@@ -141,16 +142,28 @@ async fn page_cache_then_power_loss(cluster: &mut SimCluster, victim: u64, rng: 
 }
 
 /// The next one to three writes, fsyncs or renames fail with EIO.
-fn failing_io(cluster: &SimCluster, victim: u64, rng: &mut ChaCha8Rng) {
-    let Some(disk) = cluster.disk(victim) else {
-        return;
-    };
-    let op = [DiskOp::Write, DiskOp::Sync, DiskOp::Rename][rng.random_range(0..3)];
-    let times = rng.random_range(1..=3);
-    disk.fail_next(op, times);
-    cluster
-        .checker
-        .note(&format!("n{victim}: next {times} {op:?} fail with EIO"));
+/// EIO on `victim`'s next writes, fsyncs or renames. Failing fsyncs may
+/// damage (see the table above), so they count as damage and go only
+/// where a minority stays intact.
+impl DiskNemesis {
+    fn failing_io(&mut self, cluster: &SimCluster, victim: u64, rng: &mut ChaCha8Rng) {
+        let Some(disk) = cluster.disk(victim) else {
+            return;
+        };
+        let mut op = [DiskOp::Write, DiskOp::Sync, DiskOp::Rename][rng.random_range(0..3)];
+        let times = rng.random_range(1..=3);
+        if op == DiskOp::Sync {
+            if self.may_damage(cluster, victim) {
+                self.marks.insert(victim, cluster.checker.now());
+            } else {
+                op = DiskOp::Write;
+            }
+        }
+        disk.fail_next(op, times);
+        cluster
+            .checker
+            .note(&format!("n{victim}: next {times} {op:?} fail with EIO"));
+    }
 }
 
 /// Flips one bit in a WAL segment (or a snapshot file, if `snapshot` and

@@ -201,7 +201,7 @@ impl Node {
         cfg.validate().map_err(NodeError::Config)?;
         // A data dir in use, or someone else's, stops the start here; a
         // failing disk does not (the node waits for it to work).
-        let first = match supervisor::open_storage(&cfg, &fs, None) {
+        let first = match supervisor::open_storage(&cfg, &fs, None, false) {
             Err(e) if !e.is_disk_fault() => return Err(NodeError::Storage(e)),
             opened => opened,
         };

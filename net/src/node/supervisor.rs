@@ -55,9 +55,11 @@ pub(crate) fn open_storage<F: FileSystem>(
     cfg: &NodeConfig,
     fs: &F,
     cut_back: Option<(PathBuf, u64)>,
+    cache_untrusted: bool,
 ) -> Result<(Storage<F>, Recovered), StorageError> {
     let mut opts = cfg.storage_options();
     opts.cut_back = cut_back;
+    opts.cache_untrusted = cache_untrusted;
     Storage::open(fs.clone(), Path::new(&cfg.data_dir), opts)
 }
 
@@ -71,11 +73,15 @@ pub(crate) async fn supervise<F: FileSystem>(
 ) -> Result<(), NodeError> {
     let mut next = first;
     let mut cut_back = None;
+    // Whether `next` is the outcome of opening the data dir (not of a life
+    // that ended on a disk error, whose cut-back says what to trust).
+    let mut from_open = true;
     let result = loop {
         let (storage, recovered) = match next {
             Ok(opened) => opened,
             Err(e) if e.is_disk_fault() => {
-                match wait_for_disk(&cfg, &fs, &mut inputs, &e, cut_back.take()).await {
+                let untrusted = from_open && e.is_failed_fsync();
+                match wait_for_disk(&cfg, &fs, &mut inputs, &e, cut_back.take(), untrusted).await {
                     Some(opened) => opened,
                     None => break Ok(()),
                 }
@@ -87,6 +93,7 @@ pub(crate) async fn supervise<F: FileSystem>(
             Ended::Failed(e) => break Err(e),
             Ended::DiskFailed { error, cut_back: c } => {
                 cut_back = c;
+                from_open = false;
                 next = Err(error);
             }
         }
@@ -172,6 +179,7 @@ async fn wait_for_disk<F: FileSystem>(
     inputs: &mut Inputs,
     error: &StorageError,
     mut cut_back: Option<(PathBuf, u64)>,
+    mut cache_untrusted: bool,
 ) -> Option<(Storage<F>, Recovered)> {
     tracing::error!(
         node = cfg.id,
@@ -187,13 +195,14 @@ async fn wait_for_disk<F: FileSystem>(
             _ = inputs.shutdown.changed() => return None,
             _ = &mut retry => {
                 if probe(cfg, fs).is_ok() {
-                    match open_storage(cfg, fs, cut_back.clone()) {
+                    match open_storage(cfg, fs, cut_back.clone(), cache_untrusted) {
                         Ok(opened) => {
                             tracing::info!(node = cfg.id, "disk works again: rejoining the cluster");
                             return Some(opened);
                         }
                         Err(e) if e.is_disk_fault() => {
                             tracing::debug!(node = cfg.id, error = %e, "data dir still fails to open");
+                            cache_untrusted |= e.is_failed_fsync();
                         }
                         Err(e) => {
                             tracing::error!(node = cfg.id, error = %e, "data dir cannot be reopened");

@@ -59,6 +59,12 @@ pub struct StorageOptions {
     /// fsync covered in an earlier life of this storage, which may sit in
     /// the page cache without being on disk.
     pub cut_back: Option<(PathBuf, u64)>,
+    /// A start-up fsync failed in an earlier life of this storage: what the
+    /// page cache shows beyond the disk's contents is unknown (a failed
+    /// fsync leaves pages clean but unwritten), and so is where the disk's
+    /// contents end. Nothing here is trusted: it is set aside and the node
+    /// starts recovering, as after damage.
+    pub cache_untrusted: bool,
 }
 
 impl Default for StorageOptions {
@@ -68,6 +74,7 @@ impl Default for StorageOptions {
             snapshots_kept: 2,
             identity: DataDirMeta::new(1, 1),
             cut_back: None,
+            cache_untrusted: false,
         }
     }
 }
@@ -146,6 +153,11 @@ impl StorageError {
     /// to a mistake only an operator can fix.
     pub fn is_disk_fault(&self) -> bool {
         matches!(self, StorageError::Io { .. })
+    }
+
+    /// Whether this is a failed fsync of a file (not of a directory).
+    pub fn is_failed_fsync(&self) -> bool {
+        matches!(self, StorageError::Io { op: "fsync", .. })
     }
 }
 

@@ -51,6 +51,16 @@ impl<F: FileSystem> Storage<F> {
                 write_meta(&fs, dir, &opts.identity)?;
                 scan(&fs, dir, &listing, true)?
             }
+            IdentityCheck::Matches if opts.cache_untrusted && listing.has_data_files() => {
+                let cause = Damage {
+                    file: String::from("(page cache)"),
+                    offset: 0,
+                    reason: "a start-up fsync failed: what the page cache holds may never \
+                             have reached the disk"
+                        .into(),
+                };
+                (Recovery::untrusted(&listing, cause), None)
+            }
             IdentityCheck::Matches => scan(&fs, dir, &listing, true)?,
             IdentityCheck::Damaged(cause) => (Recovery::untrusted(&listing, cause.clone()), None),
         };

@@ -40,6 +40,7 @@ fn opts(segment_size_bytes: u64) -> StorageOptions {
         snapshots_kept: 2,
         identity: DataDirMeta::new(1, 1),
         cut_back: None,
+        cache_untrusted: false,
     }
 }
 
@@ -490,6 +491,33 @@ fn a_failed_fsync_is_cut_back_at_once_so_a_new_process_cannot_trust_its_pages() 
     let (_, r) = open(&fs).unwrap();
     assert_eq!(r.found, Found::Intact);
     assert_eq!(indexes(&r), vec![1, 2, 3]);
+}
+
+#[test]
+fn after_a_failed_start_up_fsync_nothing_the_page_cache_shows_is_trusted() {
+    let fs = MemFs::new();
+    drop(written(&fs, 3, 1 << 20));
+    // A killed process left entries 4..=5 in the page cache, unsynced.
+    let mut batch = Vec::new();
+    encode_entry(&entries(4, 5, 1)[0], &mut batch);
+    encode_entry(&entries(4, 5, 1)[1], &mut batch);
+    let path = dir().join(segment_name(1));
+    fs.open_append(&path).unwrap().append(&batch).unwrap();
+    // The next start's fsync fails: those pages stay clean, never written.
+    fs.fail_next(DiskOp::Sync, 1);
+    let failed = open(&fs).err().expect("the start-up fsync fails");
+    assert!(failed.is_failed_fsync(), "{failed}");
+    // The cache still shows entries 4..=5 and an fsync now succeeds, yet
+    // the disk holds zeros there: a retry must not trust any of it.
+    let mut untrusting = opts(200);
+    untrusting.cache_untrusted = true;
+    let (_, r) = Storage::open(fs.clone(), &dir(), untrusting).unwrap();
+    assert_eq!(r.found, Found::Damaged);
+    assert!(r.entries.is_empty(), "{:?}", indexes(&r));
+    // The decision survives a power loss: the node is still recovering.
+    fs.crash(1);
+    let (_, r) = open(&fs).unwrap();
+    assert!(r.entries.is_empty(), "{:?}", indexes(&r));
 }
 
 #[test]
