@@ -168,18 +168,7 @@ impl Client {
 
     /// A client speaking `protocol`.
     pub fn with_protocol(addrs: &[String], timeout: Duration, protocol: Protocol) -> Result<Self> {
-        let mut resolved = Vec::new();
-        for a in addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
-            let addr = a
-                .to_socket_addrs()
-                .with_context(|| format!("cannot resolve {a:?}"))?
-                .next()
-                .ok_or_else(|| anyhow!("{a:?} resolves to no address"))?;
-            resolved.push(addr);
-        }
-        if resolved.is_empty() {
-            bail!("no server address given");
-        }
+        let resolved = resolve_addrs(addrs)?;
         Ok(Client {
             addrs: resolved,
             current: 0,
@@ -497,6 +486,24 @@ fn lost_or_refused(addr: SocketAddr, e: &std::io::Error) -> Attempt {
         Some(tls) => Attempt::Refused(format!("{addr}: refused by TLS: {tls}")),
         None => Attempt::Lost(addr),
     }
+}
+
+/// Resolves `host:port` strings (blank ones skipped) to one address each;
+/// an error names the one that does not resolve, or says none was given.
+pub fn resolve_addrs(addrs: &[String]) -> Result<Vec<SocketAddr>> {
+    let mut resolved = Vec::new();
+    for a in addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+        let addr = a
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve {a:?}"))?
+            .next()
+            .ok_or_else(|| anyhow!("{a:?} resolves to no address"))?;
+        resolved.push(addr);
+    }
+    if resolved.is_empty() {
+        bail!("no server address given");
+    }
+    Ok(resolved)
 }
 
 /// Whether a response line means the request failed (for exit codes).

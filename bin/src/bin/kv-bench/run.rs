@@ -2,12 +2,12 @@
 //! keep requests in flight and follow the leader, and the merged results.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -162,7 +162,7 @@ impl Source {
 /// connection measured; a connection that fails outright loses nothing
 /// already measured.
 pub async fn run_phase(args: &Args, phase: Phase) -> Result<PhaseResult> {
-    let addrs = resolve(&args.addr)?;
+    let addrs = kv_bin::client::resolve_addrs(&args.addr)?;
     let shared = Arc::new(Shared {
         leader: Mutex::new(addrs[0]),
         addrs,
@@ -258,22 +258,6 @@ async fn watch(
     }
     bar.finish_and_clear();
     Ok(())
-}
-
-fn resolve(addrs: &[String]) -> Result<Vec<SocketAddr>> {
-    let mut out = Vec::new();
-    for a in addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
-        let addr = a
-            .to_socket_addrs()
-            .with_context(|| format!("cannot resolve {a:?}"))?
-            .next()
-            .ok_or_else(|| anyhow!("{a:?} resolves to no address"))?;
-        out.push(addr);
-    }
-    if out.is_empty() {
-        anyhow::bail!("no server address given");
-    }
-    Ok(out)
 }
 
 /// A request on its way: what it is and when it was first sent.
