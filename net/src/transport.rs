@@ -14,11 +14,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kv_proto::raft::{Envelope, Hello, Message};
+use kv_proto::raft::{message, Envelope, Hello, Message};
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,7 +33,7 @@ use crate::log_limit::LogLimiter;
 const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// Seeded message faults injected before the socket (simulation only).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct NetFaults {
     /// Probability that a message is dropped.
     pub drop_probability: f64,
@@ -55,6 +55,10 @@ pub struct NetFaults {
     pub replay_probability: f64,
     /// Seed of the fault generator.
     pub seed: u64,
+    /// While this switch is on, every AppendEntries the node sends is
+    /// lost (the nemesis keeps a new leader's first entry on its own disk
+    /// alone, as in Figure 8). `None`: no switch.
+    pub drop_appends: Option<Arc<AtomicBool>>,
 }
 
 /// Messages per peer kept for replays.
@@ -67,6 +71,16 @@ impl NetFaults {
             && self.delay_probability <= 0.0
             && self.long_delay_probability <= 0.0
             && self.replay_probability <= 0.0
+            && self.drop_appends.is_none()
+    }
+
+    /// True while `msg` is an append and the switch is on.
+    fn appends_dropped(&self, msg: &Message) -> bool {
+        matches!(msg.body, Some(message::Body::AppendEntries(_)))
+            && self
+                .drop_appends
+                .as_ref()
+                .is_some_and(|on| on.load(Ordering::Relaxed))
     }
 }
 
@@ -83,6 +97,9 @@ impl FaultState {
     /// hold-back (an old message replayed among them).
     fn fate(&mut self, msg: Message) -> Vec<(Message, Option<Duration>)> {
         let (f, rng) = (&self.faults, &mut self.rng);
+        if f.appends_dropped(&msg) {
+            return Vec::new();
+        }
         if rng.random_bool(f.drop_probability.clamp(0.0, 1.0)) {
             return Vec::new();
         }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct SimNode {
     pub down: bool,
     /// Whether it is currently paused.
     pub paused: bool,
+    /// While on, every append it sends is lost (see `NetFaults`).
+    pub appends_dropped: Arc<AtomicBool>,
 }
 
 /// A running simulated cluster.
@@ -94,7 +97,11 @@ impl SimCluster {
             let mut node_cfg = NodeConfig::new(id, members.clone(), PathBuf::from(DATA_DIR));
             node_cfg.snapshot_entries = cfg.snapshot_entries;
             node_cfg.segment_bytes = cfg.segment_bytes;
-            node_cfg.net_faults = cfg.net_faults.clone();
+            let appends_dropped = Arc::new(AtomicBool::new(false));
+            node_cfg.net_faults = NetFaults {
+                drop_appends: Some(appends_dropped.clone()),
+                ..cfg.net_faults.clone()
+            };
             node_cfg.seed = handle.seed().wrapping_add(id);
             node_cfg.client.request_timeout = Duration::from_secs(2);
             node_cfg.events = Events(Some(checker.clone()));
@@ -135,6 +142,7 @@ impl SimCluster {
                     disk,
                     down: false,
                     paused: false,
+                    appends_dropped,
                 },
             );
         }
@@ -248,6 +256,13 @@ impl SimCluster {
         Handle::current().resume(node.handle.id());
         node.paused = false;
         self.checker.note(&format!("resume n{id}"));
+    }
+
+    /// Turns on or off the loss of every append node `id` sends.
+    pub fn drop_appends(&self, id: u64, on: bool) {
+        if let Some(node) = self.nodes.get(&id) {
+            node.appends_dropped.store(on, Ordering::Relaxed);
+        }
     }
 
     /// Whether node `id` is killed.

@@ -149,6 +149,11 @@ impl InvariantChecker {
         self.lock().events
     }
 
+    /// The commit index `node` last reported (0 before its first).
+    pub fn commit_of(&self, node: u64) -> u64 {
+        self.lock().commit.get(&node).copied().unwrap_or(0)
+    }
+
     /// The node's standing if it reported one after event `since`.
     pub fn standing_since(&self, node: u64, since: u64) -> Option<Standing> {
         let s = self.lock();

@@ -463,6 +463,9 @@ async fn nemesis(
             Fault::Swizzle => swizzle(cluster, &net, &mut clogged, rng).await,
             Fault::Disk => disks.strike(cluster, random, rng).await,
             Fault::CrashAtPromise => crash_at_next_promise(cluster, random, rng).await,
+            Fault::DeposedLeaderReturns => {
+                deposed_leader_returns(cluster, &net, &mut clogged, rng).await
+            }
             Fault::OneWay => {
                 let other = ids[rng.random_range(0..ids.len())];
                 if other != random {
@@ -705,6 +708,163 @@ async fn kill_next_leader(cluster: &mut SimCluster, rng: &mut ChaCha8Rng) {
             return;
         }
     }
+}
+
+/// A deposed leader comes back with a stale tail. The leader is cut off
+/// while its clients keep writing to it (entries of its term no one else
+/// has), and the others elect a new leader. Then one of three endings:
+/// - the new leader commits and lives on: the old one's late appends and
+///   votes of its old term arrive (Figure 2's stale-term checks);
+/// - the new leader commits and dies at once: the old one, healed, holds a
+///   longer log of an older term than the survivors (the up-to-date
+///   check, §5.4.1);
+/// - Figure 8 (see `figure_eight`).
+async fn deposed_leader_returns(
+    cluster: &mut SimCluster,
+    net: &NetSim,
+    clogged: &mut BTreeSet<(u64, u64)>,
+    rng: &mut ChaCha8Rng,
+) {
+    let Some(old) = cluster.checker.current_leader() else {
+        return;
+    };
+    let links = cut_off(cluster, net, clogged, old);
+    cluster.checker.note(&format!("depose n{old}: cut off"));
+    let ending = rng.random_range(0..3);
+    if ending == 2 {
+        return figure_eight(cluster, net, clogged, old, links, rng).await;
+    }
+    if let Some(new) = next_leader(cluster, old, true).await {
+        if ending == 0 {
+            sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        } else {
+            cluster
+                .checker
+                .note(&format!("depose n{old}: kill new leader n{new}"));
+            cluster.kill(new, rng.random());
+        }
+    }
+    sleep(Duration::from_millis(rng.random_range(0..50))).await;
+    heal(cluster, net, clogged, links);
+    cluster.checker.note(&format!("depose n{old}: healed"));
+}
+
+/// Figure 8 on any cluster size. `old` (cut off by the caller through
+/// `links`) holds entries of its term no one else has. The others' appends
+/// are lost while they elect a leader, so its first entry reaches only its
+/// own disk; it is killed once that is durable. The old leader, healed, is
+/// elected again (its log is the most up-to-date left) and spreads its old
+/// entries; at its first commit it is cut off and killed, and the other
+/// comes back with its later term. An entry of an earlier term counted onto
+/// a majority was never committed (§5.4.2): had the old leader answered a
+/// client for it, the returning leader would now erase that write.
+async fn figure_eight(
+    cluster: &mut SimCluster,
+    net: &NetSim,
+    clogged: &mut BTreeSet<(u64, u64)>,
+    old: u64,
+    links: Vec<(u64, u64)>,
+    rng: &mut ChaCha8Rng,
+) {
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&o| o != old).collect();
+    for &o in &others {
+        cluster.drop_appends(o, true);
+    }
+    let new = next_leader(cluster, old, false).await;
+    if let Some(new) = new {
+        // Long enough for its own fsync, even on the slow disk.
+        sleep(Duration::from_millis(rng.random_range(200..400))).await;
+        cluster.checker.note(&format!(
+            "figure 8: n{new} elected, its appends lost; killed"
+        ));
+        cluster.kill(new, rng.random());
+    }
+    for &o in &others {
+        cluster.drop_appends(o, false);
+    }
+    heal(cluster, net, clogged, links);
+    let Some(new) = new else {
+        return;
+    };
+    if next_commit_as_leader(cluster, old).await {
+        // Cut first: its next appends (an entry of its new term) must not
+        // land before it dies.
+        let _ = cut_off(cluster, net, clogged, old);
+        cluster.checker.note(&format!(
+            "figure 8: n{old} re-elected, killed at its first commit; n{new} back"
+        ));
+        cluster.kill(old, rng.random());
+    }
+    cluster.restart(new);
+}
+
+/// Cuts `node` off from every other member; returns the links it cut (an
+/// earlier partition's links are left to whoever made them).
+fn cut_off(
+    cluster: &SimCluster,
+    net: &NetSim,
+    clogged: &mut BTreeSet<(u64, u64)>,
+    node: u64,
+) -> Vec<(u64, u64)> {
+    let links: Vec<(u64, u64)> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&o| o != node)
+        .flat_map(|o| [(node, o), (o, node)])
+        .filter(|link| !clogged.contains(link))
+        .collect();
+    for &(a, b) in &links {
+        clog(cluster, net, clogged, a, b);
+    }
+    links
+}
+
+/// Reopens `links` (as cut by `cut_off`).
+fn heal(
+    cluster: &SimCluster,
+    net: &NetSim,
+    clogged: &mut BTreeSet<(u64, u64)>,
+    links: Vec<(u64, u64)>,
+) {
+    for (a, b) in links {
+        if let (Some(x), Some(y)) = (cluster.madsim_id(a), cluster.madsim_id(b)) {
+            net.unclog_link(x, y);
+        }
+        clogged.remove(&(a, b));
+    }
+}
+
+/// Waits (up to 3 s) for a leader other than `old`, and if `committed`
+/// also for it to commit (an entry of its term). Polls every millisecond.
+async fn next_leader(cluster: &SimCluster, old: u64, committed: bool) -> Option<u64> {
+    let give_up = Instant::now() + Duration::from_secs(3);
+    let mut elected: Option<(u64, u64)> = None;
+    while Instant::now() < give_up {
+        match (elected, cluster.checker.current_leader()) {
+            (None, Some(l)) if l != old && !committed => return Some(l),
+            (None, Some(l)) if l != old => elected = Some((l, cluster.checker.commit_of(l))),
+            (Some((l, at)), _) if cluster.checker.commit_of(l) > at => return Some(l),
+            _ => {}
+        }
+        sleep(Duration::from_millis(1)).await;
+    }
+    None
+}
+
+/// Waits (up to 3 s) for `node` to lead and then commit; true if it did.
+async fn next_commit_as_leader(cluster: &SimCluster, node: u64) -> bool {
+    let give_up = Instant::now() + Duration::from_secs(3);
+    let mut at_election = None;
+    while Instant::now() < give_up {
+        let commit = cluster.checker.commit_of(node);
+        match at_election {
+            None if cluster.checker.current_leader() == Some(node) => at_election = Some(commit),
+            Some(at) if commit > at => return true,
+            _ => {}
+        }
+        sleep(Duration::from_millis(1)).await;
+    }
+    false
 }
 
 /// Jepsen's "swizzle": cut nodes off one by one in a random order, then

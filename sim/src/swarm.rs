@@ -37,12 +37,17 @@ pub enum Fault {
     /// Power loss on any node the moment it next promises something
     /// durable (a vote, an acknowledgement, a snapshot installed or saved).
     CrashAtPromise,
+    /// Cut the leader off while its clients still write to it, let a new
+    /// leader commit, in half the runs kill that one, then heal: a deposed
+    /// leader returns with a longer log of an older term (Figure 8, stale
+    /// votes and appends).
+    DeposedLeaderReturns,
     /// Heal the network.
     Heal,
 }
 
 /// Every kind, with its weight in the standard mix.
-const STANDARD: [(Fault, u32); 12] = [
+const STANDARD: [(Fault, u32); 13] = [
     (Fault::KillLeader, 2),
     (Fault::KillNextLeader, 2),
     (Fault::KillAny, 2),
@@ -54,6 +59,7 @@ const STANDARD: [(Fault, u32); 12] = [
     (Fault::Swizzle, 1),
     (Fault::Disk, 3),
     (Fault::CrashAtPromise, 2),
+    (Fault::DeposedLeaderReturns, 2),
     (Fault::Heal, 4),
 ];
 
@@ -138,6 +144,7 @@ fn net_faults(rng: &mut ChaCha8Rng, seed: u64) -> NetFaults {
         long_delay_max: Duration::from_millis(rng.random_range(500..3000)),
         replay_probability,
         seed,
+        drop_appends: None,
     }
 }
 
