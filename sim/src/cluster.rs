@@ -68,6 +68,9 @@ pub struct ClusterConfig {
     pub disk_latency_max: Duration,
     /// Entries per append (small: catch-up takes many round trips).
     pub max_append_entries: usize,
+    /// Bytes of committed entries applied per step, if not the default
+    /// (small: the apply lags the commit across steps).
+    pub max_apply_bytes: Option<usize>,
     /// Disk bandwidth, shared by the WAL and snapshots (0: no limit).
     pub disk_bytes_per_sec: u64,
     /// One node whose fsyncs take up to this long instead (a leader on it
@@ -111,6 +114,9 @@ impl SimCluster {
             };
             node_cfg.disk_bytes_per_sec = cfg.disk_bytes_per_sec;
             node_cfg.max_append_entries = cfg.max_append_entries;
+            if let Some(bytes) = cfg.max_apply_bytes {
+                node_cfg.max_apply_bytes = bytes;
+            }
             let fs = disk.clone();
             let checker_for_node = checker.clone();
             let node = handle

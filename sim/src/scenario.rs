@@ -182,6 +182,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
             Duration::from_micros(rng.random_range(100..5000))
         },
         max_append_entries: rng.random_range(1..=16),
+        max_apply_bytes: mix.max_apply_bytes,
         disk_bytes_per_sec: 0,
         slow_disk: None,
     };

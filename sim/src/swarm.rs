@@ -71,6 +71,10 @@ pub struct FaultMix {
     pub net: NetFaults,
     /// The longest fsync of one slow node, if the seed has one.
     pub slow_disk: Option<Duration>,
+    /// Bytes of committed entries each node applies per step, if not the
+    /// default: in some seeds one entry at a time, so the apply lags the
+    /// commit.
+    pub max_apply_bytes: Option<usize>,
 }
 
 impl FaultMix {
@@ -101,10 +105,12 @@ impl FaultMix {
         let slow_disk = rng
             .random_bool(0.3)
             .then(|| Duration::from_millis(rng.random_range(20..150)));
+        let max_apply_bytes = rng.random_bool(0.3).then(|| rng.random_range(1..256));
         FaultMix {
             weights,
             net,
             slow_disk,
+            max_apply_bytes,
         }
     }
 
@@ -168,6 +174,9 @@ impl fmt::Display for FaultMix {
         )?;
         if let Some(d) = self.slow_disk {
             write!(f, "; one node's fsyncs up to {} ms", d.as_millis())?;
+        }
+        if let Some(b) = self.max_apply_bytes {
+            write!(f, "; applies {b} bytes per step")?;
         }
         Ok(())
     }

@@ -79,6 +79,10 @@ pub struct NodeConfig {
     /// At most this many entries in one append (small values make catch-up
     /// take many steps, which the simulation uses).
     pub max_append_entries: usize,
+    /// At most this many bytes of committed entries applied per step (at
+    /// least one entry); small values leave a backlog between steps, which
+    /// the simulation uses.
+    pub max_apply_bytes: usize,
     /// Simulated time between a write and its fsync (simulation only; zero
     /// by default, where the real disk's own latency applies).
     pub disk_latency_max: Duration,
@@ -118,6 +122,7 @@ impl NodeConfig {
             disk_latency_max: Duration::ZERO,
             disk_bytes_per_sec: 0,
             max_append_entries: 4096,
+            max_apply_bytes: RaftConfig::new(id, Vec::new()).max_apply_bytes,
         }
     }
 
@@ -156,6 +161,7 @@ impl NodeConfig {
         cfg.heartbeat_ticks = self.heartbeat_ticks;
         cfg.seed = self.seed;
         cfg.max_append_entries = self.max_append_entries;
+        cfg.max_apply_bytes = self.max_apply_bytes;
         cfg.max_uncommitted_bytes = self.max_uncommitted_bytes;
         cfg.max_inflight_bytes = self.max_inflight_bytes;
         // An append must fit a peer frame with room to spare.
