@@ -231,6 +231,12 @@ pub struct DiskFaults {
     /// The machine dies after this many more changes to the disk: every
     /// later change fails (a crash point, for tests; None: never).
     pub dies_after: Option<u32>,
+    /// The machine dies right after the next operation of this kind
+    /// succeeds: every later change fails (a crash point the simulation
+    /// aims at a moment: after a batch is written but before its fsync,
+    /// after an fsync but before anything is announced, after a snapshot's
+    /// rename but before the log is compacted).
+    pub dies_after_next: Option<DiskOp>,
 }
 
 /// An operation a fault can be aimed at.
@@ -300,6 +306,15 @@ impl MemState {
                 Ok(())
             }
             None => Ok(()),
+        }
+    }
+
+    /// An operation of kind `op` succeeded: the machine dies now if it was
+    /// set to die after one.
+    fn done(&mut self, op: DiskOp) {
+        if self.faults.dies_after_next == Some(op) {
+            self.faults.dies_after_next = None;
+            self.faults.dies_after = Some(0);
         }
     }
 
@@ -493,6 +508,12 @@ impl MemFs {
         Ok(())
     }
 
+    /// Whether the machine died at a crash point (`DiskFaults::dies_after`
+    /// ran out): its process should be killed now.
+    pub fn is_dead(&self) -> bool {
+        self.lock().faults.dies_after == Some(0)
+    }
+
     /// How many syncs were issued (for tests of group commit).
     pub fn sync_count(&self) -> u64 {
         self.lock().syncs
@@ -525,6 +546,7 @@ impl AppendFile for MemFileHandle {
         if room < data.len() {
             return Err(enospc());
         }
+        s.done(DiskOp::Write);
         Ok(())
     }
 
@@ -542,6 +564,7 @@ impl AppendFile for MemFileHandle {
             return Err(eio("fsync"));
         }
         file.sync();
+        s.done(DiskOp::Sync);
         Ok(())
     }
 
@@ -591,6 +614,7 @@ impl FileSystem for MemFs {
             return Err(eio("fsync"));
         }
         file.sync();
+        s.done(DiskOp::Sync);
         Ok(())
     }
 
@@ -667,6 +691,7 @@ impl FileSystem for MemFs {
         );
         s.names.insert(path.to_path_buf(), id);
         s.syncs += 1;
+        s.done(DiskOp::Write);
         Ok(())
     }
 
@@ -678,6 +703,7 @@ impl FileSystem for MemFs {
         }
         let id = s.names.remove(from).ok_or_else(|| not_found(from))?;
         s.names.insert(to.to_path_buf(), id);
+        s.done(DiskOp::Rename);
         Ok(())
     }
 
@@ -710,6 +736,7 @@ impl FileSystem for MemFs {
             .map(|(p, &i)| (p.clone(), i))
             .collect();
         s.durable_names.extend(current);
+        s.done(DiskOp::Sync);
         Ok(())
     }
 }
@@ -771,6 +798,28 @@ mod tests {
         fs.sync_dir(dir).unwrap();
         fs.crash(2);
         assert_eq!(fs.read(&dir.join("a")).unwrap(), b"snap");
+    }
+
+    #[test]
+    fn the_machine_dies_right_after_the_chosen_operation() {
+        let fs = MemFs::new();
+        let path = Path::new("/d/wal");
+        let mut f = fs.open_append(path).unwrap();
+        fs.sync_dir(Path::new("/d")).unwrap();
+        fs.set_faults(DiskFaults {
+            dies_after_next: Some(DiskOp::Sync),
+            ..DiskFaults::default()
+        });
+        f.append(b"first").unwrap();
+        assert!(!fs.is_dead(), "a write is not the chosen operation");
+        f.sync().unwrap();
+        assert!(fs.is_dead(), "the fsync succeeded, then the machine died");
+        assert!(
+            f.append(b"second").is_err(),
+            "a dead machine writes nothing"
+        );
+        fs.crash(3);
+        assert_eq!(fs.read(path).unwrap(), b"first");
     }
 
     #[test]

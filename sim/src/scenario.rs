@@ -464,6 +464,7 @@ async fn nemesis(
             Fault::Swizzle => swizzle(cluster, &net, &mut clogged, rng).await,
             Fault::Disk => disks.strike(cluster, random, rng).await,
             Fault::CrashAtPromise => crash_at_next_promise(cluster, random, rng).await,
+            Fault::CrashAtDiskOp => crash_at_next_disk_op(cluster, random, rng).await,
             Fault::DeposedLeaderReturns => {
                 deposed_leader_returns(cluster, &net, &mut clogged, rng).await
             }
@@ -512,6 +513,43 @@ async fn crash_at_next_promise(cluster: &mut SimCluster, victim: u64, rng: &mut 
             return;
         }
     }
+}
+
+/// Cuts `victim`'s power right after its next disk operation of a kind
+/// drawn at random succeeds: after a write (a batch on the page cache, not
+/// yet synced: the crash may tear it), after an fsync (durable, not yet
+/// announced), or after a rename (a snapshot in place, the log not yet
+/// compacted). From that moment every change its disk is asked for fails,
+/// so nothing more reaches the disk before the power goes.
+async fn crash_at_next_disk_op(cluster: &mut SimCluster, victim: u64, rng: &mut ChaCha8Rng) {
+    use kv_net::fs::{DiskFaults, DiskOp};
+    let Some(disk) = cluster.disk(victim).cloned() else {
+        return;
+    };
+    let op = match rng.random_range(0..10) {
+        0..=4 => DiskOp::Write,
+        5..=7 => DiskOp::Sync,
+        _ => DiskOp::Rename,
+    };
+    disk.set_faults(DiskFaults {
+        dies_after_next: Some(op),
+        ..disk.faults()
+    });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && !disk.is_dead() {
+        sleep(Duration::from_micros(200)).await;
+    }
+    if disk.is_dead() {
+        cluster
+            .checker
+            .note(&format!("crash n{victim} right after a {op:?}"));
+        cluster.kill(victim, rng.random());
+    }
+    disk.set_faults(DiskFaults {
+        dies_after_next: None,
+        dies_after: None,
+        ..disk.faults()
+    });
 }
 
 /// Runs one fixed fault sequence until `until`. Returns the history's mark

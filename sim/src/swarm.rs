@@ -37,6 +37,10 @@ pub enum Fault {
     /// Power loss on any node the moment it next promises something
     /// durable (a vote, an acknowledgement, a snapshot installed or saved).
     CrashAtPromise,
+    /// Power loss on any node right after its next disk write, fsync or
+    /// rename (mid-batch, durable but unannounced, snapshot renamed but
+    /// the log not compacted).
+    CrashAtDiskOp,
     /// Cut the leader off while its clients still write to it, let a new
     /// leader commit, in half the runs kill that one, then heal: a deposed
     /// leader returns with a longer log of an older term (Figure 8, stale
@@ -47,7 +51,7 @@ pub enum Fault {
 }
 
 /// Every kind, with its weight in the standard mix.
-const STANDARD: [(Fault, u32); 13] = [
+const STANDARD: [(Fault, u32); 14] = [
     (Fault::KillLeader, 2),
     (Fault::KillNextLeader, 2),
     (Fault::KillAny, 2),
@@ -59,6 +63,7 @@ const STANDARD: [(Fault, u32); 13] = [
     (Fault::Swizzle, 1),
     (Fault::Disk, 3),
     (Fault::CrashAtPromise, 2),
+    (Fault::CrashAtDiskOp, 2),
     (Fault::DeposedLeaderReturns, 2),
     (Fault::Heal, 4),
 ];
