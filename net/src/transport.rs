@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,10 +55,48 @@ pub struct NetFaults {
     pub replay_probability: f64,
     /// Seed of the fault generator.
     pub seed: u64,
-    /// While this switch is on, every AppendEntries the node sends is
-    /// lost (the nemesis keeps a new leader's first entry on its own disk
-    /// alone, as in Figure 8). `None`: no switch.
-    pub drop_appends: Option<Arc<AtomicBool>>,
+    /// Switches the nemesis turns while the node runs. `None`: none.
+    pub switches: Option<Arc<LinkSwitches>>,
+}
+
+/// Faults the nemesis switches on and off at chosen moments (simulation
+/// only), beside the seeded ones.
+#[derive(Debug, Default)]
+pub struct LinkSwitches {
+    /// What happens to the node's appends (an `AppendFilter` as u8).
+    pub append_filter: AtomicU8,
+    /// Messages to this peer are held back until the switch moves to
+    /// another value (0: none held), then delivered: answers sent in one
+    /// term arrive after it ended.
+    pub hold_to: AtomicU64,
+}
+
+/// What the nemesis does to the appends one node sends (simulation only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AppendFilter {
+    /// They travel as any other message.
+    Off = 0,
+    /// Every append is lost (a new leader's first entry stays on its own
+    /// disk alone, as in Figure 8).
+    DropAll = 1,
+    /// Entries of the sender's current term are cut from its appends, as if
+    /// sent in a later append that was lost; older entries still arrive.
+    /// A re-elected leader then spreads its old entries without its new
+    /// term's, which is when counting replicas of an old entry is wrong
+    /// (Figure 8). A leader may send any prefix of what it has, so correct
+    /// code cannot tell this from a slow link.
+    WithholdCurrentTerm = 2,
+}
+
+impl AppendFilter {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => AppendFilter::DropAll,
+            2 => AppendFilter::WithholdCurrentTerm,
+            _ => AppendFilter::Off,
+        }
+    }
 }
 
 /// Messages per peer kept for replays.
@@ -71,16 +109,34 @@ impl NetFaults {
             && self.delay_probability <= 0.0
             && self.long_delay_probability <= 0.0
             && self.replay_probability <= 0.0
-            && self.drop_appends.is_none()
+            && self.switches.is_none()
     }
 
-    /// True while `msg` is an append and the switch is on.
-    fn appends_dropped(&self, msg: &Message) -> bool {
-        matches!(msg.body, Some(message::Body::AppendEntries(_)))
-            && self
-                .drop_appends
-                .as_ref()
-                .is_some_and(|on| on.load(Ordering::Relaxed))
+    /// True while messages to `peer` are held back.
+    fn holds(&self, peer: u64) -> bool {
+        self.switches
+            .as_ref()
+            .is_some_and(|s| peer != 0 && s.hold_to.load(Ordering::Relaxed) == peer)
+    }
+
+    /// `msg` as the append filter lets it through (None: lost).
+    fn filter_append(&self, mut msg: Message) -> Option<Message> {
+        let filter = self.switches.as_ref().map_or(AppendFilter::Off, |s| {
+            AppendFilter::from_u8(s.append_filter.load(Ordering::Relaxed))
+        });
+        let term = msg.term;
+        let Some(message::Body::AppendEntries(ae)) = msg.body.as_mut() else {
+            return Some(msg);
+        };
+        match filter {
+            AppendFilter::Off => Some(msg),
+            AppendFilter::DropAll => None,
+            AppendFilter::WithholdCurrentTerm => {
+                let keep = ae.entries.iter().take_while(|e| e.term < term).count();
+                ae.entries.truncate(keep);
+                Some(msg)
+            }
+        }
     }
 }
 
@@ -97,9 +153,9 @@ impl FaultState {
     /// hold-back (an old message replayed among them).
     fn fate(&mut self, msg: Message) -> Vec<(Message, Option<Duration>)> {
         let (f, rng) = (&self.faults, &mut self.rng);
-        if f.appends_dropped(&msg) {
+        let Some(msg) = f.filter_append(msg) else {
             return Vec::new();
-        }
+        };
         if rng.random_bool(f.drop_probability.clamp(0.0, 1.0)) {
             return Vec::new();
         }
@@ -316,7 +372,16 @@ impl PeerTransport {
             self.enqueue(queue, msg);
             return;
         };
-        let fate = faults.lock().unwrap_or_else(|e| e.into_inner()).fate(msg);
+        let (switches, fate) = {
+            let mut faults = faults.lock().unwrap_or_else(|e| e.into_inner());
+            let held = faults.faults.holds(msg.to);
+            let switches = faults.faults.switches.clone().filter(|_| held);
+            (switches, faults.fate(msg))
+        };
+        if let Some(switches) = switches {
+            self.hold(queue, fate, switches);
+            return;
+        }
         if fate.len() != 1 {
             self.counters.faults.fetch_add(1, Ordering::Relaxed);
         }
@@ -335,6 +400,28 @@ impl PeerTransport {
                 }
             }
         }
+    }
+
+    /// Keeps `msgs` until the nemesis stops holding messages to their
+    /// receiver, then queues them.
+    fn hold(
+        &self,
+        queue: &mpsc::Sender<Message>,
+        msgs: Vec<(Message, Option<Duration>)>,
+        switches: Arc<LinkSwitches>,
+    ) {
+        let queue = queue.clone();
+        let counters = self.counters.clone();
+        tokio::spawn(async move {
+            for (msg, _) in msgs {
+                while switches.hold_to.load(Ordering::Relaxed) == msg.to {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                if queue.try_send(msg).is_err() {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
     }
 
     fn enqueue(&self, queue: &mpsc::Sender<Message>, msg: Message) {

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kv_net::fs::MemFs;
 use kv_net::node::events::Events;
 use kv_net::node::{Member, Node, NodeConfig};
-use kv_net::transport::NetFaults;
+use kv_net::transport::{AppendFilter, LinkSwitches, NetFaults};
 use madsim::runtime::{Handle, NodeHandle};
 
 use crate::invariants::InvariantChecker;
@@ -38,8 +38,8 @@ pub struct SimNode {
     pub down: bool,
     /// Whether it is currently paused.
     pub paused: bool,
-    /// While on, every append it sends is lost (see `NetFaults`).
-    pub appends_dropped: Arc<AtomicBool>,
+    /// Faults the nemesis switches on its links.
+    pub switches: Arc<LinkSwitches>,
 }
 
 /// A running simulated cluster.
@@ -71,6 +71,8 @@ pub struct ClusterConfig {
     /// Bytes of committed entries applied per step, if not the default
     /// (small: the apply lags the commit across steps).
     pub max_apply_bytes: Option<usize>,
+    /// Whether nodes run a pre-vote round before an election.
+    pub pre_vote: bool,
     /// Disk bandwidth, shared by the WAL and snapshots (0: no limit).
     pub disk_bytes_per_sec: u64,
     /// One node whose fsyncs take up to this long instead (a leader on it
@@ -100,9 +102,9 @@ impl SimCluster {
             let mut node_cfg = NodeConfig::new(id, members.clone(), PathBuf::from(DATA_DIR));
             node_cfg.snapshot_entries = cfg.snapshot_entries;
             node_cfg.segment_bytes = cfg.segment_bytes;
-            let appends_dropped = Arc::new(AtomicBool::new(false));
+            let switches = Arc::new(LinkSwitches::default());
             node_cfg.net_faults = NetFaults {
-                drop_appends: Some(appends_dropped.clone()),
+                switches: Some(switches.clone()),
                 ..cfg.net_faults.clone()
             };
             node_cfg.seed = handle.seed().wrapping_add(id);
@@ -114,6 +116,7 @@ impl SimCluster {
             };
             node_cfg.disk_bytes_per_sec = cfg.disk_bytes_per_sec;
             node_cfg.max_append_entries = cfg.max_append_entries;
+            node_cfg.pre_vote = cfg.pre_vote;
             if let Some(bytes) = cfg.max_apply_bytes {
                 node_cfg.max_apply_bytes = bytes;
             }
@@ -148,7 +151,7 @@ impl SimCluster {
                     disk,
                     down: false,
                     paused: false,
-                    appends_dropped,
+                    switches,
                 },
             );
         }
@@ -264,10 +267,22 @@ impl SimCluster {
         self.checker.note(&format!("resume n{id}"));
     }
 
-    /// Turns on or off the loss of every append node `id` sends.
-    pub fn drop_appends(&self, id: u64, on: bool) {
+    /// Sets what happens to the appends node `id` sends.
+    pub fn filter_appends(&self, id: u64, filter: AppendFilter) {
         if let Some(node) = self.nodes.get(&id) {
-            node.appends_dropped.store(on, Ordering::Relaxed);
+            node.switches
+                .append_filter
+                .store(filter as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// Holds back every message node `from` sends to `to` (None: releases
+    /// them; they are then delivered).
+    pub fn hold_messages(&self, from: u64, to: Option<u64>) {
+        if let Some(node) = self.nodes.get(&from) {
+            node.switches
+                .hold_to
+                .store(to.unwrap_or(0), Ordering::Relaxed);
         }
     }
 

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_net::transport::NetFaults;
+use kv_net::transport::{AppendFilter, NetFaults};
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use rand::{Rng, SeedableRng};
@@ -183,6 +183,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         },
         max_append_entries: rng.random_range(1..=16),
         max_apply_bytes: mix.max_apply_bytes,
+        pre_vote: mix.pre_vote,
         disk_bytes_per_sec: 0,
         slow_disk: None,
     };
@@ -757,7 +758,9 @@ async fn kill_next_leader(cluster: &mut SimCluster, rng: &mut ChaCha8Rng) {
 /// - the new leader commits and dies at once: the old one, healed, holds a
 ///   longer log of an older term than the survivors (the up-to-date
 ///   check, §5.4.1);
-/// - Figure 8 (see `figure_eight`).
+/// - Figure 8 (see `figure_eight`);
+/// - the old leader was paused, not cut off, and wakes to answers of its
+///   term that were held back (see `paused_leader_wakes`).
 async fn deposed_leader_returns(
     cluster: &mut SimCluster,
     net: &NetSim,
@@ -767,9 +770,12 @@ async fn deposed_leader_returns(
     let Some(old) = cluster.checker.current_leader() else {
         return;
     };
+    let ending = rng.random_range(0..4);
+    if ending == 3 {
+        return paused_leader_wakes(cluster, net, clogged, old, rng).await;
+    }
     let links = cut_off(cluster, net, clogged, old);
     cluster.checker.note(&format!("depose n{old}: cut off"));
-    let ending = rng.random_range(0..3);
     if ending == 2 {
         return figure_eight(cluster, net, clogged, old, links, rng).await;
     }
@@ -788,15 +794,64 @@ async fn deposed_leader_returns(
     cluster.checker.note(&format!("depose n{old}: healed"));
 }
 
+/// A leader paused (a long GC pause, a stalled VM) while the answers to
+/// its last heartbeats are held back in the network. The others elect a
+/// new leader that serves writes; the paused leader's clients queue reads
+/// on it. It wakes still believing it leads, registers those reads, and
+/// only then do the held answers of its old term arrive, before anything
+/// of the new term. They answer rounds sent before the reads arrived, so
+/// they must not confirm them (thesis §6.4: a read waits for a round sent
+/// after it arrived).
+async fn paused_leader_wakes(
+    cluster: &mut SimCluster,
+    net: &NetSim,
+    clogged: &mut BTreeSet<(u64, u64)>,
+    old: u64,
+    rng: &mut ChaCha8Rng,
+) {
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&o| o != old).collect();
+    for &o in &others {
+        cluster.hold_messages(o, Some(old));
+    }
+    sleep(Duration::from_millis(rng.random_range(20..80))).await;
+    cluster.pause(old);
+    let links = cut_off(cluster, net, clogged, old);
+    cluster
+        .checker
+        .note(&format!("depose n{old}: paused, answers to it held back"));
+    let new = next_leader(cluster, old, true).await;
+    sleep(Duration::from_millis(rng.random_range(100..500))).await;
+    cluster.resume(old);
+    sleep(Duration::from_millis(rng.random_range(1..20))).await;
+    // Answers may reach it again, but it still cannot reach anyone.
+    let (inbound, outbound): (Vec<_>, Vec<_>) = links.into_iter().partition(|&(_, to)| to == old);
+    heal(cluster, net, clogged, inbound);
+    for &o in others.iter().filter(|&&o| Some(o) != new) {
+        cluster.hold_messages(o, None);
+    }
+    cluster.checker.note(&format!(
+        "depose n{old}: woke, held answers of its term released"
+    ));
+    sleep(Duration::from_millis(rng.random_range(5..30))).await;
+    for &o in &others {
+        cluster.hold_messages(o, None);
+    }
+    sleep(Duration::from_millis(rng.random_range(0..50))).await;
+    heal(cluster, net, clogged, outbound);
+    cluster.checker.note(&format!("depose n{old}: healed"));
+}
+
 /// Figure 8 on any cluster size. `old` (cut off by the caller through
 /// `links`) holds entries of its term no one else has. The others' appends
 /// are lost while they elect a leader, so its first entry reaches only its
 /// own disk; it is killed once that is durable. The old leader, healed, is
 /// elected again (its log is the most up-to-date left) and spreads its old
-/// entries; at its first commit it is cut off and killed, and the other
-/// comes back with its later term. An entry of an earlier term counted onto
-/// a majority was never committed (§5.4.2): had the old leader answered a
-/// client for it, the returning leader would now erase that write.
+/// entries, but the entries of its new term are withheld from its appends
+/// (as if the append carrying them were lost); at its first commit it is
+/// cut off and killed, and the other comes back with its later term. An
+/// entry of an earlier term counted onto a majority was never committed
+/// (§5.4.2): had the old leader taken it for committed, the returning
+/// leader would now erase it.
 async fn figure_eight(
     cluster: &mut SimCluster,
     net: &NetSim,
@@ -807,7 +862,7 @@ async fn figure_eight(
 ) {
     let others: Vec<u64> = cluster.ids().into_iter().filter(|&o| o != old).collect();
     for &o in &others {
-        cluster.drop_appends(o, true);
+        cluster.filter_appends(o, AppendFilter::DropAll);
     }
     let new = next_leader(cluster, old, false).await;
     if let Some(new) = new {
@@ -819,13 +874,16 @@ async fn figure_eight(
         cluster.kill(new, rng.random());
     }
     for &o in &others {
-        cluster.drop_appends(o, false);
+        cluster.filter_appends(o, AppendFilter::Off);
     }
-    heal(cluster, net, clogged, links);
     let Some(new) = new else {
+        heal(cluster, net, clogged, links);
         return;
     };
-    if next_commit_as_leader(cluster, old).await {
+    cluster.filter_appends(old, AppendFilter::WithholdCurrentTerm);
+    heal(cluster, net, clogged, links);
+    let committed = next_commit_as_leader(cluster, old).await;
+    if committed {
         // Cut first: its next appends (an entry of its new term) must not
         // land before it dies.
         let _ = cut_off(cluster, net, clogged, old);
@@ -834,6 +892,7 @@ async fn figure_eight(
         ));
         cluster.kill(old, rng.random());
     }
+    cluster.filter_appends(old, AppendFilter::Off);
     cluster.restart(new);
 }
 

@@ -80,6 +80,10 @@ pub struct FaultMix {
     /// default: in some seeds one entry at a time, so the apply lags the
     /// commit.
     pub max_apply_bytes: Option<usize>,
+    /// Whether nodes run a pre-vote round (off in three seeds in ten: a
+    /// node cut off raises its term at every timeout, and a deposed leader
+    /// comes back with a term higher than the cluster's).
+    pub pre_vote: bool,
 }
 
 impl FaultMix {
@@ -111,7 +115,9 @@ impl FaultMix {
             .random_bool(0.3)
             .then(|| Duration::from_millis(rng.random_range(20..150)));
         let max_apply_bytes = rng.random_bool(0.3).then(|| rng.random_range(1..256));
+        let pre_vote = rng.random_bool(0.7);
         FaultMix {
+            pre_vote,
             weights,
             net,
             slow_disk,
@@ -155,7 +161,7 @@ fn net_faults(rng: &mut ChaCha8Rng, seed: u64) -> NetFaults {
         long_delay_max: Duration::from_millis(rng.random_range(500..3000)),
         replay_probability,
         seed,
-        drop_appends: None,
+        switches: None,
     }
 }
 
@@ -182,6 +188,9 @@ impl fmt::Display for FaultMix {
         }
         if let Some(b) = self.max_apply_bytes {
             write!(f, "; applies {b} bytes per step")?;
+        }
+        if !self.pre_vote {
+            write!(f, "; no pre-vote")?;
         }
         Ok(())
     }

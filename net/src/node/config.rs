@@ -83,6 +83,10 @@ pub struct NodeConfig {
     /// least one entry); small values leave a backlog between steps, which
     /// the simulation uses.
     pub max_apply_bytes: usize,
+    /// Run a pre-vote round before each election (thesis §9.6); on by
+    /// default. Off, a node cut off from the others raises its term at
+    /// every timeout (the simulation runs both ways).
+    pub pre_vote: bool,
     /// Simulated time between a write and its fsync (simulation only; zero
     /// by default, where the real disk's own latency applies).
     pub disk_latency_max: Duration,
@@ -123,6 +127,7 @@ impl NodeConfig {
             disk_bytes_per_sec: 0,
             max_append_entries: 4096,
             max_apply_bytes: RaftConfig::new(id, Vec::new()).max_apply_bytes,
+            pre_vote: true,
         }
     }
 
@@ -162,6 +167,7 @@ impl NodeConfig {
         cfg.seed = self.seed;
         cfg.max_append_entries = self.max_append_entries;
         cfg.max_apply_bytes = self.max_apply_bytes;
+        cfg.pre_vote = self.pre_vote;
         cfg.max_uncommitted_bytes = self.max_uncommitted_bytes;
         cfg.max_inflight_bytes = self.max_inflight_bytes;
         // An append must fit a peer frame with room to spare.
