@@ -83,6 +83,7 @@ impl Client {
     /// Runs operations until `stop_at`.
     pub async fn run(mut self) {
         while Instant::now() < self.cfg.stop_at {
+            self.maybe_wander();
             let input = self.next_input();
             let op = self.history.invoke(self.id, input.clone());
             let output = self.execute(&input).await;
@@ -243,6 +244,21 @@ impl Client {
                     return None;
                 }
             }
+        }
+    }
+
+    /// Like a client library that spreads requests over every endpoint,
+    /// one operation in four starts at a node drawn at random (a follower
+    /// redirects it), so requests also reach a deposed leader that still
+    /// believes it leads.
+    fn maybe_wander(&mut self) {
+        if self.addrs.is_empty() || !self.rng.random_bool(0.25) {
+            return;
+        }
+        let next = self.rng.random_range(0..self.addrs.len());
+        if next != self.current {
+            self.current = next;
+            self.conn = None;
         }
     }
 
