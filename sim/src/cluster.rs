@@ -50,6 +50,8 @@ pub struct SimCluster {
     pub checker: Arc<InvariantChecker>,
     /// Client addresses of all members.
     pub client_addrs: Vec<SocketAddr>,
+    /// Hosts the nemesis made so far (each needs an address of its own).
+    pub extra_hosts: u64,
 }
 
 /// How to build the cluster.
@@ -160,6 +162,7 @@ impl SimCluster {
             nodes,
             checker,
             client_addrs,
+            extra_hosts: 0,
         }
     }
 

@@ -775,7 +775,11 @@ async fn deposed_leader_returns(
         return paused_leader_wakes(cluster, net, clogged, old, rng).await;
     }
     let links = cut_off(cluster, net, clogged, old);
-    cluster.checker.note(&format!("depose n{old}: cut off"));
+    let flood = rng.random_range(0..300);
+    flood_with_writes(cluster, old, flood);
+    cluster.checker.note(&format!(
+        "depose n{old}: cut off, {flood} writes sent to it"
+    ));
     if ending == 2 {
         return figure_eight(cluster, net, clogged, old, links, rng).await;
     }
@@ -792,6 +796,46 @@ async fn deposed_leader_returns(
     sleep(Duration::from_millis(rng.random_range(0..50))).await;
     heal(cluster, net, clogged, links);
     cluster.checker.note(&format!("depose n{old}: healed"));
+}
+
+/// Sends `count` writes to `node` at once, each on its own connection, from
+/// a host of their own, and never reads the answers: a deposed leader
+/// cut off from its peers grows a long tail of its own term (one a
+/// snapshot index can fall inside). The keys (`z...`) are none the
+/// workload reads, so whether these writes happen is never checked; the
+/// state of every node still is.
+fn flood_with_writes(cluster: &mut SimCluster, node: u64, count: u64) {
+    let Some(&addr) = cluster.client_addrs.get(node as usize - 1) else {
+        return;
+    };
+    let tag = cluster.extra_hosts;
+    cluster.extra_hosts += 1;
+    let (third, fourth) = (4 + tag / 250, 1 + tag % 250);
+    let host = Handle::current()
+        .create_node()
+        .name(format!("flood-{tag}"))
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, third as u8, fourth as u8)))
+        .build();
+    host.spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut open = Vec::new();
+        for i in 0..count {
+            let Ok(Ok(mut stream)) = tokio::time::timeout(
+                Duration::from_millis(50),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            else {
+                return;
+            };
+            let line = format!("SET z{tag}-{i} v\n");
+            if stream.write_all(line.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+            open.push(stream);
+        }
+        sleep(Duration::from_secs(3)).await;
+    });
 }
 
 /// A leader paused (a long GC pause, a stalled VM) while the answers to
