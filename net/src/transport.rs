@@ -22,7 +22,7 @@ use kv_proto::raft::{message, Envelope, Hello, Message};
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -221,6 +221,12 @@ pub struct TransportConfig {
     pub reconnect_backoff_min: Duration,
     /// Longest reconnect delay.
     pub reconnect_backoff_max: Duration,
+    /// A link idle this long sends an empty frame, and its receiver
+    /// answers what it received with one byte at most this often; a link
+    /// silent for four times this long is dropped and dialled again (a
+    /// connection stalled by a partition recovers when it heals, not when
+    /// TCP's retransmission backoff runs out).
+    pub keepalive: Duration,
     /// Injected faults (off by default).
     pub faults: NetFaults,
     /// Mutual TLS on both ends of every peer connection (off: plain TCP).
@@ -526,8 +532,10 @@ async fn serve_inbound(
 
 /// Reads envelopes from one inbound connection until it closes: first the
 /// hello, then envelopes from the member it named. Anything that does not
-/// check out closes the connection.
-async fn read_loop<S: AsyncRead + Unpin>(
+/// check out closes the connection. What arrives is acknowledged with one
+/// byte at most every half `keepalive` (the dialer's proof that the link
+/// delivers); a member silent for four keepalives is closed.
+async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     from: SocketAddr,
     cfg: Arc<TransportConfig>,
@@ -535,18 +543,27 @@ async fn read_loop<S: AsyncRead + Unpin>(
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut frames = FrameReader::new(stream, cfg.max_frame_bytes);
+    let (read, mut write) = tokio::io::split(stream);
+    let mut frames = FrameReader::new(read, cfg.max_frame_bytes);
     let mut peer = None;
+    let mut acked = tokio::time::Instant::now();
     loop {
-        // A stranger gets `hello_timeout` to say who it is; members then
-        // have as long as they like.
-        let hello_by = tokio::time::sleep(cfg.hello_timeout);
+        // A stranger gets `hello_timeout` to say who it is; a member must
+        // send something (a ping at least) every few keepalives.
+        let silence = match peer {
+            None => cfg.hello_timeout,
+            Some(_) => cfg.keepalive * 4,
+        };
         let frame = tokio::select! {
             biased;
             f = frames.next_frame() => f,
             _ = shutdown.changed() => return,
-            _ = hello_by, if peer.is_none() => {
-                return counters.refuse(cfg.node_id, from, "no hello in time", "");
+            _ = tokio::time::sleep(silence) => {
+                if peer.is_none() {
+                    return counters.refuse(cfg.node_id, from, "no hello in time", "");
+                }
+                tracing::debug!(node = cfg.node_id, %from, "peer connection silent; closing");
+                return;
             }
         };
         let payload = match frame {
@@ -564,6 +581,16 @@ async fn read_loop<S: AsyncRead + Unpin>(
             }
             continue;
         };
+        if acked.elapsed() >= cfg.keepalive / 2 {
+            acked = tokio::time::Instant::now();
+            let ack = tokio::time::timeout(cfg.keepalive, write_all_flush(&mut write, &[0]));
+            if !matches!(ack.await, Ok(Ok(()))) {
+                return;
+            }
+        }
+        if payload.is_empty() {
+            continue; // a ping: the link is idle, not dead
+        }
         let msg = match validate(&cfg, &payload, sender) {
             Ok(msg) => msg,
             Err((kind, detail)) => return counters.refuse(cfg.node_id, from, kind, &detail),
@@ -736,14 +763,19 @@ impl Link<'_> {
         self.pump(stream, queue, shutdown, buf).await
     }
 
-    /// Says hello, then writes batches of queued messages until a write fails.
-    async fn pump<S: AsyncWrite + Unpin>(
+    /// Says hello, then writes batches of queued messages until a write
+    /// fails or the link goes silent: an idle link sends an empty frame
+    /// every `keepalive`, and one whose receiver has not acknowledged
+    /// anything for four keepalives is given up (its stream may be stalled
+    /// behind a partition that has healed since).
+    async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        mut stream: S,
+        stream: S,
         queue: &mut mpsc::Receiver<Message>,
         shutdown: &mut watch::Receiver<bool>,
         buf: &mut Vec<u8>,
     ) -> Pumped {
+        let (mut read, mut write) = tokio::io::split(stream);
         buf.clear();
         let hello = Hello {
             cluster_id: self.cfg.cluster_id,
@@ -751,23 +783,50 @@ impl Link<'_> {
             to: self.peer,
         };
         encode_frame(&hello, buf);
-        if write_all_flush(&mut stream, buf).await.is_err() {
+        if write_all_flush(&mut write, buf).await.is_err() {
             return Pumped::Broken;
         }
+        let keepalive = self.cfg.keepalive;
+        let mut ticker = tokio::time::interval(keepalive);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = tokio::time::Instant::now();
+        let mut wrote = tokio::time::Instant::now();
+        let mut acks = [0u8; 64];
         loop {
             let first = tokio::select! {
                 biased;
-                m = queue.recv() => m,
                 _ = shutdown.changed() => return Pumped::Stopped,
-            };
-            let Some(first) = first else {
-                return Pumped::Stopped;
+                m = queue.recv() => match m {
+                    Some(m) => m,
+                    None => return Pumped::Stopped,
+                },
+                n = read.read(&mut acks) => match n {
+                    Ok(n) if n > 0 => {
+                        heard = tokio::time::Instant::now();
+                        continue;
+                    }
+                    _ => return Pumped::Broken,
+                },
+                _ = ticker.tick() => {
+                    if heard.elapsed() > keepalive * 4 {
+                        tracing::debug!(node = self.cfg.node_id, peer = self.peer, "peer link silent; reconnecting");
+                        return Pumped::Broken;
+                    }
+                    if wrote.elapsed() >= keepalive
+                        && write_all_flush(&mut write, &0u32.to_be_bytes()).await.is_err()
+                    {
+                        return Pumped::Broken;
+                    }
+                    wrote = tokio::time::Instant::now();
+                    continue;
+                }
             };
             let count = self.encode_batch(first, queue, buf);
-            if let Err(e) = write_all_flush(&mut stream, buf).await {
+            if let Err(e) = write_all_flush(&mut write, buf).await {
                 tracing::debug!(node = self.cfg.node_id, peer = self.peer, error = %e, "peer write failed; reconnecting");
                 return Pumped::Broken;
             }
+            wrote = tokio::time::Instant::now();
             self.counters.sent.fetch_add(count, Ordering::Relaxed);
         }
     }
@@ -840,6 +899,7 @@ mod tests {
             max_frame_bytes: 1 << 20,
             max_inbound_connections: 4,
             hello_timeout: Duration::from_millis(300),
+            keepalive: Duration::from_millis(200),
             reconnect_backoff_min: Duration::from_millis(5),
             reconnect_backoff_max: Duration::from_millis(50),
             faults: NetFaults::default(),
@@ -878,6 +938,33 @@ mod tests {
     }
 
     /// Opens a raw connection to `addr` that says `hello` and sends `msgs`.
+    #[tokio::test]
+    async fn an_idle_link_stays_up_and_a_silent_member_is_closed() {
+        let mut addrs = BTreeMap::new();
+        for id in 1..=2 {
+            addrs.insert(id, free_addr().await);
+        }
+        let (tx1, _rx1) = mpsc::channel(64);
+        let (tx2, mut rx2) = mpsc::channel(64);
+        let t1 = PeerTransport::start(config(1, &addrs), tx1).await.unwrap();
+        let _t2 = PeerTransport::start(config(2, &addrs), tx2).await.unwrap();
+        t1.send(msg(1, 2, 1));
+        assert_eq!(recv(&mut rx2).await.unwrap().term, 1);
+        // Ten keepalives of silence: pings keep the link, no redial.
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        t1.send(msg(1, 2, 2));
+        assert_eq!(recv(&mut rx2).await.unwrap().term, 2);
+        assert_eq!(t1.stats().connects, 1, "an idle link is not a dead one");
+
+        // A member that says hello and then nothing at all is closed after
+        // four keepalives (200 ms each here).
+        let mut silent = raw_peer(addrs[&2], hello(7, 1, 2), Vec::new()).await;
+        assert!(
+            closed_within(&mut silent, Duration::from_millis(1500)).await,
+            "a silent member's connection is closed"
+        );
+    }
+
     async fn raw_peer(addr: SocketAddr, hello: Hello, msgs: Vec<(u64, Message)>) -> TcpStream {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let mut buf = Vec::new();

@@ -173,6 +173,24 @@ impl InvariantChecker {
             .collect()
     }
 
+    /// Each node's last reported state, one line each, for liveness
+    /// failures: role, term, commit, applied, standing.
+    pub fn describe_nodes(&self, ids: &[u64]) -> String {
+        let s = self.lock();
+        ids.iter()
+            .map(|id| {
+                let (term, role) = s.roles.get(id).copied().unwrap_or((0, Role::Follower));
+                format!(
+                    "n{id} {role:?} term {term} commit {} applied {} {:?}",
+                    s.commit.get(id).copied().unwrap_or(0),
+                    s.last_applied.get(id).copied().unwrap_or(0),
+                    s.standings.get(id).copied().unwrap_or(Standing::Voter),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The digest recorded after applying `index`, if any node applied it.
     pub fn digest_at(&self, index: u64) -> Option<u64> {
         self.lock().digests.get(&index).copied()

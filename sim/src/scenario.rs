@@ -342,7 +342,14 @@ async fn finish(
             e
         }
     };
-    let converged = converge(cluster, handle, seed, scenario.heal_deadline).await;
+    let converged = converge(
+        cluster,
+        handle,
+        seed,
+        scenario.clients,
+        scenario.heal_deadline,
+    )
+    .await;
     if let Err(e) = converged {
         let violations = checker.violations();
         return Err(with_trace(format!("{e}; violations: {violations:?}")));
@@ -1077,38 +1084,78 @@ fn heal_all(cluster: &mut SimCluster) {
     }
 }
 
-/// Liveness: after healing, a write must commit through the client protocol
-/// and every node must reach the same applied index with the same state.
+/// Liveness: after healing, a leader must be elected within a bound, every
+/// client must get a write committed through the client protocol, and
+/// every node must reach the same applied index with the same state. A
+/// failure names each node's last state (role, term, commit, applied,
+/// standing), so a node stuck campaigning or never catching up shows.
 async fn converge(
     cluster: &SimCluster,
     handle: &Handle,
     seed: u64,
+    clients: u64,
     deadline: Duration,
 ) -> Result<(), String> {
-    let give_up = Instant::now() + deadline;
-    let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1));
-    let probe_node = handle.create_node().name("liveness-probe").ip(ip).build();
-    let history = Arc::new(HistoryRecorder::new());
-    let cfg = WorkloadConfig {
-        keys: 1,
-        request_timeout: Duration::from_secs(1),
-        stop_at: give_up,
-        think_max: Duration::from_millis(0),
+    let started = Instant::now();
+    let give_up = started + deadline;
+    let ids = cluster.ids();
+    let nodes = || cluster.checker.describe_nodes(&ids);
+    // A leader within a third of the time (several election timeouts even
+    // for a node that must first be repaired).
+    let leader_by = started + deadline / 3;
+    let live_leader = || {
+        cluster
+            .checker
+            .current_leader()
+            .filter(|&l| !cluster.is_down(l))
     };
-    let addrs = cluster.client_addrs.clone();
-    let probe_history = history.clone();
-    let wrote = probe_node
-        .spawn(async move {
-            let mut client = Client::new(999, addrs, seed, cfg, probe_history);
-            client.write_until_ok(b"liveness", give_up).await
-        })
-        .await
-        .unwrap_or(false);
-    handle.kill(probe_node.id());
-    if !wrote {
+    while live_leader().is_none() {
+        if Instant::now() >= leader_by {
+            return Err(format!(
+                "liveness: no leader within {:?} after healing ({})",
+                deadline / 3,
+                nodes()
+            ));
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    // Every client, each from a host of its own and starting at a node of
+    // its own, must get a write through.
+    let mut probes = Vec::new();
+    for c in 1..=clients.max(1) {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 2, c as u8));
+        let host = handle
+            .create_node()
+            .name(format!("liveness-probe-{c}"))
+            .ip(ip)
+            .build();
+        let cfg = WorkloadConfig {
+            keys: 1,
+            request_timeout: Duration::from_secs(1),
+            stop_at: give_up,
+            think_max: Duration::from_millis(0),
+        };
+        let addrs = cluster.client_addrs.clone();
+        let history = Arc::new(HistoryRecorder::new());
+        let task = host.spawn(async move {
+            let mut client = Client::new(c, addrs, seed, cfg, history);
+            client
+                .write_until_ok(format!("liveness-{c}").as_bytes(), give_up)
+                .await
+        });
+        probes.push((c, host.id(), task));
+    }
+    let mut stuck = Vec::new();
+    for (c, host, task) in probes {
+        if !task.await.unwrap_or(false) {
+            stuck.push(c);
+        }
+        handle.kill(host);
+    }
+    if !stuck.is_empty() {
         return Err(format!(
-            "liveness: no write committed within {deadline:?} after healing (not voters {:?})",
-            cluster.checker.not_voters()
+            "liveness: no write committed within {deadline:?} after healing for clients {stuck:?} ({})",
+            nodes()
         ));
     }
     loop {
@@ -1129,7 +1176,8 @@ async fn converge(
         if Instant::now() >= give_up {
             return Err(format!(
                 "liveness: nodes did not converge within {deadline:?} (applied {indexes:?}, \
-                 not voters {not_voters:?})"
+                 not voters {not_voters:?}; {})",
+                nodes()
             ));
         }
         sleep(Duration::from_millis(100)).await;

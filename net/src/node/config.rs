@@ -193,6 +193,7 @@ impl NodeConfig {
             max_frame_bytes: self.max_peer_frame_bytes,
             max_inbound_connections: self.max_peer_connections,
             hello_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(1),
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(1),
             faults: self.net_faults.clone(),
