@@ -42,6 +42,9 @@ pub struct Scenario {
     /// Bulk state loaded before the faults start, on a slow disk (None:
     /// drawn from the seed for nemesis runs, a quarter of which get one).
     pub load: Option<Load>,
+    /// Only these nemesis faults, with no message faults (None: the seed's
+    /// whole mix). `SIM_FAULTS=CrashAtDiskOp` in the sweep tests.
+    pub only_faults: Option<Vec<Fault>>,
 }
 
 /// A state large enough, on a disk slow enough, that every snapshot takes
@@ -123,6 +126,7 @@ impl Scenario {
             trace: false,
             script: None,
             load: None,
+            only_faults: None,
         }
     }
 }
@@ -161,7 +165,10 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         scenario.trace,
     ));
 
-    let mix = FaultMix::for_seed(seed);
+    let mix = match &scenario.only_faults {
+        Some(kinds) => FaultMix::for_seed(seed).only(kinds),
+        None => FaultMix::for_seed(seed),
+    };
     let net_faults = if scenario.nemesis && scenario.script.is_none() {
         checker.note(&mix.to_string());
         mix.net.clone()

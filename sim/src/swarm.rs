@@ -125,6 +125,43 @@ impl FaultMix {
         }
     }
 
+    /// This mix narrowed to the nemesis faults `kinds` (each at its
+    /// standard weight; healing stays) with no message faults, no slow disk
+    /// and no apply lag: what one kind of fault finds on its own.
+    pub fn only(&self, kinds: &[Fault]) -> Self {
+        let weights = STANDARD
+            .iter()
+            .map(|&(f, w)| {
+                (
+                    f,
+                    if f == Fault::Heal || kinds.contains(&f) {
+                        w
+                    } else {
+                        0
+                    },
+                )
+            })
+            .collect();
+        FaultMix {
+            weights,
+            net: NetFaults {
+                seed: self.net.seed,
+                ..NetFaults::default()
+            },
+            slow_disk: None,
+            max_apply_bytes: None,
+            pre_vote: self.pre_vote,
+        }
+    }
+
+    /// The kind named `name` (as printed in a mix), if any.
+    pub fn kind_named(name: &str) -> Option<Fault> {
+        STANDARD
+            .iter()
+            .map(|&(f, _)| f)
+            .find(|f| format!("{f:?}").eq_ignore_ascii_case(name.trim()))
+    }
+
     /// The next fault, drawn by weight.
     pub fn pick(&self, rng: &mut ChaCha8Rng) -> Fault {
         let total: u32 = self.weights.iter().map(|&(_, w)| w).sum();

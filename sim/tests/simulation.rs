@@ -8,7 +8,7 @@
 #![allow(clippy::print_stderr)]
 
 use kv_sim::scenario::{run, Load, Scenario, Script};
-use kv_sim::swarm::FaultMix;
+use kv_sim::swarm::{Fault, FaultMix};
 
 fn replay_hint(seed: u64, test: &str) -> String {
     format!(
@@ -17,10 +17,29 @@ fn replay_hint(seed: u64, test: &str) -> String {
     )
 }
 
+/// The nemesis faults `SIM_FAULTS` names (comma-separated, as a mix prints
+/// them), if set: a sweep with only those, to see what each finds alone.
+fn only_faults() -> Option<Vec<Fault>> {
+    let names = std::env::var("SIM_FAULTS").ok()?;
+    let kinds = names
+        .split(',')
+        .map(|n| {
+            FaultMix::kind_named(n).unwrap_or_else(|| panic!("SIM_FAULTS: no fault named {n:?}"))
+        })
+        .collect();
+    Some(kinds)
+}
+
 async fn sweep_one(nodes: u64, test: &str) {
     let seed = madsim::runtime::Handle::current().seed();
-    eprintln!("seed {seed} ({nodes} nodes), {}", FaultMix::for_seed(seed));
-    match run(Scenario::standard(nodes)).await {
+    let mut scenario = Scenario::standard(nodes);
+    scenario.only_faults = only_faults();
+    let mix = match &scenario.only_faults {
+        Some(kinds) => FaultMix::for_seed(seed).only(kinds),
+        None => FaultMix::for_seed(seed),
+    };
+    eprintln!("seed {seed} ({nodes} nodes), {mix}");
+    match run(scenario).await {
         Ok(r) => eprintln!(
             "seed {seed} ok: {} ops ({} indeterminate), {} node events checked, {:.1} s simulated",
             r.ops,
