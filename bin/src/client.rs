@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use kv_net::client::binary::MAGIC;
-use kv_net::client::text::{
-    encode_request, encode_response, fits_on_a_line, parse_response, Request, Response,
-};
+use kv_net::client::text::{encode_request, encode_response, parse_response, Request, Response};
 use kv_net::frame::encode_frame;
 use kv_proto::client as pb;
 use kv_proto::prost::Message as _;
@@ -149,6 +147,12 @@ pub enum ClientError {
     /// node's); nothing was sent.
     #[error("{0}")]
     Refused(String),
+    /// Nodes answered, but none knew a leader before the deadline.
+    #[error("no leader: the cluster answered but elected no leader within {timeout:?} (is a majority of nodes up?)")]
+    NoLeader {
+        /// The deadline.
+        timeout: Duration,
+    },
     /// The request was sent but no answer came back: it may or may not have been applied.
     #[error(
         "connection to {addr} lost after sending the request; it may or may not have been applied"
@@ -217,6 +221,11 @@ impl Client {
         let mut last = String::from("none");
         loop {
             if Instant::now() >= deadline {
+                if last == "ERR no leader" {
+                    return Err(ClientError::NoLeader {
+                        timeout: self.timeout,
+                    });
+                }
                 return Err(self.unreachable(last));
             }
             match self.exchange(line, req, deadline) {
@@ -289,6 +298,11 @@ impl Client {
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
+        if self.conn.as_ref().is_some_and(|(_, r)| is_stale(r)) {
+            // The server closed it while we were idle (a restart, an idle
+            // timeout): replace it before sending, not after a failure.
+            self.conn = None;
+        }
         if self.conn.is_none() {
             let addr = self.addrs[self.current];
             let stream = Stream::open(addr, remaining, self.tls.as_ref())?;
@@ -429,23 +443,138 @@ pub fn to_binary(id: u64, req: &Request) -> pb::Request {
                 .collect(),
         }),
         Request::Ping => Op::Ping(pb::Ping {}),
+        Request::Status => Op::Status(pb::StatusRequest {}),
+        Request::TransferLeader { to } => Op::TransferLeader(pb::TransferLeader { to: *to }),
     };
     pb::Request { id, op: Some(op) }
 }
 
-/// An answer as the text protocol shows it, except that a value holding
-/// CR, LF or NUL (which only the binary protocol carries) is shown quoted
-/// with escapes (`VALUE "x\nOK"`) rather than refused.
+/// An answer as the text protocol shows it, except that a value is shown
+/// quoted with escapes (`VALUE "x\nOK"`, `VALUE ""`) when it is empty or
+/// holds anything but printable text, as redis-cli does.
 pub fn display(resp: Response) -> String {
-    let quoted = |v: &[u8]| format!("\"{}\"", v.escape_ascii());
     match &resp {
-        Response::Value(v) if !fits_on_a_line(v) => format!("VALUE {}", quoted(v)),
-        Response::Fail(Some(v)) if !fits_on_a_line(v) => format!("FAIL {}", quoted(v)),
+        Response::Value(v) if needs_quotes(v) => format!("VALUE {}", quote(v)),
+        Response::Fail(Some(v)) if needs_quotes(v) => format!("FAIL {}", quote(v)),
         _ => {
             let mut out = Vec::new();
             encode_response(&resp, &mut out);
             String::from_utf8_lossy(&out).trim_end().to_string()
         }
+    }
+}
+
+/// Whether a value must be quoted to be shown unambiguously on one line.
+fn needs_quotes(v: &[u8]) -> bool {
+    match std::str::from_utf8(v) {
+        Ok(text) => {
+            text.is_empty()
+                || text
+                    .chars()
+                    .any(|c| c.is_control() || c == '"' || c.is_whitespace())
+        }
+        Err(_) => true,
+    }
+}
+
+/// `v` in double quotes, with `\n`, `\t`, `\"`, `\\` and `\xHH` escapes
+/// (the forms `split_args` reads back).
+pub fn quote(v: &[u8]) -> String {
+    let mut out = String::from("\"");
+    match std::str::from_utf8(v) {
+        Ok(text) => {
+            for c in text.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if c.is_control() => {
+                        for b in c.to_string().bytes() {
+                            out.push_str(&format!("\\x{b:02x}"));
+                        }
+                    }
+                    c => out.push(c),
+                }
+            }
+        }
+        Err(_) => out.push_str(&v.escape_ascii().to_string()),
+    }
+    out.push('"');
+    out
+}
+
+/// Splits a prompt line into arguments as redis-cli does: blanks separate
+/// them; "double quotes" take `\n \r \t \b \a \\ \" \xHH`; 'single quotes'
+/// take `\'` only. An argument may be empty (`""`) and hold any byte.
+pub fn split_args(line: &str) -> Result<Vec<Vec<u8>>, String> {
+    let mut args = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let Some(&first) = chars.peek() else {
+            return Ok(args);
+        };
+        let mut arg = Vec::new();
+        let mut buf = [0u8; 4];
+        match first {
+            '"' => {
+                chars.next();
+                loop {
+                    match chars.next() {
+                        None => return Err("unbalanced double quotes".into()),
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some('n') => arg.push(b'\n'),
+                            Some('r') => arg.push(b'\r'),
+                            Some('t') => arg.push(b'\t'),
+                            Some('b') => arg.push(8),
+                            Some('a') => arg.push(7),
+                            Some('x') => {
+                                let hex: String = chars.by_ref().take(2).collect();
+                                match u8::from_str_radix(&hex, 16) {
+                                    Ok(b) if hex.len() == 2 => arg.push(b),
+                                    _ => return Err(format!("bad escape \\x{hex}")),
+                                }
+                            }
+                            Some(c) => arg.extend_from_slice(c.encode_utf8(&mut buf).as_bytes()),
+                            None => return Err("unbalanced double quotes".into()),
+                        },
+                        Some(c) => arg.extend_from_slice(c.encode_utf8(&mut buf).as_bytes()),
+                    }
+                }
+            }
+            '\'' => {
+                chars.next();
+                loop {
+                    match chars.next() {
+                        None => return Err("unbalanced single quotes".into()),
+                        Some('\'') => break,
+                        Some('\\') if chars.peek() == Some(&'\'') => {
+                            chars.next();
+                            arg.push(b'\'');
+                        }
+                        Some(c) => arg.extend_from_slice(c.encode_utf8(&mut buf).as_bytes()),
+                    }
+                }
+            }
+            _ => {
+                while let Some(&c) = chars.peek() {
+                    if c.is_whitespace() {
+                        break;
+                    }
+                    chars.next();
+                    arg.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+        if chars.peek().is_some_and(|c| !c.is_whitespace()) {
+            return Err("a closing quote must be followed by a space".into());
+        }
+        args.push(arg);
     }
 }
 
@@ -460,8 +589,28 @@ pub fn from_binary(resp: pb::Response) -> Response {
         Some(R::Pong(_)) => Response::Pong,
         Some(R::Redirect(r)) => Response::Redirect(r.leader),
         Some(R::Error(e)) => Response::Err(e.message),
+        Some(R::Status(s)) => Response::Status(kv_net::node::status::proto_fields(&s)),
         None => Response::Err("empty response".into()),
     }
+}
+
+/// Whether a kept connection is no use any more: closed by the server, or
+/// holding bytes nobody asked for (an answer to an abandoned request, a
+/// TLS close alert). Checked without blocking before each request.
+fn is_stale(reader: &BufReader<Stream>) -> bool {
+    if !reader.buffer().is_empty() {
+        return true;
+    }
+    let sock = reader.get_ref().socket();
+    if sock.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    let stale = match sock.peek(&mut byte) {
+        Ok(_) => true, // EOF (0) or unexpected bytes
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    stale || sock.set_nonblocking(false).is_err()
 }
 
 enum Attempt {
@@ -514,11 +663,18 @@ pub fn is_error(resp: &str) -> bool {
 /// Builds a request from command-line words, one word per token, so a value
 /// may hold spaces (`kv-cli SET k "two words"`).
 pub fn request_from_words(words: &[String]) -> Result<Request, String> {
-    let b = |s: &String| bytes::Bytes::copy_from_slice(s.as_bytes());
-    let Some((name, args)) = words.split_first() else {
+    let args: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+    request_from_args(&args)
+}
+
+/// Builds a request from arguments of any bytes (the first names it).
+pub fn request_from_args(args: &[Vec<u8>]) -> Result<Request, String> {
+    let b = |s: &Vec<u8>| bytes::Bytes::copy_from_slice(s);
+    let Some((name, args)) = args.split_first() else {
         return Err("no command given".into());
     };
-    match (name.to_ascii_uppercase().as_str(), args) {
+    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    match (name.as_str(), args) {
         ("GET", [k]) => Ok(Request::Get { key: b(k) }),
         ("SET", [k, v]) => Ok(Request::Set {
             key: b(k),
@@ -530,13 +686,53 @@ pub fn request_from_words(words: &[String]) -> Result<Request, String> {
             expected: b(e),
             new: b(n),
         }),
+        ("MSET", pairs) if !pairs.is_empty() && pairs.len() % 2 == 0 => Ok(Request::MSet {
+            pairs: pairs.chunks(2).map(|p| (b(&p[0]), b(&p[1]))).collect(),
+        }),
         ("PING", []) => Ok(Request::Ping),
-        ("GET" | "DEL", _) => Err(format!("usage: {} <key>", name.to_ascii_uppercase())),
+        ("STATUS", []) => Ok(Request::Status),
+        ("GET" | "DEL", _) => Err(format!("usage: {name} <key>")),
         ("SET", _) => Err("usage: SET <key> <value>".into()),
         ("CAS", _) => Err("usage: CAS <key> <expected> <new>".into()),
+        ("MSET", _) => Err("usage: MSET <key> <value> [<key> <value> ...]".into()),
         ("PING", _) => Err("usage: PING".into()),
         _ => Err(format!(
-            "unknown command '{name}' (SET, GET, DEL, CAS, PING)"
+            "unknown command '{name}' (SET, GET, DEL, CAS, MSET, PING, STATUS, TRANSFER-LEADER)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_lines_split_like_redis_cli() {
+        let args = split_args(r#"SET "two words" 'it\'s' "\x00\n" """#).unwrap();
+        assert_eq!(
+            args,
+            vec![
+                b"SET".to_vec(),
+                b"two words".to_vec(),
+                b"it's".to_vec(),
+                vec![0, b'\n'],
+                Vec::new()
+            ]
+        );
+        assert!(split_args(r#"SET "open"#).is_err());
+        assert!(split_args(r#"SET "a"b"#).is_err());
+    }
+
+    #[test]
+    fn values_that_are_not_plain_text_are_shown_quoted_and_read_back() {
+        for v in [&b""[..], b"a b", b"\x00\xff", b"line\nbreak", b"say \"hi\""] {
+            let shown = display(Response::Value(bytes::Bytes::copy_from_slice(v)));
+            let quoted = shown.strip_prefix("VALUE ").unwrap();
+            assert_eq!(split_args(quoted).unwrap(), vec![v.to_vec()], "{shown}");
+        }
+        assert_eq!(
+            display(Response::Value(bytes::Bytes::from("plain"))),
+            "VALUE plain"
+        );
     }
 }

@@ -5,3 +5,4 @@ pub mod client;
 pub mod dev_certs;
 pub mod logging;
 pub mod members;
+pub mod status;

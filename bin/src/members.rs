@@ -34,6 +34,15 @@ pub fn parse_members(items: &[String]) -> Result<BTreeMap<u64, Member>> {
     if members.is_empty() {
         bail!("no members given");
     }
+    let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    for (id, m) in &members {
+        for (what, addr) in [("peer", m.peer_addr), ("client", m.client_addr)] {
+            let here = format!("member {id}'s {what} address");
+            if let Some(before) = seen.insert(addr, here.clone()) {
+                bail!("{here} {addr} is also {before}: every address must be distinct");
+            }
+        }
+    }
     Ok(members)
 }
 
@@ -48,6 +57,30 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_members_with_the_same_address_are_refused() {
+        let items: Vec<String> = [
+            "1=127.0.0.1:7101/127.0.0.1:7001",
+            "2=127.0.0.1:7101/127.0.0.1:7002",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let e = parse_members(&items).unwrap_err().to_string();
+        assert!(e.contains("127.0.0.1:7101"), "{e}");
+        let mixed: Vec<String> = [
+            "1=127.0.0.1:7101/127.0.0.1:7001",
+            "2=127.0.0.1:7001/127.0.0.1:7002",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert!(
+            parse_members(&mixed).is_err(),
+            "a peer address used as a client address"
+        );
+    }
 
     #[test]
     fn parses_three_members() {

@@ -146,7 +146,7 @@ fn a_refused_connection_is_told_why_and_kv_cli_prints_it() {
             said.contains("too many connections"),
             "kv-cli over {protocol} said: {said}"
         );
-        assert_eq!(out.status.code(), Some(1), "an ERR answer: exit code 1");
+        assert_eq!(out.status.code(), Some(4), "refused: exit code 4");
     }
     drop(held);
 }

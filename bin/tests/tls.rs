@@ -150,19 +150,19 @@ fn a_client_without_a_certificate_the_cluster_ca_signed_cannot_connect() {
         certs.join("ca.pem").display().to_string(),
     ];
     let (code, said) = kv_cli(&node, &ca_only, &["GET", "k"]);
-    assert_eq!(code, Some(2), "{said}");
+    assert_eq!(code, Some(4), "{said}");
     assert!(said.contains("refused by TLS"), "{said}");
 
     // A certificate from another CA.
     let mut stranger = client_tls(&foreign);
     stranger[1] = certs.join("ca.pem").display().to_string(); // trusts the cluster
     let (code, said) = kv_cli(&node, &stranger, &["GET", "k"]);
-    assert_eq!(code, Some(2), "{said}");
+    assert_eq!(code, Some(4), "{said}");
     assert!(said.contains("refused by TLS"), "{said}");
 
     // The client does not trust a node whose CA it does not know.
     let (code, said) = kv_cli(&node, &client_tls(&foreign), &["GET", "k"]);
-    assert_eq!(code, Some(2), "{said}");
+    assert_eq!(code, Some(4), "{said}");
     assert!(said.contains("TLS handshake failed"), "{said}");
 
     // Plain text on a TLS port gets one readable line, then the close.

@@ -70,6 +70,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The stream, for reading what is left (draining before a close).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// The next frame's payload; `None` at a clean end of stream.
     pub async fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
         Ok(self.next_charged_frame().await?.map(|(payload, _)| payload))

@@ -16,7 +16,9 @@
 pub mod client;
 pub mod frame;
 pub mod fs;
+pub mod http;
 pub mod log_limit;
+pub mod metrics;
 pub mod node;
 pub mod snapshots;
 pub mod storage;

@@ -292,11 +292,47 @@ impl Default for Counters {
 
 impl Counters {
     /// Counts a refused connection or frame and logs it at a limited rate.
+    fn snapshot(&self) -> TransportStats {
+        TransportStats {
+            sent: self.sent.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            faults: self.faults.load(Ordering::Relaxed),
+        }
+    }
+
     fn refuse(&self, node: u64, from: SocketAddr, kind: &'static str, detail: &str) {
         self.refused.fetch_add(1, Ordering::Relaxed);
         if let Some(held) = self.refusal_log.allow(kind) {
             tracing::warn!(node, %from, held_back = held, "refusing peer connection: {kind} ({detail})");
         }
+    }
+}
+
+/// Reads a transport's counters and queue depths from elsewhere.
+#[derive(Debug, Clone)]
+pub struct TransportProbe {
+    counters: Arc<Counters>,
+    queues: Vec<(u64, mpsc::WeakSender<Message>)>,
+}
+
+impl TransportProbe {
+    /// The counters now.
+    pub fn stats(&self) -> TransportStats {
+        self.counters.snapshot()
+    }
+
+    /// Messages waiting in each peer's outbound queue.
+    pub fn queue_depths(&self) -> Vec<(u64, usize)> {
+        self.queues
+            .iter()
+            .filter_map(|(peer, q)| {
+                let q = q.upgrade()?;
+                Some((*peer, q.max_capacity() - q.capacity()))
+            })
+            .collect()
     }
 }
 
@@ -438,14 +474,19 @@ impl PeerTransport {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> TransportStats {
-        let c = &self.counters;
-        TransportStats {
-            sent: c.sent.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            refused: c.refused.load(Ordering::Relaxed),
-            received: c.received.load(Ordering::Relaxed),
-            connects: c.connects.load(Ordering::Relaxed),
-            faults: c.faults.load(Ordering::Relaxed),
+        self.counters.snapshot()
+    }
+
+    /// A handle that reads the counters and queue depths from elsewhere
+    /// (metrics), without keeping the transport or its queues alive.
+    pub fn probe(&self) -> TransportProbe {
+        TransportProbe {
+            counters: self.counters.clone(),
+            queues: self
+                .queues
+                .iter()
+                .map(|(&peer, q)| (peer, q.downgrade()))
+                .collect(),
         }
     }
 

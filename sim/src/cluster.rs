@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kv_engine::raft::ReadMode;
 use kv_net::fs::MemFs;
 use kv_net::node::events::Events;
 use kv_net::node::{Member, Node, NodeConfig};
@@ -75,6 +76,11 @@ pub struct ClusterConfig {
     pub max_apply_bytes: Option<usize>,
     /// Whether nodes run a pre-vote round before an election.
     pub pre_vote: bool,
+    /// How leaders confirm leadership before reads.
+    pub read_mode: ReadMode,
+    /// Each node's clock rate (1.0: true time), by id from 1: its ticks
+    /// last `TICK / rate`. Missing nodes run true.
+    pub clock_rates: Vec<f64>,
     /// Disk bandwidth, shared by the WAL and snapshots (0: no limit).
     pub disk_bytes_per_sec: u64,
     /// One node whose fsyncs take up to this long instead (a leader on it
@@ -119,6 +125,9 @@ impl SimCluster {
             node_cfg.disk_bytes_per_sec = cfg.disk_bytes_per_sec;
             node_cfg.max_append_entries = cfg.max_append_entries;
             node_cfg.pre_vote = cfg.pre_vote;
+            node_cfg.read_mode = cfg.read_mode;
+            let rate = cfg.clock_rates.get(id as usize - 1).copied().unwrap_or(1.0);
+            node_cfg.tick = node_cfg.tick.div_f64(rate);
             if let Some(bytes) = cfg.max_apply_bytes {
                 node_cfg.max_apply_bytes = bytes;
             }

@@ -39,6 +39,9 @@ pub struct Operation {
     pub invoke: u64,
     /// Sequence number of the return (`u64::MAX` while unknown).
     pub ret: u64,
+    /// Simulated milliseconds since the recorder was made, at the
+    /// invocation and at the return (for people reading a failure).
+    pub at_ms: (u64, u64),
 }
 
 /// Identifies an operation in a recorder.
@@ -46,9 +49,19 @@ pub struct Operation {
 pub struct OpId(usize);
 
 /// Collects a history from concurrent clients.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HistoryRecorder {
     state: Mutex<(Vec<Operation>, u64)>,
+    started: tokio::time::Instant,
+}
+
+impl Default for HistoryRecorder {
+    fn default() -> Self {
+        HistoryRecorder {
+            state: Mutex::default(),
+            started: tokio::time::Instant::now(),
+        }
+    }
 }
 
 impl HistoryRecorder {
@@ -57,12 +70,17 @@ impl HistoryRecorder {
         Self::default()
     }
 
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Operation>, u64)> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records that `client` invoked `input`.
     pub fn invoke(&self, client: u64, input: Input) -> OpId {
+        let now = self.now_ms();
         let mut s = self.lock();
         s.1 += 1;
         let invoke = s.1;
@@ -72,18 +90,21 @@ impl HistoryRecorder {
             output: None,
             invoke,
             ret: u64::MAX,
+            at_ms: (now, u64::MAX),
         });
         OpId(s.0.len() - 1)
     }
 
     /// Records the answer to `op`.
     pub fn complete(&self, op: OpId, output: Output) {
+        let now = self.now_ms();
         let mut s = self.lock();
         s.1 += 1;
         let ret = s.1;
         if let Some(o) = s.0.get_mut(op.0) {
             o.output = Some(output);
             o.ret = ret;
+            o.at_ms.1 = now;
         }
     }
 

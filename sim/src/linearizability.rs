@@ -76,6 +76,8 @@ fn step(
                 _ => None,
             }
         }
+        // Touch no key: never part of a key's history.
+        Input::Status | Input::TransferLeader { .. } => Some(state.clone()),
     }
 }
 
@@ -263,8 +265,8 @@ fn check_key(key: &Bytes, ops: &[&Operation]) -> CheckResult {
             let Some((call, prev_state)) = stack.pop() else {
                 let op = ops[e.op];
                 return CheckResult::Illegal(format!(
-                    "{:?} -> {:?} (client {}) cannot be placed; {} of {n} operations ordered at most",
-                    op.input, op.output, op.client, deepest
+                    "{:?} -> {:?} (client {}, {}..{} ms) cannot be placed; {} of {n} operations ordered at most",
+                    op.input, op.output, op.client, op.at_ms.0, op.at_ms.1, deepest
                 ));
             };
             state = prev_state;
@@ -294,6 +296,7 @@ mod tests {
             output,
             invoke,
             ret,
+            at_ms: (invoke, ret),
         }
     }
 

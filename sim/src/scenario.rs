@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kv_engine::raft::ReadMode;
 use kv_net::transport::{AppendFilter, NetFaults};
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
@@ -191,6 +192,17 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         max_append_entries: rng.random_range(1..=16),
         max_apply_bytes: mix.max_apply_bytes,
         pre_vote: mix.pre_vote,
+        read_mode: match mix.lease_drift_percent {
+            Some(_) => ReadMode::Lease,
+            None => ReadMode::Index,
+        },
+        // Rates within ± half the drift: any two clocks at most the drift apart.
+        clock_rates: (0..scenario.nodes)
+            .map(|_| {
+                let half = mix.lease_drift_percent.unwrap_or(0) as f64 / 200.0;
+                1.0 + rng.random_range(-half..=half)
+            })
+            .collect(),
         disk_bytes_per_sec: 0,
         slow_disk: None,
     };
@@ -281,6 +293,29 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
     }
     sleep(Duration::from_millis(1)).await;
     result
+}
+
+/// Logs (at info, shown with `SIM_LOG=info`) every operation on the key a
+/// linearizability failure names, in invocation order, with its times.
+fn log_key_history(ops: &[crate::history::Operation], why: &str) {
+    let Some(key) = why.strip_prefix("key \"").and_then(|r| r.split('"').next()) else {
+        return;
+    };
+    let mut on_key: Vec<_> = ops
+        .iter()
+        .filter(|o| o.input.keys().iter().any(|k| k.as_ref() == key.as_bytes()))
+        .collect();
+    on_key.sort_by_key(|o| o.invoke);
+    for o in on_key {
+        tracing::info!(
+            client = o.client,
+            invoked_ms = o.at_ms.0,
+            returned_ms = o.at_ms.1,
+            "history of {key}: {:?} -> {:?}",
+            o.input,
+            o.output
+        );
+    }
 }
 
 /// After a majority was damaged: the cluster must have stopped serving,
@@ -374,7 +409,8 @@ async fn finish(
     match check_history(&ops) {
         CheckResult::Ok => {}
         CheckResult::Illegal(why) => {
-            return Err(with_trace(format!("history is not linearizable: {why}")))
+            log_key_history(&ops, &why);
+            return Err(with_trace(format!("history is not linearizable: {why}")));
         }
         CheckResult::Unknown => {
             return Err(with_trace(format!(
@@ -482,6 +518,10 @@ async fn nemesis(
             Fault::CrashAtDiskOp => crash_at_next_disk_op(cluster, random, rng).await,
             Fault::DeposedLeaderReturns => {
                 deposed_leader_returns(cluster, &net, &mut clogged, rng).await
+            }
+            Fault::TransferLeader => {
+                let to = rng.random_bool(0.5).then_some(random);
+                ask_transfer(cluster, leader, to);
             }
             Fault::OneWay => {
                 let other = ids[rng.random_range(0..ids.len())];
@@ -812,6 +852,44 @@ async fn deposed_leader_returns(
     cluster.checker.note(&format!("depose n{old}: healed"));
 }
 
+/// An operator's `TRANSFER-LEADER [to]` sent to `node` from a host of its
+/// own (answered or not, it is not waited for).
+fn ask_transfer(cluster: &mut SimCluster, node: u64, to: Option<u64>) {
+    let Some(&addr) = cluster.client_addrs.get(node as usize - 1) else {
+        return;
+    };
+    cluster
+        .checker
+        .note(&format!("ask n{node} to hand leadership to {to:?}"));
+    let line = match to {
+        Some(id) => format!("TRANSFER-LEADER {id}\n"),
+        None => "TRANSFER-LEADER\n".to_string(),
+    };
+    let host = extra_host(cluster, "operator");
+    host.spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_millis(100), connect).await
+        {
+            let _ = stream.write_all(line.as_bytes()).await;
+            let _ = stream.flush().await;
+            sleep(Duration::from_secs(2)).await;
+        }
+    });
+}
+
+/// A new simulated host with an address of its own.
+fn extra_host(cluster: &mut SimCluster, name: &str) -> madsim::runtime::NodeHandle {
+    let tag = cluster.extra_hosts;
+    cluster.extra_hosts += 1;
+    let (third, fourth) = (4 + tag / 250, 1 + tag % 250);
+    Handle::current()
+        .create_node()
+        .name(format!("{name}-{tag}"))
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, third as u8, fourth as u8)))
+        .build()
+}
+
 /// Sends `count` writes to `node` at once, each on its own connection, from
 /// a host of their own, and never reads the answers: a deposed leader
 /// cut off from its peers grows a long tail of its own term (one a
@@ -822,14 +900,7 @@ fn flood_with_writes(cluster: &mut SimCluster, node: u64, count: u64) {
     let Some(&addr) = cluster.client_addrs.get(node as usize - 1) else {
         return;
     };
-    let tag = cluster.extra_hosts;
-    cluster.extra_hosts += 1;
-    let (third, fourth) = (4 + tag / 250, 1 + tag % 250);
-    let host = Handle::current()
-        .create_node()
-        .name(format!("flood-{tag}"))
-        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, third as u8, fourth as u8)))
-        .build();
+    let host = extra_host(cluster, "flood");
     host.spawn(async move {
         use tokio::io::AsyncWriteExt;
         let mut open = Vec::new();
@@ -842,7 +913,7 @@ fn flood_with_writes(cluster: &mut SimCluster, node: u64, count: u64) {
             else {
                 return;
             };
-            let line = format!("SET z{tag}-{i} v\n");
+            let line = format!("SET z-{i} v\n");
             if stream.write_all(line.as_bytes()).await.is_err() || stream.flush().await.is_err() {
                 return;
             }

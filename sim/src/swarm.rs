@@ -46,12 +46,15 @@ pub enum Fault {
     /// leader returns with a longer log of an older term (Figure 8, stale
     /// votes and appends).
     DeposedLeaderReturns,
+    /// An operator asks the leader to hand leadership over (to a member
+    /// drawn at random, or the one it chooses).
+    TransferLeader,
     /// Heal the network.
     Heal,
 }
 
 /// Every kind, with its weight in the standard mix.
-const STANDARD: [(Fault, u32); 14] = [
+const STANDARD: [(Fault, u32); 15] = [
     (Fault::KillLeader, 2),
     (Fault::KillNextLeader, 2),
     (Fault::KillAny, 2),
@@ -65,6 +68,7 @@ const STANDARD: [(Fault, u32); 14] = [
     (Fault::CrashAtPromise, 2),
     (Fault::CrashAtDiskOp, 2),
     (Fault::DeposedLeaderReturns, 2),
+    (Fault::TransferLeader, 2),
     (Fault::Heal, 4),
 ];
 
@@ -84,6 +88,10 @@ pub struct FaultMix {
     /// node cut off raises its term at every timeout, and a deposed leader
     /// comes back with a term higher than the cluster's).
     pub pre_vote: bool,
+    /// Lease reads instead of ReadIndex (half the seeds), with members'
+    /// clocks running at rates up to this many percent apart (within the
+    /// drift the lease allows for).
+    pub lease_drift_percent: Option<u64>,
 }
 
 impl FaultMix {
@@ -116,8 +124,10 @@ impl FaultMix {
             .then(|| Duration::from_millis(rng.random_range(20..150)));
         let max_apply_bytes = rng.random_bool(0.3).then(|| rng.random_range(1..256));
         let pre_vote = rng.random_bool(0.7);
+        let lease_drift_percent = rng.random_bool(0.5).then(|| rng.random_range(0..=10));
         FaultMix {
             pre_vote,
+            lease_drift_percent,
             weights,
             net,
             slow_disk,
@@ -151,6 +161,7 @@ impl FaultMix {
             slow_disk: None,
             max_apply_bytes: None,
             pre_vote: self.pre_vote,
+            lease_drift_percent: self.lease_drift_percent,
         }
     }
 
@@ -228,6 +239,9 @@ impl fmt::Display for FaultMix {
         }
         if !self.pre_vote {
             write!(f, "; no pre-vote")?;
+        }
+        if let Some(d) = self.lease_drift_percent {
+            write!(f, "; lease reads, clock rates up to {d}% apart")?;
         }
         Ok(())
     }

@@ -198,6 +198,9 @@ impl Client {
                 }
                 line + "\n"
             }
+            Input::Status => "STATUS\n".to_string(),
+            Input::TransferLeader { to: None } => "TRANSFER-LEADER\n".to_string(),
+            Input::TransferLeader { to: Some(id) } => format!("TRANSFER-LEADER {id}\n"),
         };
         text.into_bytes()
     }
@@ -229,7 +232,7 @@ impl Client {
                         sleep(Duration::from_millis(50)).await;
                     }
                     // Outcome unknown (timeout, leadership lost, shutting down).
-                    Response::Err(_) | Response::Pong => {
+                    Response::Err(_) | Response::Pong | Response::Status(_) => {
                         self.conn = None;
                         return None;
                     }

@@ -7,11 +7,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use kv_bin::logging::LogFormat;
 use kv_bin::members::parse_members;
+use kv_engine::raft::ReadMode;
 use kv_net::fs::StdFs;
 use kv_net::node::{Member, Node, NodeConfig};
 use kv_net::tls::{NodeTls, TlsFiles};
@@ -163,6 +166,37 @@ struct Args {
     /// Bytes of appends in flight to one follower.
     #[arg(long, env = "KV_MAX_INFLIGHT_BYTES", default_value_t = 8 << 20)]
     max_inflight_bytes: u64,
+
+    /// Serve /metrics (Prometheus), /health and /status (JSON) over HTTP on
+    /// this address (with --dev: the first node's; the others count up).
+    #[arg(long, env = "KV_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+
+    /// How a leader confirms it still leads before a read: `index`
+    /// (ReadIndex: a heartbeat round a majority answers, safe whatever the
+    /// clocks do) or `lease` (served at once while a majority answered a
+    /// heartbeat within a lease; assumes no member's clock runs more than
+    /// --max-clock-drift-percent faster than another's).
+    #[arg(long, env = "KV_READ_MODE", value_enum, default_value_t = ReadModeArg::Index)]
+    read_mode: ReadModeArg,
+
+    /// For --read-mode lease: how far apart members' clock rates may be, in
+    /// percent; the lease is shortened by as much.
+    #[arg(long, env = "KV_MAX_CLOCK_DRIFT_PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=50))]
+    max_clock_drift_percent: u64,
+
+    /// Log lines as text (colour only on a terminal) or JSON objects.
+    #[arg(long, env = "KV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How a leader confirms its leadership before a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReadModeArg {
+    /// ReadIndex: one heartbeat round per batch of reads.
+    Index,
+    /// A lease renewed by heartbeats.
+    Lease,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -220,6 +254,11 @@ impl Args {
         cfg.client.write_timeout = Duration::from_millis(self.write_timeout_ms);
         cfg.max_uncommitted_bytes = self.max_uncommitted_bytes;
         cfg.max_inflight_bytes = self.max_inflight_bytes;
+        cfg.read_mode = match self.read_mode {
+            ReadModeArg::Index => ReadMode::Index,
+            ReadModeArg::Lease => ReadMode::Lease,
+        };
+        cfg.max_clock_drift_percent = self.max_clock_drift_percent;
         Ok(cfg)
     }
 
@@ -233,13 +272,24 @@ impl Args {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line with its causes; no backtrace for a user's mistake.
+            eprintln!("kv-server: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<ExitCode> {
     match &args.command {
         Some(Command::Check { data_dir }) => {
             let (report, code) = kv_bin::check::check(data_dir);
             print!("{report}");
-            std::process::exit(code);
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(2)));
         }
         Some(Command::DevCerts { out, nodes }) => {
             let certs = kv_bin::dev_certs::write(out, *nodes)?;
@@ -258,22 +308,34 @@ fn main() -> Result<()> {
                 certs.client.cert.display(),
                 certs.client.key.display()
             );
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
         }
         None => {}
     }
-    kv_bin::logging::init();
+    kv_bin::logging::init(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
         if args.dev {
-            run_dev(&args).await
+            run_dev(args).await
         } else {
-            run_one(&args).await
+            run_one(args).await
         }
-    })
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A cluster of one or two nodes runs, but loses availability with any one
+/// node; say so at start.
+fn warn_if_small(members: usize) {
+    if members < 3 {
+        tracing::warn!(
+            members,
+            "a cluster of fewer than 3 nodes stops serving when any node is down; use 3 or 5"
+        );
+    }
 }
 
 async fn run_one(args: &Args) -> Result<()> {
@@ -289,32 +351,41 @@ async fn run_one(args: &Args) -> Result<()> {
                 .join(", ")
         );
     }
-    let cfg = args.node_config(
+    warn_if_small(members.len());
+    let mut cfg = args.node_config(
         id,
         members,
         args.data_dir.clone(),
         args.tls_files().as_ref(),
     )?;
+    cfg.http_addr = args.http_addr;
     let node = Node::start(cfg, StdFs::new()).await.with_context(|| {
         format!(
             "starting node {id} with data in {}",
             args.data_dir.display()
         )
     })?;
-    tracing::info!(node = id, client_addr = %node.client_addr(), "serving clients");
+    tracing::info!(node = id, client_addr = %node.client_addr(), http_addr = ?node.http_addr(), "serving clients");
     let stopper = node.stopper();
     let stopped = node.wait();
     tokio::pin!(stopped);
     tokio::select! {
-        result = &mut stopped => return result.with_context(|| format!("node {id} stopped with an error")),
+        result = &mut stopped => {
+            result.with_context(|| format!("node {id} stopped with an error"))?;
+            tracing::info!(node = id, "node stopped");
+            return Ok(());
+        }
         () = signal() => stopper.stop(),
     }
     stopped
         .await
-        .with_context(|| format!("node {id} stopped with an error"))
+        .with_context(|| format!("node {id} stopped with an error"))?;
+    tracing::info!(node = id, "node stopped");
+    Ok(())
 }
 
 async fn run_dev(args: &Args) -> Result<()> {
+    warn_if_small(args.dev_nodes as usize);
     let members: BTreeMap<u64, Member> = (1..=args.dev_nodes)
         .map(|id| {
             let client_port = args.dev_port + id as u16 - 1;
@@ -348,7 +419,15 @@ async fn run_dev(args: &Args) -> Result<()> {
             }
             None => args.tls_files(),
         };
-        let cfg = args.node_config(id, members.clone(), dir.clone(), tls.as_ref())?;
+        let mut cfg = args.node_config(id, members.clone(), dir.clone(), tls.as_ref())?;
+        // The dev cluster serves HTTP by default, at the client ports + 200.
+        let http_base = args
+            .http_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], args.dev_port + 200)));
+        cfg.http_addr = Some(SocketAddr::new(
+            http_base.ip(),
+            http_base.port().saturating_add(id as u16 - 1),
+        ));
         let node = Node::start(cfg, StdFs::new())
             .await
             .with_context(|| format!("starting dev node {id} (data in {})", dir.display()))?;
@@ -363,9 +442,13 @@ async fn run_dev(args: &Args) -> Result<()> {
         nodes.len(),
         args.data_dir.display()
     );
-    for (id, m) in &members {
+    for (node, (id, m)) in nodes.iter().zip(&members) {
+        let http = node
+            .http_addr()
+            .map(|a| format!("  http at {a}"))
+            .unwrap_or_default();
         println!(
-            "  node {id}: clients at {}  peers at {}",
+            "  node {id}: clients at {}  peers at {}{http}",
             m.client_addr, m.peer_addr
         );
     }
@@ -395,6 +478,7 @@ async fn run_dev(args: &Args) -> Result<()> {
             .await
             .context("a dev node stopped with an error")?;
     }
+    tracing::info!("dev cluster stopped");
     Ok(())
 }
 

@@ -109,6 +109,27 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM, as an operator's `kill` or a service manager would: the
+    /// node may hand leadership over first. Waits for it to exit.
+    pub fn terminate(&mut self, id: usize) {
+        let Some(mut child) = self.procs[id - 1].take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("node {id} did not stop within 15 s of SIGTERM");
+    }
+
     /// The process id of node `id`, if it runs.
     pub fn pid(&self, id: usize) -> Option<u32> {
         self.procs[id - 1].as_ref().map(Child::id)

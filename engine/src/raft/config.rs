@@ -38,6 +38,28 @@ pub struct Config {
     pub max_apply_bytes: usize,
     /// Size of one `InstallSnapshot` chunk.
     pub snapshot_chunk_bytes: usize,
+    /// How a leader confirms it still leads before serving a read.
+    pub read_mode: ReadMode,
+    /// For lease reads: how far apart, in percent, two members' clocks may
+    /// run (the rate, not the offset). The lease is shortened by as much.
+    pub max_clock_drift_percent: u64,
+}
+
+/// How a leader makes sure it still leads before it serves a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadMode {
+    /// ReadIndex (thesis §6.4): each read waits for a heartbeat round that
+    /// a majority answers after it arrived. Safe whatever the clocks do.
+    #[default]
+    Index,
+    /// Lease (thesis §6.4.1): a read is served at once while a majority
+    /// answered a heartbeat sent less than a lease ago. A member that heard
+    /// from the leader (or started) within an election timeout grants no
+    /// vote (check-quorum's rule), so no other leader can exist during the
+    /// lease, provided no member's clock runs more than
+    /// `max_clock_drift_percent` faster than the leader's. Falls back to a
+    /// round when the lease has lapsed.
+    Lease,
 }
 
 impl Config {
@@ -59,7 +81,20 @@ impl Config {
             max_uncommitted_bytes: 64 << 20,
             max_apply_bytes: 4 << 20,
             snapshot_chunk_bytes: 256 << 10,
+            read_mode: ReadMode::Index,
+            max_clock_drift_percent: 10,
         }
+    }
+
+    /// Ticks a lease lasts from the moment its heartbeat round was sent: a
+    /// follower that received it grants no vote for `election_ticks` of its
+    /// own ticks (at least `election_ticks - 1` whole ones, as its first
+    /// tick may come at once), shortened by the clock drift allowed and by
+    /// one of the leader's own ticks for the same reason.
+    pub fn lease_ticks(&self) -> u64 {
+        let followers_ticks = self.election_ticks.saturating_sub(1);
+        let drift = self.max_clock_drift_percent.min(100);
+        (followers_ticks * (100 - drift) / 100).saturating_sub(1)
     }
 
     /// Checks the configuration for values that cannot work.
@@ -78,6 +113,9 @@ impl Config {
         }
         if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
             return Err(ConfigError::Timing);
+        }
+        if self.read_mode == ReadMode::Lease && (!self.check_quorum || self.lease_ticks() == 0) {
+            return Err(ConfigError::Lease);
         }
         if self.max_inflight_appends == 0
             || self.max_inflight_bytes == 0
@@ -110,4 +148,8 @@ pub enum ConfigError {
     /// A limit set to zero would stall replication.
     #[error("replication limits must be > 0")]
     ZeroLimit,
+    /// Lease reads rest on check-quorum, and on an election timeout long
+    /// enough to leave a lease once drift is allowed for.
+    #[error("lease reads need check_quorum and an election timeout longer than the drift allowed")]
+    Lease,
 }

@@ -23,6 +23,7 @@ use super::ready::{
     SnapshotInfo, SoftState,
 };
 use super::standing::{Found, StandingState};
+use super::transfer::{Lease, Transfer};
 use super::validate::{self, Refusal, Refusals};
 
 /// The durable state a core restarts from (what storage recovered).
@@ -98,8 +99,12 @@ pub struct RaftCore {
     pub(super) st: StandingState,
     /// The next Ready carries the hard state even if unchanged.
     pub(super) force_hard_state: bool,
-    /// Ticks since start (for rate-limited logging).
-    ticks: u64,
+    /// Ticks since start (rate-limited logging, leases).
+    pub(super) ticks: u64,
+    /// A leadership transfer in progress (leader only).
+    pub(super) transfer: Option<Transfer>,
+    /// The leader's lease, for lease reads.
+    pub(super) lease: Lease,
     /// A leader's payload bytes not yet committed (for flow control).
     pub(super) uncommitted_bytes: u64,
     /// Peer messages refused, by kind.
@@ -167,6 +172,8 @@ impl RaftCore {
             st,
             force_hard_state: false,
             ticks: 0,
+            transfer: None,
+            lease: Lease::default(),
             uncommitted_bytes: 0,
             refusals: Refusals::default(),
             cfg,
@@ -225,6 +232,7 @@ impl RaftCore {
         self.ticks += 1;
         self.election_elapsed += 1;
         if self.role == Role::Leader {
+            self.tick_transfer();
             self.tick_leader();
         } else if !self.is_voter() {
             self.tick_standing();
@@ -243,6 +251,11 @@ impl RaftCore {
         if data.is_empty() {
             // Empty data marks the leader's no-op entry.
             return Err(ProposeError::Empty);
+        }
+        if self.transfer.is_some() {
+            // Whatever is appended now would be left with an unknown
+            // outcome when leadership moves.
+            return Err(ProposeError::Transferring);
         }
         if self.log.last_index() - self.log.committed() >= self.cfg.max_uncommitted_entries
             || (self.uncommitted_bytes > 0
@@ -274,6 +287,10 @@ impl RaftCore {
             });
         }
         let committed_in_term = self.log.term(self.log.committed()) == Some(self.term);
+        if committed_in_term && self.lease_holds() {
+            self.reads.serve_now(id, self.log.committed());
+            return Ok(());
+        }
         self.reads
             .request(id, self.log.committed(), committed_in_term);
         if self.peers.is_empty() {
@@ -288,6 +305,7 @@ impl RaftCore {
         if self.role == Role::Leader {
             // The leader counts itself toward a commit only once durable.
             self.maybe_commit();
+            self.maybe_send_timeout_now();
         } else {
             self.maybe_finish_repair();
         }
@@ -396,7 +414,7 @@ impl RaftCore {
                 // A transfer election was asked for by the leader itself.
                 let in_lease = self.cfg.check_quorum
                     && !rv.transfer
-                    && self.leader.is_some()
+                    && (self.leader.is_some() || self.in_start_up_lease())
                     && self.election_elapsed < self.cfg.election_ticks;
                 if in_lease {
                     tracing::debug!(
@@ -503,6 +521,7 @@ impl RaftCore {
         }
         self.role = Role::Follower;
         self.leader = leader;
+        self.transfer = None;
         self.votes.clear();
         self.progress.clear();
         self.needs_broadcast = false;
@@ -557,7 +576,7 @@ impl RaftCore {
     pub fn ready(&mut self) -> Ready {
         if self.role == Role::Leader {
             if self.reads.needs_round() {
-                let round = self.reads.start_round();
+                let round = self.start_round();
                 self.broadcast_heartbeat(round);
             }
             if self.needs_broadcast {

@@ -1,11 +1,11 @@
 //! Leader election (§5.2, §5.4.1) with an optional pre-vote round (thesis §9.6).
 
-use kv_proto::raft::{message::Body, RequestVote, RequestVoteResponse, TimeoutNow};
+use kv_proto::raft::{message::Body, RequestVote, RequestVoteResponse};
 
 use super::core::RaftCore;
 use super::progress::Progress;
 use super::quorum::majority;
-use super::ready::{ProposeError, Role};
+use super::ready::Role;
 
 impl RaftCore {
     /// The election timer fired: start a (pre-)election.
@@ -40,38 +40,6 @@ impl RaftCore {
             "leader handed over: starting an election"
         );
         self.campaign_transfer(self.term + 1);
-    }
-
-    /// Hands leadership to `to`, or to the most up-to-date voter, by asking
-    /// it to hold an election at once (TimeoutNow). Returns the chosen
-    /// member. The election may still fail (then another one follows).
-    pub fn transfer_leadership(&mut self, to: Option<u64>) -> Result<u64, ProposeError> {
-        if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader {
-                leader: self.leader,
-            });
-        }
-        let target = match to {
-            Some(id) if self.progress.get(&id).is_some_and(|p| !p.recovering) => Some(id),
-            Some(_) => None,
-            None => self
-                .progress
-                .iter()
-                .filter(|(_, p)| !p.recovering)
-                .max_by_key(|(&id, p)| (p.match_index, std::cmp::Reverse(id)))
-                .map(|(&id, _)| id),
-        };
-        let Some(target) = target else {
-            return Err(ProposeError::NoTransferTarget);
-        };
-        tracing::info!(
-            node = self.cfg.id,
-            term = self.term,
-            to = target,
-            "handing leadership over"
-        );
-        self.send(target, Body::TimeoutNow(TimeoutNow {}));
-        Ok(target)
     }
 
     /// Asks the others whether they would vote for us in the next term,
@@ -147,6 +115,8 @@ impl RaftCore {
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.votes.clear();
+        self.transfer = None;
+        self.lease.reset();
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
         let next = self.log.last_index() + 1;

@@ -12,6 +12,7 @@
 //! | `read_index.rs` | linearizable reads (ReadIndex) |
 //! | `ready.rs` | the output contract |
 //! | `standing.rs` | voter, discovering or recovering: repair after storage damage |
+//! | `transfer.rs` | leadership transfer (TimeoutNow) and lease reads |
 //! | `validate.rs` | peer input checked and refused, never asserted |
 
 mod config;
@@ -25,9 +26,10 @@ mod read_index;
 mod ready;
 mod replication;
 mod standing;
+mod transfer;
 mod validate;
 
-pub use self::config::{Config, ConfigError};
+pub use self::config::{Config, ConfigError, ReadMode};
 pub use self::core::{RaftCore, Restored};
 pub use self::log::RaftLog;
 pub use self::ready::{

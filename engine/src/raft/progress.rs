@@ -58,6 +58,9 @@ pub struct Progress {
     pub transfer: Option<SnapshotTransfer>,
     /// The follower answered since the last quorum check.
     pub recent_active: bool,
+    /// The leader's tick when the follower last answered as a voter (0:
+    /// not in this term).
+    pub heard_at: u64,
     /// Highest read round the follower has acknowledged in this term.
     pub acked_round: u64,
     /// The follower says its storage is recovering: it counts toward no
@@ -78,6 +81,7 @@ impl Progress {
             stalled_heartbeats: 0,
             transfer: None,
             recent_active: false,
+            heard_at: 0,
             acked_round: 0,
             recovering: false,
         }

@@ -49,6 +49,11 @@ impl ReadIndex {
         self.round_wanted = true;
     }
 
+    /// A read served at once at `index` (the leader's lease holds).
+    pub fn serve_now(&mut self, id: u64, index: u64) {
+        self.ready.push(ReadState { id, index });
+    }
+
     /// The leader committed its first entry of the term at `committed`.
     pub fn on_term_commit(&mut self, committed: u64) {
         for id in std::mem::take(&mut self.awaiting_commit) {

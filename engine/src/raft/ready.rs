@@ -83,6 +83,10 @@ pub enum ProposeError {
     /// not a voter).
     #[error("no member to hand leadership to")]
     NoTransferTarget,
+    /// Leadership is being handed over: proposals wait for the next
+    /// leader (nothing was appended; a retry is safe).
+    #[error("leadership transfer in progress")]
+    Transferring,
 }
 
 /// Where a proposal was placed; it succeeded if the entry applied at

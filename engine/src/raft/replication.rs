@@ -5,6 +5,7 @@ use kv_proto::raft::{
     message::Body, AppendEntries, AppendEntriesResponse, InstallSnapshotResponse,
 };
 
+use super::config::ReadMode;
 use super::core::RaftCore;
 use super::progress::{
     Progress, ReplicationState, SNAPSHOT_CHUNK_RESEND_MAX, SNAPSHOT_CHUNK_RESEND_MIN,
@@ -57,7 +58,12 @@ impl RaftCore {
     /// Heartbeat interval: keep followers' timers quiet, retry probes, and
     /// resend what looks lost.
     fn on_heartbeat_timeout(&mut self) {
-        let round = self.reads.current_round();
+        // For lease reads every heartbeat is a dated round: its answers
+        // renew the lease.
+        let round = match self.cfg.read_mode {
+            ReadMode::Lease => self.start_round(),
+            ReadMode::Index => self.reads.current_round(),
+        };
         for peer in self.peers.clone() {
             let Some(p) = self.progress.get_mut(&peer) else {
                 continue;
@@ -211,6 +217,7 @@ impl RaftCore {
             return None;
         }
         let next = self.log.last_index() + 1;
+        let now = self.ticks;
         let p = self.progress.get_mut(&from)?;
         // A recovering follower may lose its state again: then it lacks an
         // entry it acknowledged, which a healthy one never does.
@@ -227,6 +234,7 @@ impl RaftCore {
         p.recovering = recovering;
         if !recovering {
             p.recent_active = true;
+            p.heard_at = now;
             p.acked_round = p.acked_round.max(round);
         }
         Some(p)
@@ -252,6 +260,7 @@ impl RaftCore {
             }
             if advanced {
                 self.maybe_commit();
+                self.maybe_send_timeout_now();
             }
         } else if !self.on_append_rejected(from, &r) {
             self.confirm_reads();
@@ -340,6 +349,9 @@ impl RaftCore {
         }));
         let round = committed_index(&mut self.match_scratch);
         self.reads.confirm_up_to(round);
+        if self.cfg.read_mode == ReadMode::Lease {
+            self.lease.acknowledged(round, self.cfg.lease_ticks());
+        }
     }
 
     fn start_snapshot_transfer(&mut self, peer: u64) {

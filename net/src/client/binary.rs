@@ -89,6 +89,8 @@ pub fn request_to_op(
                 .map(|p| Ok((key(&p.key)?, value(&p.value)?)))
                 .collect::<Result<_, _>>()?,
         }),
+        Some(Op::Status(_)) => Some(ClientOp::Status),
+        Some(Op::TransferLeader(t)) => Some(ClientOp::TransferLeader { to: t.to }),
     })
 }
 
@@ -131,6 +133,8 @@ pub fn reply_to_response(id: u64, reply: ClientReply) -> pb::Response {
             };
             return error(id, k, msg);
         }
+        ClientReply::Status(status) => Res::Status(status.to_proto()),
+        ClientReply::Refused(why) => return error(id, Kind::Refused, why),
     };
     pb::Response {
         id,
@@ -159,11 +163,22 @@ pub async fn serve_binary<R, W>(
     let queue = Arc::new(AnswerQueue::new(limits.max_answer_bytes));
     let reading = read_requests(frames, limits, node, answers, queue.clone(), shutdown);
     let writing = write_answers(writer, outbox, queue.clone(), limits.write_timeout);
-    tokio::select! {
-        _ = async { tokio::join!(reading, writing) } => {}
-        _ = queue.closing.notified() => {}
+    let stopped = tokio::select! {
+        (stopped, ()) = async { tokio::join!(reading, writing) } => stopped,
+        _ = queue.closing.notified() => None,
+    };
+    if let Some(frames) = stopped {
+        // The client reads our GOAWAY only if closing does not reset the
+        // connection over requests it sent meanwhile: read them (unread).
+        super::server::drain(&mut frames.into_inner()).await;
     }
 }
+
+/// The last frame on a connection closed because the node stops: id 0,
+/// kind UNAVAILABLE. Every request read before it was answered before it;
+/// none sent after was read, so the client may send those again elsewhere.
+pub const GOAWAY_MESSAGE: &str =
+    "shutting down: every request not answered on this connection was not read; send it again elsewhere";
 
 /// An answer on its way out, with the pipeline slot its request holds
 /// until it is written.
@@ -208,6 +223,8 @@ impl AnswerQueue {
 
 /// Reads, checks and hands requests to the node, at most `max_pipeline`
 /// at a time; PINGs and refusals are answered here.
+/// Returns the reader if it stopped because the node stops, after every
+/// request it read was answered and a GOAWAY was queued last.
 async fn read_requests<R: AsyncRead + Unpin>(
     mut frames: FrameReader<R>,
     limits: &ClientLimits,
@@ -215,8 +232,9 @@ async fn read_requests<R: AsyncRead + Unpin>(
     answers: mpsc::UnboundedSender<Answer>,
     queue: Arc<AnswerQueue>,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(Semaphore::new(limits.max_pipeline.max(1)));
+) -> Option<FrameReader<R>> {
+    let pipeline = limits.max_pipeline.max(1);
+    let slots = Arc::new(Semaphore::new(pipeline));
     let answer_now = |response: pb::Response| {
         let bytes = answer_bytes(&response);
         queue.add(bytes)
@@ -231,20 +249,27 @@ async fn read_requests<R: AsyncRead + Unpin>(
     loop {
         let next = tokio::select! {
             biased;
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                // Answer what was read, then say nothing more will be.
+                let all = u32::try_from(pipeline).unwrap_or(u32::MAX);
+                let drained = slots.acquire_many(all);
+                let _ = tokio::time::timeout(limits.request_timeout, drained).await;
+                answer_now(error(0, pb::error::Kind::Unavailable, GOAWAY_MESSAGE));
+                return Some(frames);
+            }
             f = tokio::time::timeout(limits.idle_timeout, frames.next_charged_frame()) => f,
         };
         let (payload, charge) = match next {
-            Err(_) | Ok(Ok(None)) => return, // idle, or the client is done
+            Err(_) | Ok(Ok(None)) => return None, // idle, or the client is done
             Ok(Ok(Some(frame))) => frame,
             Ok(Err(FrameError::TooLarge { len, max })) => {
                 let msg = format!("frame of {len} bytes exceeds the limit of {max}");
                 answer_now(error(0, pb::error::Kind::BadRequest, msg));
-                return;
+                return None;
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "binary client read failed");
-                return;
+                return None;
             }
         };
         let req = match pb::Request::decode(payload) {
@@ -253,7 +278,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 // Framing is intact, so the connection stays usable.
                 let msg = format!("undecodable request: {e}");
                 if !answer_now(error(0, pb::error::Kind::BadRequest, msg)) {
-                    return;
+                    return None;
                 }
                 continue;
             }
@@ -266,20 +291,20 @@ async fn read_requests<R: AsyncRead + Unpin>(
                     result: Some(Res::Pong(pb::Pong {})),
                 };
                 if !answer_now(pong) {
-                    return;
+                    return None;
                 }
                 continue;
             }
             Err(e) => {
                 if !answer_now(error(req.id, pb::error::Kind::BadRequest, e.to_string())) {
-                    return;
+                    return None;
                 }
                 continue;
             }
         };
         // Bounded pipelining: wait for a slot before taking more.
         let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+            return None;
         };
         let (node, answers, queue) = (node.clone(), answers.clone(), queue.clone());
         let timeout = limits.request_timeout;
@@ -343,6 +368,7 @@ async fn write_answers<W: AsyncWrite + Unpin>(
             buf = Vec::with_capacity(16 * 1024);
         }
     }
+    let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
 }
 
 /// Writes one batch of answers: small ones encoded together in `buf`,

@@ -88,7 +88,9 @@ impl ClientServer {
             };
             let _ = stream.set_nodelay(true);
             let permit = self.connections.clone().try_acquire_owned().ok();
+            let open = permit.as_ref().map(|_| OpenConnection::new(&self.node));
             if permit.is_none() {
+                self.node.metrics().client_refused("too_many_connections");
                 if let Some(held_back) = self.refusals.allow("too many connections") {
                     tracing::warn!(%peer, max = self.limits.max_connections, held_back, "refusing client: too many connections");
                 }
@@ -102,6 +104,7 @@ impl ClientServer {
             #[cfg(not(madsim))]
             let refusals = self.refusals.clone();
             tokio::spawn(async move {
+                let _open = open;
                 #[cfg(not(madsim))]
                 if let Some(tls) = tls {
                     if !starts_tls(&stream, limits.write_timeout).await {
@@ -115,6 +118,7 @@ impl ClientServer {
                             None => refuse(stream, limits.write_timeout).await,
                         },
                         Ok(Err((e, mut stream))) => {
+                            node.metrics().client_refused("tls_handshake");
                             if let Some(held_back) = refusals.allow("TLS handshake failed") {
                                 tracing::warn!(%peer, held_back, error = %e, "refusing client: TLS handshake failed");
                             }
@@ -132,6 +136,24 @@ impl ClientServer {
                 }
             });
         }
+    }
+}
+
+/// Counts an open client connection (metrics and status) while it lives.
+struct OpenConnection(NodeHandle);
+
+impl OpenConnection {
+    fn new(node: &NodeHandle) -> Self {
+        node.metrics().client_connections.inc();
+        node.connection_opened(true);
+        OpenConnection(node.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics().client_connections.dec();
+        self.0.connection_opened(false);
     }
 }
 
@@ -220,7 +242,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
 /// Reads and discards what the client already sent, briefly and boundedly,
 /// until it closes its side: closing with unread input would reset the
 /// connection and could discard our last line before the client reads it.
-async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
+pub(crate) async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
     let drain = async {
         let mut sink = [0u8; 4096];
         let mut left = REFUSAL_DRAIN_BYTES;
@@ -315,6 +337,8 @@ async fn answer(line: &[u8], limits: &ClientLimits, node: &NodeHandle) -> Respon
         Ok(Request::Del { key }) => ClientOp::Del { key },
         Ok(Request::Cas { key, expected, new }) => ClientOp::Cas { key, expected, new },
         Ok(Request::MSet { pairs }) => ClientOp::MSet { pairs },
+        Ok(Request::Status) => ClientOp::Status,
+        Ok(Request::TransferLeader { to }) => ClientOp::TransferLeader { to },
     };
     match tokio::time::timeout(limits.request_timeout, node.call(op)).await {
         Ok(reply) => reply_to_text(reply),
@@ -342,5 +366,7 @@ pub fn reply_to_text(reply: ClientReply) -> Response {
             }
             .into(),
         ),
+        ClientReply::Status(status) => Response::Status(status.fields()),
+        ClientReply::Refused(why) => Response::Err(why),
     }
 }

@@ -7,6 +7,8 @@
 //! CAS <key> <expected> <new> -> OK | FAIL <current> | FAIL NOT_FOUND
 //! MSET <key> <value> ...      -> OK (every pair, atomically)
 //! PING                       -> PONG
+//! STATUS                     -> STATUS id=1 role=leader term=3 ... (this node's own)
+//! TRANSFER-LEADER [<id>]     -> OK once another member leads | ERR <why>
 //! (follower)                 -> REDIRECT <host:port>
 //! (no leader)                -> ERR no leader
 //! (malformed)                -> ERR <reason>
@@ -85,6 +87,13 @@ pub enum Request {
     },
     /// `PING`
     Ping,
+    /// `STATUS`: this node's own status (never redirected).
+    Status,
+    /// `TRANSFER-LEADER [id]`: hand leadership over.
+    TransferLeader {
+        /// The member to lead next (None: the most up-to-date).
+        to: Option<u64>,
+    },
 }
 
 /// A response line.
@@ -104,6 +113,8 @@ pub enum Response {
     Redirect(String),
     /// `ERR <reason>`
     Err(String),
+    /// `STATUS key=value ...`, in order (values hold no spaces).
+    Status(Vec<(String, String)>),
 }
 
 /// The answer to a text `GET` or failed `CAS` whose value no line can carry.
@@ -273,6 +284,25 @@ pub fn parse_request(line: &[u8], limits: &TextLimits) -> Result<Request, ParseE
             command: "PING",
             expected: "PING",
         }),
+        (b"STATUS", []) => Ok(Request::Status),
+        (b"STATUS", _) => Err(ParseError::Arity {
+            command: "STATUS",
+            expected: "STATUS",
+        }),
+        (b"TRANSFER-LEADER", []) => Ok(Request::TransferLeader { to: None }),
+        (b"TRANSFER-LEADER", [id]) => {
+            match std::str::from_utf8(id).ok().and_then(|s| s.parse().ok()) {
+                Some(id) => Ok(Request::TransferLeader { to: Some(id) }),
+                None => Err(ParseError::Arity {
+                    command: "TRANSFER-LEADER",
+                    expected: "TRANSFER-LEADER [<member id>]",
+                }),
+            }
+        }
+        (b"TRANSFER-LEADER", _) => Err(ParseError::Arity {
+            command: "TRANSFER-LEADER",
+            expected: "TRANSFER-LEADER [<member id>]",
+        }),
         _ => {
             let shown: String = String::from_utf8_lossy(&name[..name.len().min(32)]).into_owned();
             Err(ParseError::UnknownCommand(shown))
@@ -282,6 +312,7 @@ pub fn parse_request(line: &[u8], limits: &TextLimits) -> Result<Request, ParseE
 
 /// Encodes a request as one line (for clients).
 pub fn encode_request(req: &Request, out: &mut Vec<u8>) {
+    let to;
     let (name, args): (&[u8], Vec<&Bytes>) = match req {
         Request::Get { key } => (b"GET", vec![key]),
         Request::Set { key, value } => (b"SET", vec![key, value]),
@@ -289,6 +320,12 @@ pub fn encode_request(req: &Request, out: &mut Vec<u8>) {
         Request::Cas { key, expected, new } => (b"CAS", vec![key, expected, new]),
         Request::MSet { pairs } => (b"MSET", pairs.iter().flat_map(|(k, v)| [k, v]).collect()),
         Request::Ping => (b"PING", vec![]),
+        Request::Status => (b"STATUS", vec![]),
+        Request::TransferLeader { to: None } => (b"TRANSFER-LEADER", vec![]),
+        Request::TransferLeader { to: Some(id) } => {
+            to = Bytes::from(id.to_string());
+            (b"TRANSFER-LEADER", vec![&to])
+        }
     };
     out.extend_from_slice(name);
     for arg in args {
@@ -327,6 +364,18 @@ pub fn encode_response(resp: &Response, out: &mut Vec<u8>) {
                     .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
             );
         }
+        Response::Status(fields) => {
+            out.extend_from_slice(b"STATUS");
+            for (k, v) in fields {
+                out.push(b' ');
+                out.extend(
+                    k.bytes()
+                        .chain(std::iter::once(b'='))
+                        .chain(v.bytes())
+                        .map(|b| if b.is_ascii_whitespace() { b'_' } else { b }),
+                );
+            }
+        }
     }
     out.push(b'\n');
 }
@@ -351,6 +400,16 @@ pub fn parse_response(line: &[u8]) -> Result<Response, ParseError> {
         (b"REDIRECT", Some(a)) => Ok(Response::Redirect(String::from_utf8_lossy(a).into_owned())),
         (b"ERR", r) => Ok(Response::Err(
             String::from_utf8_lossy(r.unwrap_or_default()).into_owned(),
+        )),
+        (b"STATUS", r) => Ok(Response::Status(
+            String::from_utf8_lossy(r.unwrap_or_default())
+                .split(' ')
+                .filter(|f| !f.is_empty())
+                .map(|f| match f.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (f.to_string(), String::new()),
+                })
+                .collect(),
         )),
         _ => Err(bad()),
     }

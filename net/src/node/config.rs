@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kv_engine::raft::Config as RaftConfig;
+use kv_engine::raft::{Config as RaftConfig, ReadMode};
 use kv_engine::storage::meta::DataDirMeta;
 
 use super::events::Events;
@@ -87,6 +87,14 @@ pub struct NodeConfig {
     /// default. Off, a node cut off from the others raises its term at
     /// every timeout (the simulation runs both ways).
     pub pre_vote: bool,
+    /// How the leader confirms its leadership before a read: ReadIndex
+    /// (a heartbeat round per batch of reads) or a lease.
+    pub read_mode: ReadMode,
+    /// For lease reads: how far apart, in percent, members' clock rates may
+    /// be (the lease is shortened by as much).
+    pub max_clock_drift_percent: u64,
+    /// Where to serve `/metrics`, `/health` and `/status` (None: nowhere).
+    pub http_addr: Option<SocketAddr>,
     /// Simulated time between a write and its fsync (simulation only; zero
     /// by default, where the real disk's own latency applies).
     pub disk_latency_max: Duration,
@@ -128,6 +136,9 @@ impl NodeConfig {
             max_append_entries: 4096,
             max_apply_bytes: RaftConfig::new(id, Vec::new()).max_apply_bytes,
             pre_vote: true,
+            read_mode: ReadMode::Index,
+            max_clock_drift_percent: 10,
+            http_addr: None,
         }
     }
 
@@ -168,12 +179,22 @@ impl NodeConfig {
         cfg.max_append_entries = self.max_append_entries;
         cfg.max_apply_bytes = self.max_apply_bytes;
         cfg.pre_vote = self.pre_vote;
+        cfg.read_mode = self.read_mode;
+        cfg.max_clock_drift_percent = self.max_clock_drift_percent;
         cfg.max_uncommitted_bytes = self.max_uncommitted_bytes;
         cfg.max_inflight_bytes = self.max_inflight_bytes;
         // An append must fit a peer frame with room to spare.
         cfg.max_append_bytes = cfg.max_append_bytes.min(self.max_peer_frame_bytes / 4);
         cfg.snapshot_chunk_bytes = cfg.snapshot_chunk_bytes.min(self.max_peer_frame_bytes / 4);
         cfg
+    }
+
+    /// The read mode as operators name it.
+    pub fn read_mode_name(&self) -> &'static str {
+        match self.read_mode {
+            ReadMode::Index => "index",
+            ReadMode::Lease => "lease",
+        }
     }
 
     /// The peer transport's configuration.

@@ -17,6 +17,7 @@ mod core_task;
 pub mod events;
 pub mod sim_disk;
 mod snapshot_task;
+pub mod status;
 mod storage_task;
 mod supervisor;
 
@@ -27,8 +28,11 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::config::{Member, NodeConfig};
+use self::status::{NodeStatus, StatusBoard};
 use crate::client::server::ClientServer;
 use crate::fs::FileSystem;
+use crate::http::{HttpServer, HttpState};
+use crate::metrics::Metrics;
 use crate::transport::PeerTransport;
 
 /// A client operation handed to the node.
@@ -65,9 +69,30 @@ pub enum ClientOp {
         /// The value to write.
         new: Bytes,
     },
+    /// This node's status (answered by the node itself, leader or not).
+    Status,
+    /// Hand leadership to `to`, or to the most up-to-date member; answered
+    /// once another member leads.
+    TransferLeader {
+        /// The member to lead next (None: the node chooses).
+        to: Option<u64>,
+    },
 }
 
 impl ClientOp {
+    /// The operation's name, for metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientOp::Get { .. } => "get",
+            ClientOp::Set { .. } => "set",
+            ClientOp::Del { .. } => "del",
+            ClientOp::MSet { .. } => "mset",
+            ClientOp::Cas { .. } => "cas",
+            ClientOp::Status => "status",
+            ClientOp::TransferLeader { .. } => "transfer_leader",
+        }
+    }
+
     /// The keys the operation touches.
     pub fn keys(&self) -> Vec<&Bytes> {
         match self {
@@ -76,6 +101,7 @@ impl ClientOp {
             | ClientOp::Del { key }
             | ClientOp::Cas { key, .. } => vec![key],
             ClientOp::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
+            ClientOp::Status | ClientOp::TransferLeader { .. } => Vec::new(),
         }
     }
 }
@@ -97,6 +123,11 @@ pub enum ClientReply {
     NoLeader,
     /// The operation failed; the kind says whether it may have happened.
     Failed(FailKind),
+    /// The node's status.
+    Status(Box<NodeStatus>),
+    /// An operator's request could not be done (a leadership transfer to
+    /// no member, or one that did not finish); nothing changed.
+    Refused(String),
 }
 
 /// Why an operation failed, and whether a retry is safe.
@@ -130,11 +161,23 @@ pub struct ClientRequest {
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
     requests: mpsc::Sender<ClientRequest>,
+    board: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeHandle {
     /// Submits `op` and waits for its answer (bounded by the caller's timeout).
     pub async fn call(&self, op: ClientOp) -> ClientReply {
+        if op == ClientOp::Status {
+            return ClientReply::Status(Box::new(self.status()));
+        }
+        let (name, started) = (op.name(), tokio::time::Instant::now());
+        let reply = self.call_core(op).await;
+        self.metrics.client_request(name, started.elapsed());
+        reply
+    }
+
+    async fn call_core(&self, op: ClientOp) -> ClientReply {
         let (reply, rx) = oneshot::channel();
         if self
             .requests
@@ -142,10 +185,32 @@ impl NodeHandle {
             .await
             .is_err()
         {
-            return ClientReply::Failed(FailKind::ShuttingDown);
+            // The core stopped taking requests: this one never reached it.
+            return ClientReply::Failed(FailKind::Unavailable);
         }
         rx.await
             .unwrap_or(ClientReply::Failed(FailKind::ShuttingDown))
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Counts a client connection opened (true) or closed (false).
+    pub(crate) fn connection_opened(&self, opened: bool) {
+        self.board.update(|s| {
+            s.connections = if opened {
+                s.connections + 1
+            } else {
+                s.connections.saturating_sub(1)
+            }
+        });
+    }
+
+    /// The node's status now (no round trip through the core).
+    pub fn status(&self) -> NodeStatus {
+        self.board.snapshot()
     }
 }
 
@@ -189,6 +254,7 @@ pub struct Node {
     shutdown: Stopper,
     core: tokio::task::JoinHandle<Result<(), NodeError>>,
     client_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
 }
 
 impl Node {
@@ -209,8 +275,17 @@ impl Node {
         let (peer_tx, peer_rx) = mpsc::channel(cfg.peer_inbound_capacity);
         let transport = PeerTransport::start(cfg.transport_config(), peer_tx).await?;
         let (request_tx, request_rx) = mpsc::channel(cfg.client_queue_capacity);
+        let members = cfg
+            .members
+            .iter()
+            .map(|(&id, m)| (id, m.client_addr))
+            .collect();
+        let board = StatusBoard::new(cfg.id, cfg.client_addr(), members, cfg.read_mode_name());
+        let metrics = Metrics::new();
         let handle = NodeHandle {
             requests: request_tx,
+            board: board.clone(),
+            metrics: metrics.clone(),
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shutdown = Stopper(Arc::new(shutdown));
@@ -232,10 +307,29 @@ impl Node {
         let client_addr = client_server.local_addr();
         tokio::spawn(client_server.run());
 
+        let http_addr = match cfg.http_addr {
+            Some(addr) => {
+                let state = HttpState {
+                    node: handle.clone(),
+                    metrics: metrics.clone(),
+                    transport: transport.probe(),
+                    quorum_window: cfg.tick * (cfg.election_ticks as u32) * 2,
+                };
+                let server = HttpServer::bind(addr, state, shutdown_rx.clone())
+                    .await
+                    .map_err(|source| NodeError::Listen { addr, source })?;
+                let bound = server.local_addr();
+                tokio::spawn(server.run());
+                bound
+            }
+            None => None,
+        };
         let inputs = supervisor::Inputs {
             peer_rx,
             request_rx,
             shutdown: shutdown_rx,
+            board,
+            metrics,
         };
         let core = tokio::spawn(supervisor::supervise(cfg, fs, first, transport, inputs));
         Ok(Node {
@@ -243,6 +337,7 @@ impl Node {
             shutdown,
             core,
             client_addr,
+            http_addr,
         })
     }
 
@@ -256,6 +351,11 @@ impl Node {
         self.client_addr
     }
 
+    /// The bound HTTP address (`/metrics`, `/health`, `/status`), if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     /// Asks every task to stop.
     pub fn shutdown(&self) {
         self.shutdown.stop();
@@ -267,13 +367,20 @@ impl Node {
     }
 
     /// Waits until the node stops; returns why it stopped if it failed.
+    /// Once the core has stopped, client connections get up to two seconds
+    /// to finish their answers and say goodbye.
     pub async fn wait(self) -> Result<(), NodeError> {
-        match self.core.await {
+        let ended = match self.core.await {
             Ok(result) => result,
             Err(e) => Err(NodeError::Config(format!(
                 "core task ended abnormally: {e}"
             ))),
+        };
+        let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.handle.status().connections > 0 && tokio::time::Instant::now() < give_up {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        ended
     }
 
     /// Stops the node and waits for it.

@@ -7,11 +7,15 @@
 //! writes were queued, which is what lets a Ready's `persisted_messages`
 //! leave only after every earlier write is durable too.
 
+use std::sync::Arc;
+
 use kv_proto::raft::{Entry, HardState, Message, SnapshotMeta};
 use tokio::sync::mpsc;
 
 use crate::fs::FileSystem;
+use crate::metrics::Metrics;
 use crate::node::sim_disk::SimDisk;
+use crate::node::status::StatusBoard;
 use crate::storage::{Storage, StorageError};
 
 /// The most Ready writes merged into one append.
@@ -58,6 +62,8 @@ pub(crate) fn spawn<F: FileSystem + Send + 'static>(
     storage: Storage<F>,
     capacity: usize,
     disk: SimDisk,
+    board: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
 ) -> (
     mpsc::Sender<StorageJob>,
     mpsc::Receiver<StorageDone>,
@@ -66,7 +72,7 @@ pub(crate) fn spawn<F: FileSystem + Send + 'static>(
     let (job_tx, job_rx) = mpsc::channel(capacity);
     // Every queued job produces at most one completion, so this bound is never hit.
     let (done_tx, done_rx) = mpsc::channel(capacity + MERGE_MAX + 1);
-    let join = tokio::spawn(run(storage, job_rx, done_tx, disk));
+    let join = tokio::spawn(run(storage, job_rx, done_tx, disk, board, metrics));
     (job_tx, done_rx, join)
 }
 
@@ -110,7 +116,10 @@ async fn run<F: FileSystem + Send + 'static>(
     mut jobs: mpsc::Receiver<StorageJob>,
     done: mpsc::Sender<StorageDone>,
     disk: SimDisk,
+    board: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
 ) {
+    board.update(|s| s.wal_bytes = storage.wal_bytes());
     let mut next: Option<StorageJob> = None;
     // The hard state as of the last fsync, but its commit index (None: no
     // fsync yet in this life, so the first hard state is always synced).
@@ -124,6 +133,8 @@ async fn run<F: FileSystem + Send + 'static>(
             },
         };
         let (result, completions);
+        let started = tokio::time::Instant::now();
+        let syncs = matches!(job, StorageJob::Write(_));
         (storage, result, completions) = match job {
             StorageJob::Write(first) if first.snapshot.is_none() => {
                 let mut batch = Batch::default();
@@ -208,6 +219,13 @@ async fn run<F: FileSystem + Send + 'static>(
                 .await
             }
         };
+        if syncs {
+            metrics.fsyncs.inc();
+            metrics
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        board.update(|s| s.wal_bytes = storage.wal_bytes());
         if let Err(e) = result {
             let cut_back = storage.cut_back();
             let _ = done.send(StorageDone::Failed(e, cut_back)).await;

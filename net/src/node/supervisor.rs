@@ -8,6 +8,7 @@
 //! unavailable and drops peer messages (peers see it as down).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kv_engine::kv::KvStore;
@@ -17,10 +18,13 @@ use tokio::sync::{mpsc, watch};
 
 use super::core_task::CoreTask;
 use super::events::NodeEvent;
+use super::status::StatusBoard;
 use super::{
-    snapshot_task, storage_task, ClientReply, ClientRequest, FailKind, NodeConfig, NodeError,
+    snapshot_task, storage_task, ClientOp, ClientReply, ClientRequest, FailKind, NodeConfig,
+    NodeError,
 };
 use crate::fs::FileSystem;
+use crate::metrics::Metrics;
 use crate::node::sim_disk::SimDisk;
 use crate::storage::{Recovered, Storage, StorageError};
 use crate::transport::PeerTransport;
@@ -34,6 +38,10 @@ pub(crate) struct Inputs {
     pub(crate) peer_rx: mpsc::Receiver<Message>,
     pub(crate) request_rx: mpsc::Receiver<ClientRequest>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Where the node's status is published.
+    pub(crate) board: Arc<StatusBoard>,
+    /// The node's metrics.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// How one life of the core ended.
@@ -99,6 +107,12 @@ pub(crate) async fn supervise<F: FileSystem>(
         }
     };
     transport.shutdown();
+    // Requests still queued never reached the core: say so (a retry is
+    // safe), and take no more.
+    inputs.request_rx.close();
+    while let Ok(req) = inputs.request_rx.try_recv() {
+        let _ = req.reply.send(ClientReply::Failed(FailKind::Unavailable));
+    }
     result
 }
 
@@ -121,11 +135,17 @@ async fn live<F: FileSystem>(
         cfg.disk_bytes_per_sec,
         cfg.seed ^ 0xd15c,
     );
-    let (storage_tx, storage_done_rx, storage_join) =
-        storage_task::spawn(storage, cfg.storage_queue_capacity, disk.clone());
+    inputs.board.update(|s| s.disk_ok = true);
+    let (storage_tx, storage_done_rx, storage_join) = storage_task::spawn(
+        storage,
+        cfg.storage_queue_capacity,
+        disk.clone(),
+        inputs.board.clone(),
+        inputs.metrics.clone(),
+    );
     let (snapshots, snapshot_done_rx) =
         snapshot_task::spawn(fs.clone(), cfg.data_dir.clone(), disk);
-    let task = CoreTask::new(cfg, core, kv, transport, storage_tx, snapshots);
+    let task = CoreTask::new(cfg, core, kv, transport, storage_tx, snapshots, inputs);
     let ended = task.run(inputs, storage_done_rx, snapshot_done_rx).await;
     // The storage task ends once the core drops its queue; it holds the
     // data dir's lock until then.
@@ -187,6 +207,12 @@ async fn wait_for_disk<F: FileSystem>(
         "disk failed: this node takes no part in the cluster until its disk works again \
          (nothing it acknowledged is affected)"
     );
+    inputs.board.update(|s| {
+        s.disk_ok = false;
+        s.role = kv_engine::raft::Role::Follower;
+        s.leader = None;
+        s.quorum_contact = None;
+    });
     let mut wait = DISK_RETRY_FIRST;
     let mut retry = Box::pin(tokio::time::sleep(wait));
     loop {
@@ -214,7 +240,11 @@ async fn wait_for_disk<F: FileSystem>(
                 retry = Box::pin(tokio::time::sleep(wait));
             }
             Some(req) = inputs.request_rx.recv() => {
-                let _ = req.reply.send(ClientReply::Failed(FailKind::Unavailable));
+                let reply = match req.op {
+                    ClientOp::Status => ClientReply::Status(Box::new(inputs.board.snapshot())),
+                    _ => ClientReply::Failed(FailKind::Unavailable),
+                };
+                let _ = req.reply.send(reply);
             }
             Some(_) = inputs.peer_rx.recv() => {}
         }

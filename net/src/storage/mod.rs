@@ -206,6 +206,8 @@ struct SegmentInfo {
     path: PathBuf,
     /// Highest entry index written to it (0: none).
     max_index: u64,
+    /// Its length once closed (the current segment's is `current_len`).
+    len: u64,
 }
 
 /// The WAL and snapshots of one node.
@@ -347,12 +349,16 @@ impl<F: FileSystem> Storage<F> {
             .sync_dir(&self.dir)
             .map_err(io_err("sync directory", &self.dir))?;
         self.current = file;
+        if let Some(closed) = self.segments.last_mut() {
+            closed.len = self.current_len;
+        }
         self.current_len = self.buf.len() as u64;
         self.synced_len = self.current_len;
         self.segments.push(SegmentInfo {
             seq,
             path,
             max_index: 0,
+            len: 0,
         });
         Ok(())
     }
@@ -426,6 +432,13 @@ impl<F: FileSystem> Storage<F> {
                 .map_err(io_err("sync directory", &self.dir))?;
         }
         Ok(())
+    }
+
+    /// Bytes in the WAL's segment files (for status and metrics).
+    pub fn wal_bytes(&self) -> u64 {
+        let closed = self.segments.len().saturating_sub(1);
+        let closed: u64 = self.segments.iter().take(closed).map(|s| s.len).sum();
+        closed + self.current_len
     }
 
     /// Number of WAL segment files (for tests and metrics).

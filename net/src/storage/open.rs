@@ -94,6 +94,7 @@ impl<F: FileSystem> Storage<F> {
                 seq: s.seq,
                 path: dir.join(segment_name(s.seq)),
                 max_index: s.max_index,
+                len: s.len,
             })
             .collect();
         let current_len = recovery.segments.last().map_or(0, |s| s.len);
@@ -103,6 +104,7 @@ impl<F: FileSystem> Storage<F> {
                 seq,
                 path: dir.join(segment_name(seq)),
                 max_index: 0,
+                len: 0,
             });
         }
         let current_path = segments.last().map(|s| s.path.clone()).unwrap_or_default();

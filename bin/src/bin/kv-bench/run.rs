@@ -325,6 +325,15 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
                     continue 'connect;
                 }
             };
+            if matches!(answer, Answer::GoAway) {
+                // Nothing still in flight here was read: send it elsewhere.
+                for (_, pending) in in_flight.drain() {
+                    *out.retried.entry("node stopping").or_default() += 1;
+                    again.push_back(pending);
+                }
+                shared.rotate_from(addr);
+                continue 'connect;
+            }
             let Some((op, started)) = in_flight.remove(&id) else {
                 continue;
             };
@@ -347,6 +356,7 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
                     again.push_back((op, started));
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                Answer::GoAway => {}
             }
             if moving && in_flight.is_empty() {
                 continue 'connect;

@@ -35,6 +35,9 @@ pub enum Answer {
     Retry(&'static str),
     /// Failed; it may or may not have happened (the kind names why).
     Failed(&'static str),
+    /// The node is stopping: every request on this connection still
+    /// unanswered was not read; send them again elsewhere.
+    GoAway,
 }
 
 /// The kind name of an error answer, and whether a retry is safe.
@@ -46,6 +49,7 @@ fn classify(kind: Kind) -> Answer {
         Kind::Unavailable => Answer::Retry("unavailable"),
         Kind::Unknown => Answer::Failed("outcome unknown"),
         Kind::BadRequest => Answer::Failed("bad request"),
+        Kind::Refused => Answer::Failed("refused"),
     }
 }
 
@@ -169,6 +173,11 @@ impl Reader {
                     return Ok(None);
                 };
                 let resp = pb::Response::decode(payload)?;
+                let goaway = resp.id == 0
+                    && matches!(&resp.result, Some(pb::response::Result::Error(e)) if e.kind == Kind::Unavailable as i32);
+                if goaway {
+                    return Ok(Some((0, Answer::GoAway)));
+                }
                 Ok(Some((resp.id, binary_answer(resp.result))))
             }
             Reader::Text { lines, line, order } => {

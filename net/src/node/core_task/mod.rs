@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use kv_engine::raft::{ProposeError, RaftCore, Ready, Role};
 use kv_proto::command::{command::Op, Cas, Command, Del, MSet, Pair, Set};
 use kv_proto::raft::{Entry, Message};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 mod snapshots;
@@ -24,9 +26,11 @@ mod snapshots;
 use self::snapshots::SnapshotPlan;
 use super::events::{durable_promise, fnv1a, term_runs, Events, NodeEvent};
 use super::snapshot_task::{SnapshotDone, SnapshotTasks};
+use super::status::StatusBoard;
 use super::storage_task::{StorageDone, StorageJob, WriteJob};
 use super::supervisor::{Ended, Inputs};
 use super::{ClientOp, ClientReply, ClientRequest, FailKind, NodeConfig, NodeError};
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::transport::PeerTransport;
 
 /// How many queued inputs of one kind are taken before the Ready is drained:
@@ -68,6 +72,18 @@ pub(crate) struct CoreTask<'a> {
     /// The tasks that write, send and receive snapshots.
     snapshots: SnapshotTasks,
     events: Events,
+    /// Where this node's status is published.
+    board: Arc<StatusBoard>,
+    /// This node's metrics.
+    metrics: Arc<Metrics>,
+    /// Operators waiting for a leadership transfer to finish.
+    transfers: Vec<oneshot::Sender<ClientReply>>,
+    /// Asked to stop while leading: leadership is being handed over first,
+    /// until this instant at the latest.
+    stopping_by: Option<Instant>,
+    /// Up to when the core's clock has counted time (ticks taken or
+    /// reported missed).
+    last_tick: Instant,
 }
 
 impl<'a> CoreTask<'a> {
@@ -78,6 +94,7 @@ impl<'a> CoreTask<'a> {
         transport: &'a PeerTransport,
         storage: mpsc::Sender<StorageJob>,
         snapshots: SnapshotTasks,
+        inputs: &Inputs,
     ) -> Self {
         let applied = core.log().snapshot_index();
         CoreTask {
@@ -100,6 +117,11 @@ impl<'a> CoreTask<'a> {
             reads_at: BTreeMap::new(),
             next_read_id: 1,
             events: cfg.events.clone(),
+            board: inputs.board.clone(),
+            metrics: inputs.metrics.clone(),
+            transfers: Vec::new(),
+            stopping_by: None,
+            last_tick: Instant::now(),
         }
     }
 
@@ -122,9 +144,12 @@ impl<'a> CoreTask<'a> {
                 // fairness comes from draining every queue below.
                 let step = tokio::select! {
                     biased;
-                    _ = inputs.shutdown.changed() => Err(Ended::Shutdown),
-                    _ = ticker.tick() => {
-                        self.core.tick();
+                    r = inputs.shutdown.changed() => match r {
+                        Ok(()) if self.stopping_by.is_none() => self.begin_stop(),
+                        _ => Err(Ended::Shutdown),
+                    },
+                    now = ticker.tick() => {
+                        self.on_tick(now);
                         Ok(())
                     }
                     done = storage_done.recv() => match done {
@@ -136,10 +161,12 @@ impl<'a> CoreTask<'a> {
                         None => Err(stopped("snapshot tasks")),
                     },
                     Some(m) = inputs.peer_rx.recv() => {
+                        self.catch_up_clock(Instant::now());
                         self.core.step(m);
                         Ok(())
                     }
                     Some(req) = inputs.request_rx.recv() => {
+                        self.catch_up_clock(Instant::now());
                         self.on_request(req);
                         Ok(())
                     }
@@ -155,6 +182,11 @@ impl<'a> CoreTask<'a> {
                 if let Err(end) = step {
                     break end;
                 }
+                self.settle_transfers();
+                self.publish_status();
+                if self.stop_due() {
+                    break Ended::Shutdown;
+                }
             };
             let kind = match &ended {
                 Ended::DiskFailed { .. } => FailKind::Unknown,
@@ -168,6 +200,28 @@ impl<'a> CoreTask<'a> {
         }
         .instrument(span)
         .await
+    }
+
+    /// One tick of the core's logical clock (ticks the process missed are
+    /// reported first, see `catch_up_clock`).
+    fn on_tick(&mut self, now: Instant) {
+        self.catch_up_clock(now);
+        self.last_tick = now;
+        self.core.tick();
+    }
+
+    /// Ticks the process missed (it stalled) are skipped, not replayed,
+    /// but the core hears how many before it handles anything else, so a
+    /// lease never outlives the time that passed. Called before every
+    /// input: after a stall the queued inputs may come before the ticker.
+    fn catch_up_clock(&mut self, now: Instant) {
+        let tick = self.tick.as_nanos().max(1);
+        let behind = now.saturating_duration_since(self.last_tick).as_nanos() / tick;
+        if behind >= 2 {
+            let missed = behind - 1;
+            self.core.missed_ticks(missed.min(u64::MAX as u128) as u64);
+            self.last_tick += self.tick * missed.min(u32::MAX as u128) as u32;
+        }
     }
 
     /// Takes whatever else is already queued, of every kind, so that many
@@ -213,6 +267,12 @@ impl<'a> CoreTask<'a> {
     }
 
     fn on_request(&mut self, req: ClientRequest) {
+        if req.op == ClientOp::Status {
+            let _ = req
+                .reply
+                .send(ClientReply::Status(Box::new(self.board.snapshot())));
+            return;
+        }
         if self.core.role() != Role::Leader {
             let _ = req.reply.send(self.leader_reply());
             return;
@@ -246,10 +306,13 @@ impl<'a> CoreTask<'a> {
                     .map(|(key, value)| Pair { key, value })
                     .collect(),
             }),
+            ClientOp::TransferLeader { to } => return self.transfer(to, req.reply),
+            ClientOp::Status => return,
         };
         let data = encode_command(&Command { op: Some(command) });
         match self.core.propose(data) {
             Ok(p) => {
+                self.metrics.proposals.inc();
                 self.writes.insert(
                     p.index,
                     PendingWrite {
@@ -265,10 +328,21 @@ impl<'a> CoreTask<'a> {
     }
 
     fn propose_error_reply(&self, e: ProposeError) -> ClientReply {
+        let reason = match e {
+            ProposeError::NotLeader { .. } => "not_leader",
+            ProposeError::Overloaded => "overloaded",
+            ProposeError::Empty => "empty",
+            ProposeError::NoTransferTarget => "no_transfer_target",
+            ProposeError::Transferring => "transferring",
+        };
+        self.metrics
+            .proposals_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
         match e {
             ProposeError::NotLeader { .. } => self.leader_reply(),
             ProposeError::Overloaded => ClientReply::Failed(FailKind::Overloaded),
-            ProposeError::Empty | ProposeError::NoTransferTarget => {
+            ProposeError::Empty | ProposeError::NoTransferTarget | ProposeError::Transferring => {
                 ClientReply::Failed(FailKind::NotApplied)
             }
         }
@@ -287,6 +361,10 @@ impl<'a> CoreTask<'a> {
         if let Some(ss) = rd.soft_state {
             tracing::info!(node = self.id, term = ss.term, role = ?ss.role, leader = ?ss.leader, standing = ?ss.standing, "role change");
             let node = self.id;
+            self.metrics.leader_seen(ss.leader.unwrap_or(0));
+            if ss.role == Role::Candidate {
+                self.metrics.elections.inc();
+            }
             self.events.emit(|| NodeEvent::Role {
                 node,
                 term: ss.term,
@@ -305,6 +383,13 @@ impl<'a> CoreTask<'a> {
                 });
             }
             if ss.role != Role::Leader {
+                let leader = ss.leader;
+                // Whoever asked for the transfer may ask who leads next.
+                self.publish_status();
+                for waiting in std::mem::take(&mut self.transfers) {
+                    let _ = waiting.send(ClientReply::Ok);
+                }
+                tracing::debug!(node, ?leader, "no longer leading");
                 // Writes appended under a lost leadership may or may not commit.
                 for (_, w) in std::mem::take(&mut self.writes) {
                     let _ = w.reply.send(ClientReply::Failed(FailKind::Unknown));
@@ -357,8 +442,16 @@ impl<'a> CoreTask<'a> {
                 return Err(stopped("storage task"));
             }
         }
-        for entry in rd.committed_entries {
-            self.apply(entry);
+        if !rd.committed_entries.is_empty() {
+            let started = Instant::now();
+            let count = rd.committed_entries.len() as u64;
+            for entry in rd.committed_entries {
+                self.apply(entry);
+            }
+            self.metrics.entries_applied.inc_by(count);
+            self.metrics
+                .apply_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
         for rs in rd.read_states {
             if let Some(read) = self.reads.remove(&rs.id) {
@@ -381,6 +474,80 @@ impl<'a> CoreTask<'a> {
             }
         }
         Ok(())
+    }
+
+    /// An operator asks this leader to hand leadership over.
+    fn transfer(&mut self, to: Option<u64>, reply: oneshot::Sender<ClientReply>) {
+        match self.core.transfer_leadership(to) {
+            Ok(_) => self.transfers.push(reply),
+            Err(ProposeError::NoTransferTarget) => {
+                let why = match to {
+                    Some(id) => format!("member {id} cannot lead (not a member, or recovering)"),
+                    None => "no member can lead".to_string(),
+                };
+                let _ = reply.send(ClientReply::Refused(why));
+            }
+            Err(e) => {
+                let _ = reply.send(self.propose_error_reply(e));
+            }
+        }
+    }
+
+    /// A transfer the core gave up on (an election timeout passed) is
+    /// reported to whoever asked for it.
+    fn settle_transfers(&mut self) {
+        if self.transfers.is_empty()
+            || self.core.role() != Role::Leader
+            || self.core.transferring_to().is_some()
+        {
+            return;
+        }
+        for waiting in std::mem::take(&mut self.transfers) {
+            let _ = waiting.send(ClientReply::Refused(
+                "leadership transfer did not finish within an election timeout; this node still leads"
+                    .into(),
+            ));
+        }
+    }
+
+    /// Asked to stop: a leader first hands leadership over (so clients see
+    /// a new leader at once, not an election timeout later), waiting up to
+    /// a few election timeouts; anyone else stops at once.
+    fn begin_stop(&mut self) -> Result<(), Ended> {
+        if self.core.role() != Role::Leader || self.core.transfer_leadership(None).is_err() {
+            return Err(Ended::Shutdown);
+        }
+        let ticks = self.core.config().election_ticks * 3;
+        let by = Instant::now() + self.tick * ticks as u32;
+        tracing::info!(node = self.id, "stopping: handing leadership over first");
+        self.stopping_by = Some(by);
+        Ok(())
+    }
+
+    /// Whether a stop asked for earlier may happen now.
+    fn stop_due(&self) -> bool {
+        self.stopping_by
+            .is_some_and(|by| self.core.role() != Role::Leader || Instant::now() >= by)
+    }
+
+    /// Publishes what this node knows of itself.
+    fn publish_status(&self) {
+        let core = &self.core;
+        let log = core.log();
+        let quorum_contact = core
+            .quorum_contact_age()
+            .map(|ticks| self.tick * ticks.min(u32::MAX as u64) as u32);
+        self.board.update(|s| {
+            s.role = core.role();
+            s.standing = core.standing();
+            s.term = core.term();
+            s.leader = core.leader();
+            s.last_index = log.last_index();
+            s.commit = log.committed();
+            s.applied = self.applied;
+            s.snapshot_index = log.snapshot_index();
+            s.quorum_contact = quorum_contact;
+        });
     }
 
     fn answer_read(&self, read: PendingRead) {
@@ -481,7 +648,7 @@ impl<'a> CoreTask<'a> {
     /// to take over at once rather than leave the cluster waiting for an
     /// election timeout.
     fn hand_over(&mut self) {
-        if self.core.transfer_leadership(None).is_err() {
+        if self.core.hand_over_now().is_err() {
             return;
         }
         // Only messages that promise nothing about our storage may go.
@@ -492,6 +659,9 @@ impl<'a> CoreTask<'a> {
     }
 
     fn fail_everything(&mut self, kind: FailKind) {
+        for waiting in std::mem::take(&mut self.transfers) {
+            let _ = waiting.send(ClientReply::Failed(FailKind::ShuttingDown));
+        }
         for (_, w) in std::mem::take(&mut self.writes) {
             let _ = w.reply.send(ClientReply::Failed(kind));
         }

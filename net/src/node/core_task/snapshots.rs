@@ -119,6 +119,13 @@ impl CoreTask<'_> {
                     "snapshot saved"
                 );
                 let took = self.plan.in_flight.take().map(|t| t.elapsed());
+                self.metrics.snapshots.inc();
+                self.metrics
+                    .snapshot_bytes
+                    .set(info.size.min(i64::MAX as u64) as i64);
+                if let Some(t) = took {
+                    self.metrics.snapshot_seconds.observe(t.as_secs_f64());
+                }
                 self.plan.last_index = info.meta.index;
                 let (node, index, bytes) = (self.id, info.meta.index, info.size);
                 self.events.emit(|| NodeEvent::SnapshotSaved {
@@ -172,6 +179,7 @@ impl CoreTask<'_> {
         );
         self.applied = index;
         self.plan.last_index = index;
+        self.metrics.snapshots_installed.inc();
         if self.events.enabled() {
             let (node, digest) = (self.id, self.kv.digest());
             self.events.emit(|| NodeEvent::InstalledSnapshot {
