@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,6 +69,19 @@ pub struct LinkSwitches {
     /// another value (0: none held), then delivered: answers sent in one
     /// term arrive after it ended.
     pub hold_to: AtomicU64,
+    /// While on, TimeoutNow messages are held back (a leader's hand-over
+    /// arrives long after it gave up waiting for it).
+    pub hold_timeout_now: AtomicBool,
+}
+
+impl LinkSwitches {
+    /// Whether `msg` is to be held back now.
+    fn holds(&self, msg: &Message) -> bool {
+        let to_peer = msg.to != 0 && self.hold_to.load(Ordering::Relaxed) == msg.to;
+        let timeout_now = matches!(msg.body, Some(message::Body::TimeoutNow(_)))
+            && self.hold_timeout_now.load(Ordering::Relaxed);
+        to_peer || timeout_now
+    }
 }
 
 /// What the nemesis does to the appends one node sends (simulation only).
@@ -112,11 +125,9 @@ impl NetFaults {
             && self.switches.is_none()
     }
 
-    /// True while messages to `peer` are held back.
-    fn holds(&self, peer: u64) -> bool {
-        self.switches
-            .as_ref()
-            .is_some_and(|s| peer != 0 && s.hold_to.load(Ordering::Relaxed) == peer)
+    /// True while `msg` is to be held back.
+    fn holds(&self, msg: &Message) -> bool {
+        self.switches.as_ref().is_some_and(|s| s.holds(msg))
     }
 
     /// `msg` as the append filter lets it through (None: lost).
@@ -416,7 +427,7 @@ impl PeerTransport {
         };
         let (switches, fate) = {
             let mut faults = faults.lock().unwrap_or_else(|e| e.into_inner());
-            let held = faults.faults.holds(msg.to);
+            let held = faults.faults.holds(&msg);
             let switches = faults.faults.switches.clone().filter(|_| held);
             (switches, faults.fate(msg))
         };
@@ -456,7 +467,7 @@ impl PeerTransport {
         let counters = self.counters.clone();
         tokio::spawn(async move {
             for (msg, _) in msgs {
-                while switches.hold_to.load(Ordering::Relaxed) == msg.to {
+                while switches.holds(&msg) {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 if queue.try_send(msg).is_err() {

@@ -288,6 +288,13 @@ impl SimCluster {
         }
     }
 
+    /// Holds back (true) or releases the TimeoutNow messages node `id` sends.
+    pub fn hold_timeout_now(&self, id: u64, on: bool) {
+        if let Some(node) = self.nodes.get(&id) {
+            node.switches.hold_timeout_now.store(on, Ordering::Relaxed);
+        }
+    }
+
     /// Holds back every message node `from` sends to `to` (None: releases
     /// them; they are then delivered).
     pub fn hold_messages(&self, from: u64, to: Option<u64>) {

@@ -149,6 +149,11 @@ impl InvariantChecker {
         self.lock().events
     }
 
+    /// The role `node` last reported.
+    pub fn role_of(&self, node: u64) -> Option<Role> {
+        self.lock().roles.get(&node).map(|&(_, r)| r)
+    }
+
     /// The commit index `node` last reported (0 before its first).
     pub fn commit_of(&self, node: u64) -> u64 {
         self.lock().commit.get(&node).copied().unwrap_or(0)

@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_engine::raft::ReadMode;
+use bytes::Bytes;
+use kv_engine::raft::{ReadMode, Role};
 use kv_net::transport::{AppendFilter, NetFaults};
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
@@ -17,7 +18,7 @@ use tokio::time::{sleep, Instant};
 
 use crate::cluster::{ClusterConfig, SimCluster};
 use crate::disk_faults::DiskNemesis;
-use crate::history::HistoryRecorder;
+use crate::history::{HistoryRecorder, Input, Output};
 use crate::invariants::{InvariantChecker, SnapshotSaved};
 use crate::linearizability::{check_history, CheckResult};
 use crate::swarm::{Fault, FaultMix};
@@ -258,7 +259,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
     if let Some(script) = scenario.script {
         damaged_at = run_script(&mut cluster, script, stop_at, &history).await;
     } else if scenario.nemesis {
-        nemesis(&mut cluster, &mut disks, &mix, &mut rng, stop_at).await;
+        nemesis(&mut cluster, &mut disks, &mix, &mut rng, stop_at, &history).await;
     } else {
         sleep(scenario.fault_phase).await;
     }
@@ -467,6 +468,7 @@ async fn nemesis(
     mix: &FaultMix,
     rng: &mut ChaCha8Rng,
     until: Instant,
+    history: &Arc<HistoryRecorder>,
 ) {
     let net = NetSim::current();
     let ids = cluster.ids();
@@ -519,6 +521,10 @@ async fn nemesis(
             Fault::DeposedLeaderReturns => {
                 deposed_leader_returns(cluster, &net, &mut clogged, rng).await
             }
+            Fault::LeaseTrap if mix.lease_drift_percent.is_some() => {
+                lease_trap(cluster, &net, &mut clogged, history, rng).await
+            }
+            Fault::LeaseTrap => {}
             Fault::TransferLeader => {
                 let to = rng.random_bool(0.5).then_some(random);
                 ask_transfer(cluster, leader, to);
@@ -850,6 +856,138 @@ async fn deposed_leader_returns(
     sleep(Duration::from_millis(rng.random_range(0..50))).await;
     heal(cluster, net, clogged, links);
     cluster.checker.note(&format!("depose n{old}: healed"));
+}
+
+/// Lease reads' hard case: a new leader elected while the old one may
+/// still believe its lease holds. Either its followers restart just as a
+/// member cut off from it campaigns (a restarted member must keep the
+/// promise it made before stopping: no vote for an election timeout), or
+/// its hand-over (TimeoutNow) is held back until long after it gave up
+/// waiting and resumed (a leader that sent one must not read on its lease
+/// again). Whatever the new leader's voters say to the old one is held
+/// back. Then a write through the new leader and, once acknowledged, a
+/// read through the old one: a read on a lease that no longer holds misses
+/// the write, and the history is not linearizable.
+async fn lease_trap(
+    cluster: &mut SimCluster,
+    net: &NetSim,
+    clogged: &mut BTreeSet<(u64, u64)>,
+    history: &Arc<HistoryRecorder>,
+    rng: &mut ChaCha8Rng,
+) {
+    let Some(old) = cluster
+        .checker
+        .current_leader()
+        .filter(|&l| !cluster.is_down(l))
+    else {
+        return;
+    };
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&o| o != old).collect();
+    let Some(&next) = others.get(rng.random_range(0..others.len().max(1))) else {
+        return;
+    };
+    let voters: Vec<u64> = others.iter().copied().filter(|&o| o != next).collect();
+    let mut links = Vec::new();
+    for (a, b) in [(old, next), (next, old)] {
+        if !clogged.contains(&(a, b)) {
+            clog(cluster, net, clogged, a, b);
+            links.push((a, b));
+        }
+    }
+    if rng.random_bool(0.5) {
+        cluster.checker.note(&format!(
+            "lease trap: n{next} cut off from leader n{old}; its voters restart as it campaigns"
+        ));
+        let campaigning =
+            wait_for_role(cluster, next, &[Role::PreCandidate, Role::Candidate]).await;
+        for &v in &voters {
+            cluster.hold_messages(v, Some(old));
+            if campaigning {
+                cluster.kill_process(v);
+                cluster.restart(v);
+            }
+        }
+    } else {
+        cluster.checker.note(&format!(
+            "lease trap: leader n{old} hands over to n{next}; the TimeoutNow arrives late"
+        ));
+        // Reconnect the target first so that it can be caught up.
+        heal(cluster, net, clogged, std::mem::take(&mut links));
+        cluster.hold_timeout_now(old, true);
+        ask_transfer(cluster, old, Some(next));
+        sleep(Duration::from_millis(rng.random_range(400..800))).await;
+        if !clogged.contains(&(next, old)) {
+            clog(cluster, net, clogged, next, old);
+            links.push((next, old));
+        }
+        for &v in &voters {
+            cluster.hold_messages(v, Some(old));
+        }
+        cluster.hold_timeout_now(old, false);
+    }
+    if next_leader(cluster, old, true).await == Some(next) {
+        probe_old_leader(cluster, history, next, old).await;
+    }
+    for &v in &voters {
+        cluster.hold_messages(v, None);
+    }
+    heal(cluster, net, clogged, links);
+    cluster.checker.note("lease trap: over");
+}
+
+/// Waits (up to 3 s) until `node` reports one of `roles`.
+async fn wait_for_role(cluster: &SimCluster, node: u64, roles: &[Role]) -> bool {
+    let give_up = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < give_up {
+        if cluster
+            .checker
+            .role_of(node)
+            .is_some_and(|r| roles.contains(&r))
+        {
+            return true;
+        }
+        sleep(Duration::from_millis(1)).await;
+    }
+    false
+}
+
+/// A write through `new` and, once acknowledged, a read of it through
+/// `old`, both recorded in the history.
+async fn probe_old_leader(
+    cluster: &mut SimCluster,
+    history: &Arc<HistoryRecorder>,
+    new: u64,
+    old: u64,
+) {
+    let host = extra_host(cluster, "lease-probe");
+    let cfg = WorkloadConfig {
+        keys: 1,
+        request_timeout: Duration::from_millis(500),
+        stop_at: Instant::now(),
+        think_max: Duration::ZERO,
+    };
+    let addrs = cluster.client_addrs.clone();
+    let history = history.clone();
+    let id = 1000 + cluster.extra_hosts;
+    let key = Bytes::from(format!("k{}", id % 5));
+    let value = Bytes::from(format!("trap-{id}"));
+    let (new_at, old_at) = (new as usize - 1, old as usize - 1);
+    let probe = host.spawn(async move {
+        let mut client = Client::new(id, addrs, id, cfg, history);
+        let wrote = client
+            .once_at(
+                new_at,
+                Input::Set {
+                    key: key.clone(),
+                    value,
+                },
+            )
+            .await;
+        if wrote == Some(Output::Ok) {
+            client.once_at(old_at, Input::Get { key }).await;
+        }
+    });
+    let _ = probe.await;
 }
 
 /// An operator's `TRANSFER-LEADER [to]` sent to `node` from a host of its

@@ -49,12 +49,18 @@ pub enum Fault {
     /// An operator asks the leader to hand leadership over (to a member
     /// drawn at random, or the one it chooses).
     TransferLeader,
+    /// In lease-read seeds: a new leader is elected while the old one may
+    /// still hold a lease, by restarting its followers just as a cut-off
+    /// member campaigns, or by delivering a hand-over (TimeoutNow) long
+    /// after the old leader gave it up; then a write on the new leader and
+    /// a read on the old one.
+    LeaseTrap,
     /// Heal the network.
     Heal,
 }
 
 /// Every kind, with its weight in the standard mix.
-const STANDARD: [(Fault, u32); 15] = [
+const STANDARD: [(Fault, u32); 16] = [
     (Fault::KillLeader, 2),
     (Fault::KillNextLeader, 2),
     (Fault::KillAny, 2),
@@ -69,6 +75,7 @@ const STANDARD: [(Fault, u32); 15] = [
     (Fault::CrashAtDiskOp, 2),
     (Fault::DeposedLeaderReturns, 2),
     (Fault::TransferLeader, 2),
+    (Fault::LeaseTrap, 2),
     (Fault::Heal, 4),
 ];
 

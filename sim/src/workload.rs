@@ -98,6 +98,22 @@ impl Client {
         }
     }
 
+    /// Runs `input` once, starting at node index `at`, and records it in
+    /// the history like any operation (the nemesis's own probes).
+    pub async fn once_at(&mut self, at: usize, input: Input) -> Option<Output> {
+        if at != self.current {
+            self.current = at.min(self.addrs.len().saturating_sub(1));
+            self.conn = None;
+        }
+        let op = self.history.invoke(self.id, input.clone());
+        let output = self.execute(&input).await;
+        match &output {
+            Some(out) => self.history.complete(op, out.clone()),
+            None => self.history.timeout(op),
+        }
+        output
+    }
+
     /// Writes `key` until one attempt is acknowledged or `deadline` passes.
     pub async fn write_until_ok(&mut self, key: &[u8], deadline: Instant) -> bool {
         while Instant::now() < deadline {
