@@ -898,10 +898,18 @@ async fn lease_trap(
         cluster.checker.note(&format!(
             "lease trap: n{next} cut off from leader n{old}; its voters restart as it campaigns"
         ));
+        // Its first campaign fails (the voters heard from the leader);
+        // restart them shortly before its next one, and let them hear
+        // nothing from the old leader since.
         let campaigning =
             wait_for_role(cluster, next, &[Role::PreCandidate, Role::Candidate]).await;
+        sleep(Duration::from_millis(rng.random_range(100..150))).await;
         for &v in &voters {
             cluster.hold_messages(v, Some(old));
+            if !clogged.contains(&(old, v)) {
+                clog(cluster, net, clogged, old, v);
+                links.push((old, v));
+            }
             if campaigning {
                 cluster.kill_process(v);
                 cluster.restart(v);
