@@ -74,10 +74,14 @@ pub struct LinkSwitches {
     pub hold_timeout_now: AtomicBool,
 }
 
+/// `LinkSwitches::hold_to` set to this holds messages to every peer.
+pub const HOLD_ALL: u64 = u64::MAX;
+
 impl LinkSwitches {
     /// Whether `msg` is to be held back now.
     fn holds(&self, msg: &Message) -> bool {
-        let to_peer = msg.to != 0 && self.hold_to.load(Ordering::Relaxed) == msg.to;
+        let held = self.hold_to.load(Ordering::Relaxed);
+        let to_peer = msg.to != 0 && (held == msg.to || held == HOLD_ALL);
         let timeout_now = matches!(msg.body, Some(message::Body::TimeoutNow(_)))
             && self.hold_timeout_now.load(Ordering::Relaxed);
         to_peer || timeout_now

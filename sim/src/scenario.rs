@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kv_engine::raft::{ReadMode, Role};
-use kv_net::transport::{AppendFilter, NetFaults};
+use kv_net::transport::{AppendFilter, NetFaults, HOLD_ALL};
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use rand::{Rng, SeedableRng};
@@ -888,22 +888,26 @@ async fn lease_trap(
     };
     let voters: Vec<u64> = others.iter().copied().filter(|&o| o != next).collect();
     let mut links = Vec::new();
-    for (a, b) in [(old, next), (next, old)] {
-        if !clogged.contains(&(a, b)) {
-            clog(cluster, net, clogged, a, b);
-            links.push((a, b));
-        }
-    }
-    if rng.random_bool(0.5) {
+    let restart_variant = rng.random_bool(0.5);
+    if restart_variant {
         cluster.checker.note(&format!(
             "lease trap: n{next} cut off from leader n{old}; its voters restart as it campaigns"
         ));
-        // Its first campaign fails (the voters heard from the leader);
-        // restart them shortly before its next one, and let them hear
-        // nothing from the old leader since.
+        // The leader's new entries reach no one (heartbeats still renew
+        // its lease), so the member cut off keeps a log as long as theirs.
+        cluster.filter_appends(old, AppendFilter::WithholdCurrentTerm);
+        sleep(Duration::from_millis(20)).await;
+        for (a, b) in [(old, next), (next, old)] {
+            if !clogged.contains(&(a, b)) {
+                clog(cluster, net, clogged, a, b);
+                links.push((a, b));
+            }
+        }
+        // Its campaign waits in the network while the voters restart, and
+        // reaches them just after.
+        cluster.hold_messages(next, Some(HOLD_ALL));
         let campaigning =
             wait_for_role(cluster, next, &[Role::PreCandidate, Role::Candidate]).await;
-        sleep(Duration::from_millis(rng.random_range(100..150))).await;
         for &v in &voters {
             cluster.hold_messages(v, Some(old));
             if !clogged.contains(&(old, v)) {
@@ -915,12 +919,12 @@ async fn lease_trap(
                 cluster.restart(v);
             }
         }
+        sleep(Duration::from_millis(5)).await;
+        cluster.hold_messages(next, None);
     } else {
         cluster.checker.note(&format!(
             "lease trap: leader n{old} hands over to n{next}; the TimeoutNow arrives late"
         ));
-        // Reconnect the target first so that it can be caught up.
-        heal(cluster, net, clogged, std::mem::take(&mut links));
         cluster.hold_timeout_now(old, true);
         ask_transfer(cluster, old, Some(next));
         sleep(Duration::from_millis(rng.random_range(400..800))).await;
@@ -939,6 +943,8 @@ async fn lease_trap(
     for &v in &voters {
         cluster.hold_messages(v, None);
     }
+    cluster.hold_messages(next, None);
+    cluster.filter_appends(old, AppendFilter::Off);
     heal(cluster, net, clogged, links);
     cluster.checker.note("lease trap: over");
 }
