@@ -202,19 +202,6 @@ impl Client {
     /// followed, `ERR no leader` and unreachable servers retried until the
     /// timeout.
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
-        let mut line = Vec::new();
-        encode_request(req, &mut line);
-        let text = String::from_utf8_lossy(&line).into_owned();
-        let resp = self.run(text.trim_end(), Some(req))?;
-        parse_response(resp.as_bytes()).map_err(|e| ClientError::Protocol(e.to_string()))
-    }
-
-    /// Sends one request line and returns the final response line (see `call`).
-    pub fn request(&mut self, line: &str) -> Result<String, ClientError> {
-        self.run(line, None)
-    }
-
-    fn run(&mut self, line: &str, req: Option<&Request>) -> Result<String, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let mut redirects = 0;
         let mut backoff = Duration::from_millis(20);
@@ -228,20 +215,16 @@ impl Client {
                 }
                 return Err(self.unreachable(last));
             }
-            match self.exchange(line, req, deadline) {
-                Ok(resp) => match parse_response(resp.as_bytes()) {
-                    Ok(Response::Redirect(to)) if redirects < MAX_REDIRECTS => {
-                        redirects += 1;
-                        self.switch_to(&to);
-                        continue;
-                    }
-                    Ok(Response::Err(msg))
-                        if msg == "no leader" || msg.starts_with("not applied") =>
-                    {
-                        last = format!("ERR {msg}");
-                    }
-                    _ => return Ok(resp),
-                },
+            match self.exchange(req, deadline) {
+                Ok(Response::Redirect(to)) if redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    self.switch_to(&to);
+                    continue;
+                }
+                Ok(Response::Err(msg)) if msg == "no leader" || msg.starts_with("not applied") => {
+                    last = format!("ERR {msg}");
+                }
+                Ok(resp) => return Ok(resp),
                 Err(Attempt::Unreachable(e)) => {
                     last = e;
                     self.conn = None;
@@ -289,12 +272,7 @@ impl Client {
         }
     }
 
-    fn exchange(
-        &mut self,
-        line: &str,
-        req: Option<&Request>,
-        deadline: Instant,
-    ) -> Result<String, Attempt> {
+    fn exchange(&mut self, req: &Request, deadline: Instant) -> Result<Response, Attempt> {
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
@@ -313,7 +291,7 @@ impl Client {
             self.conn = Some((addr, reader));
         }
         if self.protocol == Protocol::Binary {
-            return self.exchange_binary(line, req, remaining);
+            return self.exchange_binary(req, remaining);
         }
         let Some((addr, reader)) = self.conn.as_mut() else {
             return Err(Attempt::Unreachable("not connected".into()));
@@ -321,8 +299,8 @@ impl Client {
         let addr = *addr;
         let stream = reader.get_mut();
         let _ = stream.socket().set_read_timeout(Some(remaining));
-        let mut out = line.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
-        out.push(b'\n');
+        let mut out = Vec::new();
+        encode_request(req, &mut out);
         // A failed write on a kept connection (the server closed it) means
         // nothing was sent: reconnect and try again.
         if stream
@@ -332,10 +310,11 @@ impl Client {
         {
             return Err(stream.why_closed(addr));
         }
-        let mut resp = String::new();
-        match reader.read_line(&mut resp) {
-            Ok(n) if n > 0 && resp.ends_with('\n') => {
-                Ok(resp.trim_end_matches(['\r', '\n']).to_string())
+        let mut resp = Vec::new();
+        match reader.read_until(b'\n', &mut resp) {
+            Ok(n) if n > 0 && resp.ends_with(b"\n") => {
+                let line = resp.strip_suffix(b"\n").unwrap_or(&resp);
+                parse_response(line).map_err(|_| Attempt::Lost(addr))
             }
             Err(e) => Err(lost_or_refused(addr, &e)),
             _ => Err(Attempt::Lost(addr)),
@@ -344,35 +323,12 @@ impl Client {
 }
 
 impl Client {
-    /// Sends a text request line as a binary frame and renders the answer as
-    /// a text response line.
-    fn exchange_binary(
-        &mut self,
-        line: &str,
-        req: Option<&Request>,
-        remaining: Duration,
-    ) -> Result<String, Attempt> {
-        let limits = kv_net::client::text::TextLimits {
-            max_line_bytes: usize::MAX,
-            max_key_bytes: usize::MAX,
-            max_value_bytes: usize::MAX,
-        };
+    /// Sends a request as a binary frame and returns its answer.
+    fn exchange_binary(&mut self, req: &Request, remaining: Duration) -> Result<Response, Attempt> {
         let Some((addr, reader)) = self.conn.as_mut() else {
             return Err(Attempt::Unreachable("not connected".into()));
         };
         let addr = *addr;
-        let parsed;
-        let req = match req {
-            Some(r) => r,
-            None => match kv_net::client::text::parse_request(line.as_bytes(), &limits) {
-                Ok(r) => {
-                    parsed = r;
-                    &parsed
-                }
-                // Malformed input is answered locally, as the server would in text.
-                Err(e) => return Ok(format!("ERR {e}")),
-            },
-        };
         let id = self.next_id;
         self.next_id += 1;
         let mut frame = Vec::new();
@@ -397,7 +353,7 @@ impl Client {
                 let mut reason = String::new();
                 let _ = reader.read_line(&mut reason);
                 self.conn = None;
-                return Ok(format!("ERR {}", reason.trim_end()));
+                return Ok(Response::Err(reason.trim_end().to_string()));
             }
             let len = u32::from_be_bytes(len) as usize;
             if len > MAX_FRAME_BYTES {
@@ -410,12 +366,22 @@ impl Client {
             let Ok(resp) = pb::Response::decode(payload.as_slice()) else {
                 return Err(Attempt::Lost(addr));
             };
+            if resp.id == 0 && is_goaway(&resp) {
+                // The node is stopping and did not read this request.
+                self.conn = None;
+                return Err(Attempt::Unreachable(format!("{addr}: node stopping")));
+            }
             if resp.id != id && resp.id != 0 {
                 continue; // an answer to an earlier, abandoned request
             }
-            return Ok(display(from_binary(resp)));
+            return Ok(from_binary(resp));
         }
     }
+}
+
+/// Whether a response is a stopping node's GOAWAY (id 0, UNAVAILABLE).
+fn is_goaway(resp: &pb::Response) -> bool {
+    matches!(&resp.result, Some(pb::response::Result::Error(e)) if e.kind == pb::error::Kind::Unavailable as i32)
 }
 
 /// A request as a binary frame.
