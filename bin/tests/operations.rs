@@ -302,3 +302,38 @@ fn configuration_mistakes_are_one_line_with_their_cause() {
         "{err}"
     );
 }
+
+#[test]
+fn a_peer_that_goes_away_is_reported_once_and_its_return_too() {
+    let mut c = Cluster::start("ops-peer-down", 3, &[]);
+    let leader = c.leader(Duration::from_secs(10));
+    let gone = (1..=3).find(|&i| i != leader).unwrap();
+    c.kill(gone);
+    let unreachable = format!("peer={gone}");
+    eventually(
+        Duration::from_secs(5),
+        "a WARN for the peer that went away",
+        || {
+            c.log(leader).lines().any(|l| {
+                l.contains("WARN") && l.contains("peer unreachable") && l.contains(&unreachable)
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let warnings = c
+        .log(leader)
+        .lines()
+        .filter(|l| l.contains("peer unreachable") && l.contains(&unreachable))
+        .count();
+    assert_eq!(warnings, 1, "once, not at every redial: {}", c.log(leader));
+    c.spawn(gone);
+    eventually(Duration::from_secs(10), "an INFO when it is back", || {
+        c.log(leader).lines().any(|l| {
+            l.contains("INFO") && l.contains("peer reachable again") && l.contains(&unreachable)
+        })
+    });
+    assert!(
+        !c.log(leader).contains("\u{1b}["),
+        "no colour codes in a log file"
+    );
+}

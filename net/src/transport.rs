@@ -729,6 +729,7 @@ async fn dial_loop(
     let mut backoff = cfg.reconnect_backoff_min;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.node_id.wrapping_mul(1_000_003) ^ peer);
     let mut buf = Vec::with_capacity(64 * 1024);
+    let mut health = PeerHealth::default();
     loop {
         let connected = tokio::select! {
             biased;
@@ -739,6 +740,7 @@ async fn dial_loop(
             Ok(stream) => {
                 counters.connects.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(node = cfg.node_id, peer, %addr, "connected to peer");
+                health.reached(cfg.node_id, peer, addr);
                 let since = tokio::time::Instant::now();
                 let link = Link {
                     peer,
@@ -748,11 +750,15 @@ async fn dial_loop(
                 };
                 match link.run(stream, &mut queue, &mut shutdown, &mut buf).await {
                     Pumped::Stopped => return,
-                    Pumped::Broken => since.elapsed(),
+                    Pumped::Broken => {
+                        health.lost(cfg.node_id, peer, addr, "connection lost");
+                        since.elapsed()
+                    }
                 }
             }
             Err(e) => {
                 tracing::debug!(node = cfg.node_id, peer, %addr, error = %e, "peer unreachable");
+                health.lost(cfg.node_id, peer, addr, &e.to_string());
                 Duration::ZERO
             }
         };
@@ -768,6 +774,45 @@ async fn dial_loop(
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// What operators are told about one peer's reachability: a WARN once it
+/// has been unreachable for `UNREACHABLE_AFTER` (not for a reconnect that
+/// succeeds at once), repeated at most every `UNREACHABLE_REPEAT` while it
+/// stays so, and an INFO when it is reached again.
+#[derive(Default)]
+struct PeerHealth {
+    /// Since when it has been unreachable.
+    down_since: Option<tokio::time::Instant>,
+    /// When it was last reported unreachable.
+    warned_at: Option<tokio::time::Instant>,
+}
+
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(1);
+const UNREACHABLE_REPEAT: Duration = Duration::from_secs(60);
+
+impl PeerHealth {
+    fn lost(&mut self, node: u64, peer: u64, addr: SocketAddr, why: &str) {
+        let now = tokio::time::Instant::now();
+        let since = *self.down_since.get_or_insert(now);
+        let due = self
+            .warned_at
+            .is_none_or(|at| now.duration_since(at) >= UNREACHABLE_REPEAT);
+        if now.duration_since(since) >= UNREACHABLE_AFTER && due {
+            self.warned_at = Some(now);
+            let for_s = now.duration_since(since).as_secs();
+            tracing::warn!(node, peer, %addr, error = why, for_s, "peer unreachable");
+        }
+    }
+
+    fn reached(&mut self, node: u64, peer: u64, addr: SocketAddr) {
+        if let (Some(since), Some(_)) = (self.down_since, self.warned_at) {
+            let after_s = since.elapsed().as_secs();
+            tracing::info!(node, peer, %addr, after_s, "peer reachable again");
+        }
+        self.down_since = None;
+        self.warned_at = None;
     }
 }
 
