@@ -39,7 +39,21 @@ pub struct Client {
     protocol: Protocol,
     next_id: u64,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Whether writes go in an exactly-once session.
+    sessions: bool,
+    /// The session writes go in, once opened.
+    session: Option<Session>,
 }
+
+/// An open exactly-once session: its id and the next write's number.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    id: u64,
+    next_seq: u64,
+}
+
+/// A write's session tag: `(session, seq, acked_below)`.
+type Tag = (u64, u64, u64);
 
 /// One connection to a node, plain or over TLS.
 enum Stream {
@@ -181,7 +195,19 @@ impl Client {
             protocol,
             next_id: 1,
             tls: None,
+            sessions: false,
+            session: None,
         })
+    }
+
+    /// Sends every write in an exactly-once session (opened with the first
+    /// write): a write whose answer was lost is sent again, to the same or
+    /// another node, with the same number, and the cluster applies it at
+    /// most once, so `call` gives a definite answer where it would
+    /// otherwise report [`ClientError::Lost`].
+    pub fn with_sessions(mut self) -> Self {
+        self.sessions = true;
+        self
     }
 
     /// Speaks TLS with `config` (trusting the cluster CA, and presenting a
@@ -200,14 +226,66 @@ impl Client {
 
     /// Sends one request and returns the final answer: REDIRECTs are
     /// followed, `ERR no leader` and unreachable servers retried until the
-    /// timeout.
+    /// timeout. With sessions on, a write whose answer was lost is retried
+    /// too (see [`Client::with_sessions`]).
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        if !(self.sessions && is_write(req)) {
+            return self.call_tagged(req, None);
+        }
+        let session = self.open_session()?;
+        let tag = (session.id, session.next_seq, session.next_seq);
+        let resp = self.call_tagged(req, Some(tag));
+        if let Some(open) = self.session.as_mut() {
+            open.next_seq += 1;
+        }
+        match resp {
+            // The session expired while idle and this write was never
+            // applied (its first attempt was refused): a new one serves.
+            Ok(Response::Err(msg)) if msg == kv_engine::kv::NO_SESSION => {
+                self.session = None;
+                let session = self.open_session()?;
+                let tag = (session.id, session.next_seq, session.next_seq);
+                let resp = self.call_tagged(req, Some(tag));
+                if let Some(open) = self.session.as_mut() {
+                    open.next_seq += 1;
+                }
+                resp
+            }
+            other => other,
+        }
+    }
+
+    /// The open session, opening one if there is none yet.
+    fn open_session(&mut self) -> Result<Session, ClientError> {
+        if let Some(session) = self.session {
+            return Ok(session);
+        }
+        match self.call_tagged(&Request::OpenSession, None)? {
+            Response::Session(id) => {
+                let session = Session { id, next_seq: 1 };
+                self.session = Some(session);
+                Ok(session)
+            }
+            other => Err(ClientError::Protocol(format!(
+                "opening a session was answered {other:?}"
+            ))),
+        }
+    }
+
+    /// [`Client::call`] for one request with its session tag, if any. A
+    /// tagged write whose answer was lost is sent again (to the next node)
+    /// until the deadline: the session makes the repeat harmless.
+    fn call_tagged(&mut self, req: &Request, tag: Option<Tag>) -> Result<Response, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let mut redirects = 0;
         let mut backoff = Duration::from_millis(20);
         let mut last = String::from("none");
+        let mut lost = None;
         loop {
             if Instant::now() >= deadline {
+                if let Some(addr) = lost {
+                    return Err(ClientError::Lost { addr });
+                }
                 if last == "ERR no leader" {
                     return Err(ClientError::NoLeader {
                         timeout: self.timeout,
@@ -215,7 +293,7 @@ impl Client {
                 }
                 return Err(self.unreachable(last));
             }
-            match self.exchange(req, deadline) {
+            match self.exchange(req, tag, deadline) {
                 Ok(Response::Redirect(to)) if redirects < MAX_REDIRECTS => {
                     redirects += 1;
                     self.switch_to(&to);
@@ -224,11 +302,23 @@ impl Client {
                 Ok(Response::Err(msg)) if msg == "no leader" || msg.starts_with("not applied") => {
                     last = format!("ERR {msg}");
                 }
+                Ok(Response::Err(msg)) if msg == kv_engine::kv::NO_SESSION => {
+                    if let Some(addr) = lost {
+                        // The session is gone and with it what became of
+                        // the first attempt.
+                        return Err(ClientError::Lost { addr });
+                    }
+                    return Ok(Response::Err(msg));
+                }
                 Ok(resp) => return Ok(resp),
                 Err(Attempt::Unreachable(e)) => {
                     last = e;
-                    self.conn = None;
-                    self.current = (self.current + 1) % self.addrs.len();
+                    self.next_node();
+                }
+                Err(Attempt::Lost(addr)) if tag.is_some() => {
+                    last = format!("{addr}: answer lost; sent again in its session");
+                    lost = Some(addr);
+                    self.next_node();
                 }
                 Err(Attempt::Lost(addr)) => {
                     self.conn = None;
@@ -243,6 +333,12 @@ impl Client {
             std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
+    }
+
+    /// Drops the connection and tries the next node next.
+    fn next_node(&mut self) {
+        self.conn = None;
+        self.current = (self.current + 1) % self.addrs.len();
     }
 
     fn unreachable(&self, last: String) -> ClientError {
@@ -272,7 +368,12 @@ impl Client {
         }
     }
 
-    fn exchange(&mut self, req: &Request, deadline: Instant) -> Result<Response, Attempt> {
+    fn exchange(
+        &mut self,
+        req: &Request,
+        tag: Option<Tag>,
+        deadline: Instant,
+    ) -> Result<Response, Attempt> {
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
@@ -291,7 +392,7 @@ impl Client {
             self.conn = Some((addr, reader));
         }
         if self.protocol == Protocol::Binary {
-            return self.exchange_binary(req, remaining);
+            return self.exchange_binary(req, tag, remaining);
         }
         let Some((addr, reader)) = self.conn.as_mut() else {
             return Err(Attempt::Unreachable("not connected".into()));
@@ -300,6 +401,9 @@ impl Client {
         let stream = reader.get_mut();
         let _ = stream.socket().set_read_timeout(Some(remaining));
         let mut out = Vec::new();
+        if let Some((session, seq, acked_below)) = tag {
+            out.extend_from_slice(format!("@{session}/{seq}/{acked_below} ").as_bytes());
+        }
         encode_request(req, &mut out);
         // A failed write on a kept connection (the server closed it) means
         // nothing was sent: reconnect and try again.
@@ -324,7 +428,12 @@ impl Client {
 
 impl Client {
     /// Sends a request as a binary frame and returns its answer.
-    fn exchange_binary(&mut self, req: &Request, remaining: Duration) -> Result<Response, Attempt> {
+    fn exchange_binary(
+        &mut self,
+        req: &Request,
+        tag: Option<Tag>,
+        remaining: Duration,
+    ) -> Result<Response, Attempt> {
         let Some((addr, reader)) = self.conn.as_mut() else {
             return Err(Attempt::Unreachable("not connected".into()));
         };
@@ -332,7 +441,7 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let mut frame = Vec::new();
-        encode_frame(&to_binary(id, req), &mut frame);
+        encode_frame(&to_binary(id, req, tag), &mut frame);
         let stream = reader.get_mut();
         let _ = stream.socket().set_read_timeout(Some(remaining));
         if stream
@@ -384,8 +493,20 @@ fn is_goaway(resp: &pb::Response) -> bool {
     matches!(&resp.result, Some(pb::response::Result::Error(e)) if e.kind == pb::error::Kind::Unavailable as i32)
 }
 
-/// A request as a binary frame.
-pub fn to_binary(id: u64, req: &Request) -> pb::Request {
+/// Whether a request changes the store (and so goes in a session).
+pub fn is_write(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Set { .. }
+            | Request::Del { .. }
+            | Request::Cas { .. }
+            | Request::MSet { .. }
+            | Request::Incr { .. }
+    )
+}
+
+/// A request as a binary frame, with its session tag if it has one.
+fn to_binary(id: u64, req: &Request, tag: Option<Tag>) -> pb::Request {
     use pb::request::Op;
     let op = match req {
         Request::Get { key } => Op::Get(pb::Get { key: key.clone() }),
@@ -411,8 +532,20 @@ pub fn to_binary(id: u64, req: &Request) -> pb::Request {
         Request::Ping => Op::Ping(pb::Ping {}),
         Request::Status => Op::Status(pb::StatusRequest {}),
         Request::TransferLeader { to } => Op::TransferLeader(pb::TransferLeader { to: *to }),
+        Request::Incr { key, by } => Op::Incr(pb::Incr {
+            key: key.clone(),
+            by: *by,
+        }),
+        Request::OpenSession => Op::OpenSession(pb::OpenSession {}),
     };
-    pb::Request { id, op: Some(op) }
+    let (session, seq, acked_below) = tag.unwrap_or_default();
+    pb::Request {
+        id,
+        op: Some(op),
+        session,
+        seq,
+        acked_below,
+    }
 }
 
 /// An answer as the text protocol shows it, except that a value is shown
@@ -556,6 +689,8 @@ pub fn from_binary(resp: pb::Response) -> Response {
         Some(R::Redirect(r)) => Response::Redirect(r.leader),
         Some(R::Error(e)) => Response::Err(e.message),
         Some(R::Status(s)) => Response::Status(kv_net::node::status::proto_fields(&s)),
+        Some(R::Int(i)) => Response::Int(i.value),
+        Some(R::Session(s)) => Response::Session(s.id),
         None => Response::Err("empty response".into()),
     }
 }
@@ -655,17 +790,39 @@ pub fn request_from_args(args: &[Vec<u8>]) -> Result<Request, String> {
         ("MSET", pairs) if !pairs.is_empty() && pairs.len() % 2 == 0 => Ok(Request::MSet {
             pairs: pairs.chunks(2).map(|p| (b(&p[0]), b(&p[1]))).collect(),
         }),
+        ("INCR", [k]) => Ok(Request::Incr { key: b(k), by: 1 }),
+        ("DECR", [k]) => Ok(Request::Incr { key: b(k), by: -1 }),
+        ("INCRBY", [k, by]) => Ok(Request::Incr {
+            key: b(k),
+            by: parse_amount(by)?,
+        }),
+        ("DECRBY", [k, by]) => Ok(Request::Incr {
+            key: b(k),
+            by: parse_amount(by)?
+                .checked_neg()
+                .ok_or("amount out of range")?,
+        }),
         ("PING", []) => Ok(Request::Ping),
         ("STATUS", []) => Ok(Request::Status),
         ("GET" | "DEL", _) => Err(format!("usage: {name} <key>")),
         ("SET", _) => Err("usage: SET <key> <value>".into()),
         ("CAS", _) => Err("usage: CAS <key> <expected> <new>".into()),
         ("MSET", _) => Err("usage: MSET <key> <value> [<key> <value> ...]".into()),
+        ("INCR" | "DECR", _) => Err(format!("usage: {name} <key>")),
+        ("INCRBY" | "DECRBY", _) => Err(format!("usage: {name} <key> <amount>")),
         ("PING", _) => Err("usage: PING".into()),
         _ => Err(format!(
-            "unknown command '{name}' (SET, GET, DEL, CAS, MSET, PING, STATUS, TRANSFER-LEADER)"
+            "unknown command '{name}' (SET, GET, DEL, CAS, MSET, INCR, INCRBY, DECR, DECRBY, PING, STATUS, TRANSFER-LEADER)"
         )),
     }
+}
+
+/// An INCRBY/DECRBY amount: a signed 64-bit integer.
+fn parse_amount(word: &[u8]) -> Result<i64, String> {
+    std::str::from_utf8(word)
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| format!("'{}' is not an integer", String::from_utf8_lossy(word)))
 }
 
 #[cfg(test)]

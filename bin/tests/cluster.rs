@@ -222,6 +222,7 @@ fn the_binary_protocol_pipelines_requests_and_carries_any_bytes() {
                     key,
                     value: value.clone(),
                 })),
+                ..Default::default()
             },
         );
     }
@@ -237,6 +238,7 @@ fn the_binary_protocol_pipelines_requests_and_carries_any_bytes() {
         op: Some(Op::Get(pb::Get {
             key: bytes::Bytes::from_static(b"bin key 42"),
         })),
+        ..Default::default()
     };
     binary::send(&mut s, &get);
     let resp = binary::recv(&mut s).unwrap();
@@ -253,6 +255,7 @@ fn the_binary_protocol_pipelines_requests_and_carries_any_bytes() {
         &pb::Request {
             id: 9,
             op: Some(Op::Ping(pb::Ping {})),
+            ..Default::default()
         },
     );
     assert!(matches!(
@@ -286,7 +289,14 @@ fn malformed_binary_frames_get_an_error_or_a_closed_connection() {
         Some(Kind::BadRequest as i32)
     );
     // No operation.
-    binary::send(&mut s, &pb::Request { id: 3, op: None });
+    binary::send(
+        &mut s,
+        &pb::Request {
+            id: 3,
+            op: None,
+            ..Default::default()
+        },
+    );
     let r = binary::recv(&mut s).unwrap();
     assert_eq!((r.id, kind(&r)), (3, Some(Kind::BadRequest as i32)));
     // A key over the limit.
@@ -295,6 +305,7 @@ fn malformed_binary_frames_get_an_error_or_a_closed_connection() {
         op: Some(Op::Get(pb::Get {
             key: bytes::Bytes::from(vec![b'k'; 9]),
         })),
+        ..Default::default()
     };
     binary::send(&mut s, &long);
     let r = binary::recv(&mut s).unwrap();
@@ -304,6 +315,7 @@ fn malformed_binary_frames_get_an_error_or_a_closed_connection() {
         &pb::Request {
             id: 5,
             op: Some(Op::Ping(pb::Ping {})),
+            ..Default::default()
         },
     );
     assert_eq!(binary::recv(&mut s).unwrap().id, 5, "still usable");
@@ -419,6 +431,7 @@ fn a_text_client_gets_one_line_per_request_whatever_bytes_were_stored() {
                     key: bytes::Bytes::from(key.clone()),
                     value: bytes::Bytes::from(value.clone()),
                 })),
+                ..Default::default()
             };
             let mut bin = bin.borrow_mut();
             binary::send(&mut bin, &set);

@@ -151,6 +151,7 @@ fn command(i: u64) -> Bytes {
             key: Bytes::from(format!("key-{:08}", i % 100_000)),
             value: Bytes::from(vec![b'v'; 80]),
         })),
+        ..Default::default()
     };
     encode_command(&cmd)
 }
@@ -170,7 +171,7 @@ fn restart_1m() -> (Duration, Duration, usize) {
         for i in 1..=total {
             let data = command(i);
             if i <= snap_at {
-                kv.apply_entry_data(&data).unwrap();
+                kv.apply_entry_data(&data, i).unwrap();
             }
             batch.push(Entry {
                 term: 1,

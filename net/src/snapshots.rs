@@ -214,6 +214,7 @@ mod tests {
                     key: Bytes::from(format!("key{i:06}")),
                     value: Bytes::from(vec![b'v'; i % 200]),
                 })),
+                ..Default::default()
             });
         }
         kv

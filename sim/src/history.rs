@@ -23,6 +23,8 @@ pub enum Output {
     NotFound,
     /// FAIL current / FAIL NOT_FOUND
     CasFailed(Option<Bytes>),
+    /// INT n (INCR's new value)
+    Int(i64),
 }
 
 /// One operation of the history.
@@ -70,7 +72,9 @@ impl HistoryRecorder {
         Self::default()
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Milliseconds of simulated time since the history began (the clock
+    /// of `Operation::at_ms`).
+    pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 

@@ -76,8 +76,20 @@ fn step(
                 _ => None,
             }
         }
-        // Touch no key: never part of a key's history.
-        Input::Status | Input::TransferLeader { .. } => Some(state.clone()),
+        Input::Incr { by, .. } => {
+            let current = match state {
+                None => 0,
+                Some(v) => kv_engine::kv::parse_integer(v)?,
+            };
+            let next = current.checked_add(*by)?;
+            match output {
+                None => Some(Some(Bytes::from(next.to_string()))),
+                Some(Output::Int(n)) if *n == next => Some(Some(Bytes::from(next.to_string()))),
+                _ => None,
+            }
+        }
+        // The workload issues none of these.
+        _ => None,
     }
 }
 

@@ -45,6 +45,10 @@ enum Attempt {
     Unreachable,
 }
 
+/// Counter keys (`c0 .. c2`): only INCR writes them, so the run can check
+/// that every increment applied exactly once.
+pub const COUNTERS: u64 = 3;
+
 /// A client: its id, the cluster's client addresses, and its history recorder.
 pub struct Client {
     id: u64,
@@ -55,6 +59,10 @@ pub struct Client {
     cfg: WorkloadConfig,
     history: Arc<HistoryRecorder>,
     counter: u64,
+    /// Its exactly-once session, once opened (0: none yet), and the next
+    /// write's sequence number in it.
+    session: u64,
+    next_seq: u64,
 }
 
 impl Client {
@@ -77,11 +85,18 @@ impl Client {
             cfg,
             history,
             counter: 0,
+            session: 0,
+            next_seq: 1,
         }
     }
 
-    /// Runs operations until `stop_at`.
+    /// Runs operations until `stop_at`: in an exactly-once session, so a
+    /// write whose outcome is unknown is sent again (on another node) until
+    /// its answer is known.
     pub async fn run(mut self) {
+        while self.session == 0 && Instant::now() < self.cfg.stop_at {
+            self.open_session().await;
+        }
         while Instant::now() < self.cfg.stop_at {
             self.maybe_wander();
             let input = self.next_input();
@@ -95,6 +110,30 @@ impl Client {
                 .rng
                 .random_range(0..=self.cfg.think_max.as_millis() as u64);
             sleep(Duration::from_millis(think)).await;
+        }
+    }
+
+    /// Opens an exactly-once session (tries once; a session whose answer is
+    /// lost is simply never used).
+    async fn open_session(&mut self) {
+        let deadline = Instant::now() + self.cfg.request_timeout * 4;
+        while Instant::now() < deadline {
+            match self.attempt(b"SESSION\n").await {
+                Attempt::Answer(Response::Session(id)) => {
+                    self.session = id;
+                    return;
+                }
+                Attempt::Answer(Response::Redirect(addr)) => {
+                    if let Some(i) = self.addrs.iter().position(|a| a.to_string() == addr) {
+                        self.current = i;
+                    }
+                    self.conn = None;
+                }
+                _ => {
+                    self.rotate();
+                    sleep(Duration::from_millis(50)).await;
+                }
+            }
         }
     }
 
@@ -161,7 +200,14 @@ impl Client {
         self.counter += 1;
         // Values are unique across the whole run: client id and a counter.
         let value = Bytes::from(format!("c{}-{}", self.id, self.counter));
-        match self.rng.random_range(0..100) {
+        match self.rng.random_range(0..110) {
+            100..=104 => Input::Incr {
+                key: Bytes::from(format!("c{}", self.rng.random_range(0..COUNTERS))),
+                by: 1,
+            },
+            105..=109 => Input::Get {
+                key: Bytes::from(format!("c{}", self.rng.random_range(0..COUNTERS))),
+            },
             0..=39 => Input::Get { key },
             40..=64 => Input::Set { key, value },
             65..=69 => {
@@ -214,21 +260,36 @@ impl Client {
                 }
                 line + "\n"
             }
+            Input::Incr { key, by } => format!("INCR {} {by}\n", String::from_utf8_lossy(key)),
             Input::Status => "STATUS\n".to_string(),
             Input::TransferLeader { to: None } => "TRANSFER-LEADER\n".to_string(),
             Input::TransferLeader { to: Some(id) } => format!("TRANSFER-LEADER {id}\n"),
+            // The Redis-only operations have no text form; the workload
+            // never draws them (`next_input`), and a PING changes nothing.
+            _ => "PING\n".to_string(),
         };
         text.into_bytes()
     }
 
-    /// Runs one operation to a definite answer, or None if its outcome is unknown.
+    /// Runs one operation to a definite answer, or None if its outcome is
+    /// unknown. A write goes in the client's session: when its outcome is
+    /// unknown it is sent again, with the same sequence number, on another
+    /// node, and the session answers it once (exactly once).
     async fn execute(&mut self, input: &Input) -> Option<Output> {
-        let line = Self::line(input);
+        let mut line = Self::line(input);
+        let in_session = self.session != 0 && !input.is_read();
+        if in_session {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let mut tagged = format!("@{}/{seq}/{seq} ", self.session).into_bytes();
+            tagged.extend_from_slice(&line);
+            line = tagged;
+        }
         let deadline = Instant::now() + self.cfg.request_timeout * 4;
         loop {
             if Instant::now() >= deadline {
-                // Every attempt so far surely failed, but stop trying: a
-                // definite "did not happen" is still indeterminate-safe.
+                // Every attempt so far surely failed, or their outcome is
+                // unknown: indeterminate.
                 return None;
             }
             match self.attempt(&line).await {
@@ -237,6 +298,7 @@ impl Client {
                     Response::Value(v) => return Some(Output::Value(v)),
                     Response::NotFound => return Some(Output::NotFound),
                     Response::Fail(current) => return Some(Output::CasFailed(current)),
+                    Response::Int(n) => return Some(Output::Int(n)),
                     Response::Redirect(addr) => {
                         if let Some(i) = self.addrs.iter().position(|a| a.to_string() == addr) {
                             self.current = i;
@@ -247,8 +309,16 @@ impl Client {
                         self.rotate();
                         sleep(Duration::from_millis(50)).await;
                     }
-                    // Outcome unknown (timeout, leadership lost, shutting down).
-                    Response::Err(_) | Response::Pong | Response::Status(_) => {
+                    // Outcome unknown (timeout, leadership lost, shutting
+                    // down): in a session, ask again elsewhere.
+                    Response::Err(msg) if in_session && is_outcome_unknown(&msg) => {
+                        self.rotate();
+                        sleep(Duration::from_millis(50)).await;
+                    }
+                    Response::Err(_)
+                    | Response::Pong
+                    | Response::Status(_)
+                    | Response::Session(_) => {
                         self.conn = None;
                         return None;
                     }
@@ -256,6 +326,10 @@ impl Client {
                 Attempt::Unreachable => {
                     self.rotate();
                     sleep(Duration::from_millis(50)).await;
+                }
+                Attempt::Lost if in_session => {
+                    self.conn = None;
+                    self.rotate();
                 }
                 Attempt::Lost => {
                     self.conn = None;
@@ -323,6 +397,13 @@ impl Client {
             }
         }
     }
+}
+
+/// Errors after which the operation may or may not have happened.
+fn is_outcome_unknown(msg: &str) -> bool {
+    ["outcome unknown", "timeout", "shutting down"]
+        .iter()
+        .any(|p| msg.starts_with(p))
 }
 
 /// Errors after which the operation surely did not happen.

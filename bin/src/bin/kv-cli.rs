@@ -22,14 +22,19 @@ use rustyline::DefaultEditor;
 /// Client for the kv store. It follows REDIRECTs to the leader by itself.
 ///
 /// Commands: SET <key> <value>, GET <key>, DEL <key>, CAS <key> <expected> <new>,
-/// MSET <key> <value> [<key> <value> ...], PING, STATUS (this node's own);
+/// MSET <key> <value> [<key> <value> ...], INCR <key>, INCRBY <key> <n>,
+/// DECR <key>, DECRBY <key> <n>, PING, STATUS (this node's own);
 /// `status` (every member, as a table), `transfer-leader [--to ID]`.
+///
+/// Writes go in an exactly-once session: a write whose answer was lost is
+/// sent again by itself (to any node) and applied at most once, so its
+/// answer is definite.
 ///
 /// Exit codes: 0 answered (NOT_FOUND and FAIL included), 1 the server
 /// answered ERR, 2 no server reachable, 3 nodes answered but no leader was
 /// elected in time, 4 refused (too many connections, or TLS), 5 the
-/// request was sent but the connection was lost (it may or may not have
-/// been applied).
+/// request was sent but no answer came back before the timeout (it may or
+/// may not have been applied).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -68,6 +73,11 @@ struct Args {
     /// Read the command's last argument from standard input (any bytes).
     #[arg(short = 'x')]
     stdin_last: bool,
+
+    /// Send writes without a session: one log entry fewer per run, but a
+    /// write whose answer is lost is not retried (exit code 5).
+    #[arg(long)]
+    no_session: bool,
 
     /// With `status`: print JSON instead of a table.
     #[arg(long)]
@@ -135,8 +145,11 @@ fn main() -> ExitCode {
 
 /// A client for `addrs` as the flags describe.
 fn connect(args: &Args, addrs: &[String]) -> Result<Client> {
-    let client =
+    let mut client =
         Client::with_protocol(addrs, Duration::from_secs_f64(args.timeout), args.protocol)?;
+    if !args.no_session {
+        client = client.with_sessions();
+    }
     let Some(ca) = &args.tls_ca else {
         return Ok(client);
     };

@@ -1,6 +1,9 @@
-//! The key-value state machine the log drives: SET, DEL and CAS applied
-//! deterministically, snapshots captured at an index in O(1), and the
-//! snapshot encoding streamed in bounded chunks both ways.
+//! The key-value state machine the log drives: SET (with NX/XX/GET), DEL,
+//! CAS, MSET, MSETNX, INCR, APPEND and FLUSH applied deterministically,
+//! exactly-once client sessions (`sessions.rs`), the reads the protocols
+//! need (MGET, EXISTS, STRLEN, SCAN, KEYS with glob patterns in
+//! `glob.rs`), snapshots captured at an index in O(1), and the snapshot
+//! encoding streamed in bounded chunks both ways.
 //!
 //! The map is a persistent B-tree (`imbl::OrdSet`) of entries that hold key
 //! and value in one allocation (`[key len u32 LE][key][value]`), ordered by
@@ -14,13 +17,19 @@
 //! pairs inserts 2,000,000 in 0.29 s.
 //!
 //! Snapshot data is a sequence of length-delimited protobuf `Pair`s in key
-//! order: the same map always gives the same bytes.
+//! order, then one `Pair` holding only a `SessionRecord` per open session,
+//! by id: the same state always gives the same bytes.
+
+pub mod glob;
+pub mod sessions;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use imbl::OrdSet;
-use kv_proto::command::{command::Op, Command};
+use kv_proto::command::{command::Op, set_if::Condition, Command, SessionRecord};
+
+use self::sessions::{Seen, Sessions};
 use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 use prost::Message as _;
 
@@ -36,7 +45,25 @@ pub enum CommandResult {
         /// The value the key holds.
         current: Option<Bytes>,
     },
+    /// A number: INCR's new value, APPEND's new length, how many keys DEL
+    /// removed, MSETNX's 1 or 0.
+    Int(i64),
+    /// SET ... GET: the value replaced (None: there was none).
+    Old(Option<Bytes>),
+    /// SET NX / XX whose condition did not hold: nothing written.
+    NotSet,
+    /// The command was refused and changed nothing (INCR of a value that
+    /// is not an integer, a write in a session that is gone).
+    Refused(String),
+    /// A session was opened; its id.
+    Session(u64),
 }
+
+/// A refused write's reason when its session is gone.
+pub const NO_SESSION: &str = "session expired or unknown: open a new one";
+/// A refused write's reason when its result was forgotten.
+pub const FORGOTTEN: &str =
+    "this write's sequence number is below what the session still remembers; its outcome is unknown";
 
 /// Why bytes could not be decoded as a command or a snapshot.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -144,6 +171,8 @@ pub struct KvStore {
     set: OrdSet<KvEntry>,
     /// The digest of `set`, kept up to date on every write (see `digest`).
     digest: u64,
+    /// Open client sessions.
+    sessions: Sessions,
 }
 
 impl KvStore {
@@ -152,19 +181,41 @@ impl KvStore {
         Self::default()
     }
 
-    /// Applies one command.
+    /// Applies one command outside any log (tests, tools): as at index 0.
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        self.apply_at(cmd, 0)
+    }
+
+    /// Applies one command, the entry at log `index`: a write in a session
+    /// it has seen is answered its first result, not applied again.
+    pub fn apply_at(&mut self, cmd: &Command, index: u64) -> CommandResult {
+        if let Some(Op::OpenSession(_)) = cmd.op {
+            return self.sessions.open(index);
+        }
+        if cmd.session == 0 {
+            return self.apply_op(cmd);
+        }
+        match self.sessions.check(cmd.session, cmd.seq, cmd.acked_below) {
+            Seen::Repeat(first) => first,
+            Seen::NoSession => CommandResult::Refused(NO_SESSION.into()),
+            Seen::Forgotten => CommandResult::Refused(FORGOTTEN.into()),
+            Seen::New => {
+                let result = self.apply_op(cmd);
+                self.sessions.record(cmd.session, cmd.seq, &result, index);
+                result
+            }
+        }
+    }
+
+    fn apply_op(&mut self, cmd: &Command) -> CommandResult {
         match &cmd.op {
             Some(Op::Set(set)) => {
                 self.put(&set.key, &set.value);
                 CommandResult::Ok
             }
-            Some(Op::Del(del)) => match self.set.remove(&del.key[..]) {
-                Some(old) => {
-                    self.digest = self.digest.wrapping_sub(old.hash());
-                    CommandResult::Ok
-                }
-                None => CommandResult::NotFound,
+            Some(Op::Del(del)) => match self.remove(&del.key) {
+                true => CommandResult::Ok,
+                false => CommandResult::NotFound,
             },
             Some(Op::Mset(mset)) => {
                 for pair in &mset.pairs {
@@ -181,8 +232,81 @@ impl KvStore {
                     current: current.map(Bytes::copy_from_slice),
                 },
             },
-            // Decoding refuses these; a no-op keeps apply total.
-            None => CommandResult::Ok,
+            Some(Op::SetIf(s)) => self.set_if(s),
+            Some(Op::Incr(i)) => self.incr(&i.key, i.by),
+            Some(Op::Append(a)) => {
+                let mut value = self.get(&a.key).map(<[u8]>::to_vec).unwrap_or_default();
+                value.extend_from_slice(&a.value);
+                self.put(&a.key, &value);
+                CommandResult::Int(value.len() as i64)
+            }
+            Some(Op::DelMany(d)) => {
+                CommandResult::Int(d.keys.iter().filter(|k| self.remove(k)).count() as i64)
+            }
+            Some(Op::Msetnx(m)) => {
+                if m.pairs.iter().any(|p| self.get(&p.key).is_some()) {
+                    return CommandResult::Int(0);
+                }
+                for pair in &m.pairs {
+                    self.put(&pair.key, &pair.value);
+                }
+                CommandResult::Int(1)
+            }
+            Some(Op::Flush(_)) => {
+                self.set = OrdSet::new();
+                self.digest = 0;
+                CommandResult::Ok
+            }
+            // Opened in `apply_at`; decoding refuses an empty command, and
+            // a no-op keeps apply total.
+            Some(Op::OpenSession(_)) | None => CommandResult::Ok,
+        }
+    }
+
+    /// SET with NX / XX / GET.
+    fn set_if(&mut self, s: &kv_proto::command::SetIf) -> CommandResult {
+        let old = self.get(&s.key).map(Bytes::copy_from_slice);
+        let write = match Condition::try_from(s.condition).unwrap_or(Condition::Always) {
+            Condition::Always => true,
+            Condition::IfAbsent => old.is_none(),
+            Condition::IfPresent => old.is_some(),
+        };
+        if write {
+            self.put(&s.key, &s.value);
+        }
+        match (s.return_old, write) {
+            (true, _) => CommandResult::Old(old),
+            (false, true) => CommandResult::Ok,
+            (false, false) => CommandResult::NotSet,
+        }
+    }
+
+    /// INCRBY: the value must be a decimal integer in i64 (absent: 0).
+    fn incr(&mut self, key: &[u8], by: i64) -> CommandResult {
+        let current = match self.get(key) {
+            None => 0,
+            Some(v) => match parse_integer(v) {
+                Some(n) => n,
+                None => {
+                    return CommandResult::Refused("value is not an integer or out of range".into())
+                }
+            },
+        };
+        let Some(next) = current.checked_add(by) else {
+            return CommandResult::Refused("increment or decrement would overflow".into());
+        };
+        self.put(key, next.to_string().as_bytes());
+        CommandResult::Int(next)
+    }
+
+    /// Removes `key`; whether it was there.
+    fn remove(&mut self, key: &[u8]) -> bool {
+        match self.set.remove(key) {
+            Some(old) => {
+                self.digest = self.digest.wrapping_sub(old.hash());
+                true
+            }
+            None => false,
         }
     }
 
@@ -194,10 +318,10 @@ impl KvStore {
         }
     }
 
-    /// Decodes a log entry's data and applies it.
-    pub fn apply_entry_data(&mut self, data: &[u8]) -> Result<CommandResult, KvError> {
+    /// Decodes the data of the entry at log `index` and applies it.
+    pub fn apply_entry_data(&mut self, data: &[u8], index: u64) -> Result<CommandResult, KvError> {
         let cmd = decode_command(data)?;
-        Ok(self.apply(&cmd))
+        Ok(self.apply_at(&cmd, index))
     }
 
     /// The value at `key`.
@@ -228,7 +352,44 @@ impl KvStore {
     pub fn capture(&self) -> KvSnapshot {
         KvSnapshot {
             set: self.set.clone(),
+            sessions: self.sessions.clone(),
         }
+    }
+
+    /// Open client sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Up to `count` keys from `cursor` on, in key order, that match
+    /// `pattern` (all when None), and the cursor to go on from (0: done).
+    /// Keys are walked in order, so a key present for the whole scan is
+    /// returned at least once whatever changes meanwhile; a cursor is the
+    /// first eight bytes of the next key (big-endian, 0 reserved for "done";
+    /// keys sharing those bytes may be returned twice). At most
+    /// `count * 10` keys are looked at per call.
+    pub fn scan(&self, cursor: u64, pattern: Option<&[u8]>, count: usize) -> (u64, Vec<Bytes>) {
+        let count = count.max(1);
+        let start = cursor_key(cursor);
+        let mut keys = Vec::new();
+        let iter = self.set.range::<_, [u8]>((
+            std::ops::Bound::Included(&start[..]),
+            std::ops::Bound::Unbounded,
+        ));
+        for (looked, entry) in iter.enumerate() {
+            let key = entry.key();
+            if looked >= count.saturating_mul(10) || keys.len() >= count {
+                let next = key_cursor(key);
+                // A cursor that would not move on keeps the scan going here.
+                if next > cursor {
+                    return (next, keys);
+                }
+            }
+            if pattern.is_none_or(|p| glob::matches(p, key)) {
+                keys.push(Bytes::copy_from_slice(key));
+            }
+        }
+        (0, keys)
     }
 
     /// The whole map's snapshot bytes at once (small states and tests; a
@@ -253,14 +414,48 @@ impl KvStore {
     /// kept up to date in O(1) per write and does not depend on the order
     /// the map was built in.
     pub fn digest(&self) -> u64 {
-        self.digest
+        self.digest.wrapping_add(self.sessions.digest())
     }
+}
+
+/// A SCAN cursor's first key: the cursor's eight bytes, trailing zero
+/// bytes left off (cursor 0 is the start).
+fn cursor_key(cursor: u64) -> Vec<u8> {
+    let mut key = cursor.to_be_bytes().to_vec();
+    while key.last() == Some(&0) {
+        key.pop();
+    }
+    key
+}
+
+/// The cursor that resumes a scan at `key` (its first eight bytes, padded).
+fn key_cursor(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    for (slot, byte) in b.iter_mut().zip(key) {
+        *slot = *byte;
+    }
+    u64::from_be_bytes(b)
+}
+
+/// A decimal integer as INCR reads it: an optional minus sign and digits,
+/// no spaces, no leading plus, within i64.
+pub fn parse_integer(v: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(v).ok()?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if digits.len() > 1 && digits.starts_with('0') {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// The state machine as captured at some index, for a snapshot.
 #[derive(Debug, Clone)]
 pub struct KvSnapshot {
     set: OrdSet<KvEntry>,
+    sessions: Sessions,
 }
 
 impl KvSnapshot {
@@ -278,25 +473,36 @@ impl KvSnapshot {
     pub fn encoder(&self) -> SnapshotEncoder<'_> {
         SnapshotEncoder {
             iter: self.set.iter(),
+            sessions: Box::new(self.sessions.records()),
         }
     }
 }
 
-/// Writes a snapshot's pairs out in bounded chunks.
+/// Writes a snapshot's pairs, then its sessions, out in bounded chunks.
 pub struct SnapshotEncoder<'a> {
     iter: imbl::ordset::Iter<'a, KvEntry, imbl::shared_ptr::DefaultSharedPtr>,
+    sessions: Box<dyn Iterator<Item = SessionRecord> + 'a>,
 }
 
 impl SnapshotEncoder<'_> {
-    /// Appends pairs to `out` until it holds at least `max_bytes` (one
-    /// pair at least) or the pairs run out. Returns false once none are left.
+    /// Appends records to `out` until it holds at least `max_bytes` (one
+    /// record at least) or they run out. Returns false once none are left.
     pub fn next_chunk(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> bool {
         let start = out.len();
         while out.len() - start < max_bytes {
-            let Some(entry) = self.iter.next() else {
+            if let Some(entry) = self.iter.next() {
+                encode_pair(entry.key(), entry.value(), out);
+                continue;
+            }
+            let Some(record) = self.sessions.next() else {
                 return false;
             };
-            encode_pair(entry.key(), entry.value(), out);
+            let pair = kv_proto::command::Pair {
+                session: Some(record),
+                ..Default::default()
+            };
+            // Encoding into a Vec cannot fail.
+            let _ = pair.encode_length_delimited(out);
         }
         true
     }
@@ -370,8 +576,14 @@ impl KvBuilder {
             let Some(body) = usize::try_from(len).ok().and_then(|l| rest.get(..l)) else {
                 return Ok(used);
             };
-            let (key, value) = decode_pair(body).map_err(|r| self.bad(r))?;
-            self.store.put(key, value);
+            match decode_pair(body).map_err(|r| self.bad(r))? {
+                Record::Pair(key, value) => self.store.put(key, value),
+                Record::Session(record) => self
+                    .store
+                    .sessions
+                    .restore(&record)
+                    .map_err(|r| self.bad(r))?,
+            }
             used += header + body.len();
             self.offset += (header + body.len()) as u64;
         }
@@ -393,23 +605,36 @@ impl KvBuilder {
     }
 }
 
-/// The key and value of one encoded `Pair` (fields 1 and 2, bytes).
-fn decode_pair(mut body: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
+/// One record of a snapshot.
+enum Record<'a> {
+    /// A key and its value.
+    Pair(&'a [u8], &'a [u8]),
+    /// An open session.
+    Session(SessionRecord),
+}
+
+/// One encoded `Pair`: a key and a value (fields 1 and 2, bytes), or a
+/// session (field 3 alone).
+fn decode_pair(mut body: &[u8]) -> Result<Record<'_>, &'static str> {
     let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
-    while !body.is_empty() {
-        let tag = body[0];
-        body = &body[1..];
+    while let Some((&tag, rest)) = body.split_first() {
+        body = rest;
         let len = decode_varint(&mut body).map_err(|_| "bad field length")?;
         let len = usize::try_from(len).map_err(|_| "bad field length")?;
         let field = body.get(..len).ok_or("a field runs past its pair")?;
-        body = &body[len..];
+        body = body.get(len..).unwrap_or_default();
         match tag {
             0x0a => key = field,
             0x12 => value = field,
+            0x1a if key.is_empty() && value.is_empty() && body.is_empty() => {
+                let record =
+                    SessionRecord::decode(field).map_err(|_| "undecodable session record")?;
+                return Ok(Record::Session(record));
+            }
             _ => return Err("unknown field in a pair"),
         }
     }
-    Ok((key, value))
+    Ok(Record::Pair(key, value))
 }
 
 /// Encodes a command as log entry data.
@@ -442,12 +667,14 @@ mod tests {
                 key: b(k),
                 value: b(v),
             })),
+            ..Default::default()
         }
     }
 
     fn del(k: &str) -> Command {
         Command {
             op: Some(Op::Del(Del { key: b(k) })),
+            ..Default::default()
         }
     }
 
@@ -458,6 +685,7 @@ mod tests {
                 expected: b(e),
                 new: b(n),
             })),
+            ..Default::default()
         }
     }
 
@@ -541,6 +769,7 @@ mod tests {
             Pair {
                 key: b(k),
                 value: b(v),
+                session: None,
             }
             .encode_length_delimited(&mut expected)
             .unwrap();
@@ -600,10 +829,12 @@ mod tests {
             .map(|(k, v)| Pair {
                 key: b(k),
                 value: b(v),
+                session: None,
             })
             .collect();
         let cmd = Command {
             op: Some(Op::Mset(kv_proto::command::MSet { pairs })),
+            ..Default::default()
         };
         assert_eq!(kv.apply(&cmd), CommandResult::Ok);
         assert_eq!(
@@ -677,14 +908,18 @@ mod tests {
             Err(KvError::BadCommand(_))
         ));
         let mut kv = KvStore::new();
-        assert!(kv.apply_entry_data(&[0x0a, 0x05, 0x01]).is_err());
+        assert!(kv.apply_entry_data(&[0x0a, 0x05, 0x01], 1).is_err());
         assert!(
             KvStore::restore(&[0x05, 0x01]).is_err(),
             "ends inside a pair"
         );
         assert!(
-            KvStore::restore(&[0x02, 0x1a, 0x00]).is_err(),
+            KvStore::restore(&[0x02, 0x22, 0x00]).is_err(),
             "unknown field"
+        );
+        assert!(
+            KvStore::restore(&[0x02, 0x1a, 0x00]).is_err(),
+            "a session without an id"
         );
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use super::budget::ConnectionBudget;
 use super::ClientLimits;
 use crate::frame::{encode_frame, FrameError, FrameReader};
-use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle};
+use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle, SessionTag};
 
 /// The first bytes of a binary connection (a NUL never starts a text request).
 pub const MAGIC: [u8; 4] = [0, b'K', b'V', b'B'];
@@ -90,6 +90,11 @@ pub fn request_to_op(
                 .collect::<Result<_, _>>()?,
         }),
         Some(Op::Status(_)) => Some(ClientOp::Status),
+        Some(Op::OpenSession(_)) => Some(ClientOp::OpenSession),
+        Some(Op::Incr(i)) => Some(ClientOp::Incr {
+            key: key(&i.key)?,
+            by: i.by,
+        }),
         Some(Op::TransferLeader(t)) => Some(ClientOp::TransferLeader { to: t.to }),
     })
 }
@@ -135,6 +140,16 @@ pub fn reply_to_response(id: u64, reply: ClientReply) -> pb::Response {
         }
         ClientReply::Status(status) => Res::Status(status.to_proto()),
         ClientReply::Refused(why) => return error(id, Kind::Refused, why),
+        ClientReply::Int(value) => Res::Int(pb::Int { value }),
+        ClientReply::Session(id) => Res::Session(pb::SessionOpened { id }),
+        ClientReply::Old(Some(value)) => Res::Value(pb::Value { value }),
+        ClientReply::Old(None) => Res::NotFound(pb::NotFound {}),
+        ClientReply::NotSet
+        | ClientReply::Values(_)
+        | ClientReply::Page { .. }
+        | ClientReply::Keys(_) => {
+            return error(id, Kind::BadRequest, "no binary form for this answer")
+        }
     };
     pb::Response {
         id,
@@ -309,7 +324,12 @@ async fn read_requests<R: AsyncRead + Unpin>(
         let (node, answers, queue) = (node.clone(), answers.clone(), queue.clone());
         let timeout = limits.request_timeout;
         tokio::spawn(async move {
-            let reply = match tokio::time::timeout(timeout, node.call(op)).await {
+            let session = (req.session != 0).then_some(SessionTag {
+                session: req.session,
+                seq: req.seq,
+                acked_below: req.acked_below,
+            });
+            let reply = match tokio::time::timeout(timeout, node.call_in(op, session)).await {
                 Ok(r) => r,
                 Err(_) => ClientReply::Failed(FailKind::Timeout),
             };
@@ -443,7 +463,11 @@ mod tests {
     }
 
     fn req(id: u64, op: Op) -> pb::Request {
-        pb::Request { id, op: Some(op) }
+        pb::Request {
+            id,
+            op: Some(op),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -482,7 +506,13 @@ mod tests {
         );
         assert_eq!(request_to_op(&req(2, Op::Ping(pb::Ping {})), &l), Ok(None));
         assert_eq!(
-            request_to_op(&pb::Request { id: 3, op: None }, &l),
+            request_to_op(
+                &pb::Request {
+                    id: 3,
+                    ..Default::default()
+                },
+                &l
+            ),
             Err(RequestError::NoOp(3))
         );
         assert_eq!(

@@ -2,6 +2,8 @@
 
 pub mod binary;
 pub mod budget;
+pub mod redis;
+pub mod resp;
 pub mod server;
 pub mod text;
 
@@ -34,6 +36,8 @@ pub struct ClientLimits {
     /// A connection whose answers make no progress for this long (its
     /// client does not read) is disconnected.
     pub write_timeout: Duration,
+    /// The password Redis clients must AUTH with (None: none).
+    pub redis_password: Option<String>,
 }
 
 impl Default for ClientLimits {
@@ -48,6 +52,7 @@ impl Default for ClientLimits {
             max_request_bytes: 64 << 20,
             max_answer_bytes: 8 << 20,
             write_timeout: Duration::from_secs(10),
+            redis_password: None,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The client listener: accepts connections, tells the text protocol from
-//! the binary one, and hands operations to the node's core task.
+//! The client listener: accepts connections, tells the text protocol, the
+//! binary one and Redis's RESP apart by the first byte, and hands operations to the node's core task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +10,11 @@ use tokio::sync::{watch, Semaphore};
 
 use super::binary;
 use super::budget::{ConnectionBudget, MemoryBudget};
-use super::text::{encode_response, parse_request, LineError, LineReader, Request, Response};
+use super::redis::RedisShared;
+use super::text::{encode_response, parse_tagged, LineError, LineReader, Request, Response};
 use super::ClientLimits;
 use crate::log_limit::LogLimiter;
-use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle};
+use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle, SessionTag};
 
 /// A bound client listener, ready to `run`.
 pub struct ClientServer {
@@ -24,6 +25,8 @@ pub struct ClientServer {
     connections: Arc<Semaphore>,
     budget: MemoryBudget,
     refusals: Arc<LogLimiter>,
+    /// What Redis connections share.
+    redis: Arc<RedisShared>,
     /// TLS on this port (off: plain TCP).
     #[cfg(not(madsim))]
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -40,6 +43,7 @@ impl ClientServer {
         let listener = TcpListener::bind(addr).await?;
         let connections = Arc::new(Semaphore::new(limits.max_connections));
         let budget = MemoryBudget::new(limits.max_request_bytes);
+        let redis = RedisShared::new(limits.redis_password.clone());
         Ok(ClientServer {
             listener,
             limits,
@@ -48,6 +52,7 @@ impl ClientServer {
             connections,
             budget,
             refusals: Arc::new(LogLimiter::new(REFUSAL_LOG_EVERY)),
+            redis,
             #[cfg(not(madsim))]
             tls: None,
         })
@@ -99,6 +104,7 @@ impl ClientServer {
             let node = self.node.clone();
             let shutdown = self.shutdown.clone();
             let budget = self.budget.connection();
+            let redis = self.redis.clone();
             #[cfg(not(madsim))]
             let tls = self.tls.clone();
             #[cfg(not(madsim))]
@@ -114,7 +120,9 @@ impl ClientServer {
                     let handshake = tls.accept(stream).into_fallible();
                     match tokio::time::timeout(limits.write_timeout, handshake).await {
                         Ok(Ok(stream)) => match permit {
-                            Some(_) => serve(stream, &limits, &node, &budget, shutdown).await,
+                            Some(_) => {
+                                serve(stream, &limits, &node, &budget, shutdown, &redis).await
+                            }
                             None => refuse(stream, limits.write_timeout).await,
                         },
                         Ok(Err((e, mut stream))) => {
@@ -131,7 +139,7 @@ impl ClientServer {
                     return;
                 }
                 match permit {
-                    Some(_) => serve(stream, &limits, &node, &budget, shutdown).await,
+                    Some(_) => serve(stream, &limits, &node, &budget, shutdown, &redis).await,
                     None => refuse(stream, limits.write_timeout).await,
                 }
             });
@@ -159,18 +167,27 @@ impl Drop for OpenConnection {
 
 /// Tells the protocols apart by the first byte (a binary connection starts
 /// with `binary::MAGIC`, whose first byte is NUL) and serves the connection.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     limits: &ClientLimits,
     node: &NodeHandle,
     budget: &ConnectionBudget,
     shutdown: watch::Receiver<bool>,
+    redis: &Arc<RedisShared>,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut first = [0u8; 1];
     match tokio::time::timeout(limits.idle_timeout, reader.read(&mut first)).await {
         Ok(Ok(1)) => {}
         _ => return,
+    }
+    if first[0] == b'*' {
+        let shared = redis.clone();
+        super::redis::serve_redis(
+            reader, writer, limits, node, budget, shutdown, &first, shared,
+        )
+        .await;
+        return;
     }
     if first[0] != binary::MAGIC[0] {
         serve_text(reader, writer, limits, node, budget, shutdown, &first).await;
@@ -329,18 +346,30 @@ pub async fn serve_text<R, W>(
 
 /// Parses one request line and gets its answer.
 async fn answer(line: &[u8], limits: &ClientLimits, node: &NodeHandle) -> Response {
-    let op = match parse_request(line, &limits.text) {
+    let tagged = match parse_tagged(line, &limits.text) {
         Err(e) => return Response::Err(e.to_string()),
-        Ok(Request::Ping) => return Response::Pong,
-        Ok(Request::Get { key }) => ClientOp::Get { key },
-        Ok(Request::Set { key, value }) => ClientOp::Set { key, value },
-        Ok(Request::Del { key }) => ClientOp::Del { key },
-        Ok(Request::Cas { key, expected, new }) => ClientOp::Cas { key, expected, new },
-        Ok(Request::MSet { pairs }) => ClientOp::MSet { pairs },
-        Ok(Request::Status) => ClientOp::Status,
-        Ok(Request::TransferLeader { to }) => ClientOp::TransferLeader { to },
+        Ok(t) => t,
     };
-    match tokio::time::timeout(limits.request_timeout, node.call(op)).await {
+    let op = match tagged.request {
+        Request::Ping => return Response::Pong,
+        Request::Get { key } => ClientOp::Get { key },
+        Request::Set { key, value } => ClientOp::Set { key, value },
+        Request::Del { key } => ClientOp::Del { key },
+        Request::Cas { key, expected, new } => ClientOp::Cas { key, expected, new },
+        Request::MSet { pairs } => ClientOp::MSet { pairs },
+        Request::Incr { key, by } => ClientOp::Incr { key, by },
+        Request::OpenSession => ClientOp::OpenSession,
+        Request::Status => ClientOp::Status,
+        Request::TransferLeader { to } => ClientOp::TransferLeader { to },
+    };
+    let session = tagged
+        .session
+        .map(|(session, seq, acked_below)| SessionTag {
+            session,
+            seq,
+            acked_below,
+        });
+    match tokio::time::timeout(limits.request_timeout, node.call_in(op, session)).await {
         Ok(reply) => reply_to_text(reply),
         Err(_) => Response::Err("timeout: outcome unknown".into()),
     }
@@ -368,5 +397,13 @@ pub fn reply_to_text(reply: ClientReply) -> Response {
         ),
         ClientReply::Status(status) => Response::Status(status.fields()),
         ClientReply::Refused(why) => Response::Err(why),
+        ClientReply::Int(n) => Response::Int(n),
+        ClientReply::Session(id) => Response::Session(id),
+        ClientReply::Old(Some(v)) => Response::Value(v).for_text_line(),
+        ClientReply::Old(None) => Response::NotFound,
+        ClientReply::NotSet
+        | ClientReply::Values(_)
+        | ClientReply::Page { .. }
+        | ClientReply::Keys(_) => Response::Err("no text form for this answer".into()),
     }
 }

@@ -7,6 +7,9 @@
 //! CAS <key> <expected> <new> -> OK | FAIL <current> | FAIL NOT_FOUND
 //! MSET <key> <value> ...      -> OK (every pair, atomically)
 //! PING                       -> PONG
+//! INCR <key> [<by>]          -> INT <new value> | ERR value is not an integer ...
+//! SESSION                    -> SESSION <id> (opens an exactly-once session)
+//! @<session>/<seq> <write>   -> the write, at most once in that session
 //! STATUS                     -> STATUS id=1 role=leader term=3 ... (this node's own)
 //! TRANSFER-LEADER [<id>]     -> OK once another member leads | ERR <why>
 //! (follower)                 -> REDIRECT <host:port>
@@ -87,6 +90,15 @@ pub enum Request {
     },
     /// `PING`
     Ping,
+    /// `INCR key [by]`
+    Incr {
+        /// The key.
+        key: Bytes,
+        /// The amount.
+        by: i64,
+    },
+    /// `SESSION`: open an exactly-once session.
+    OpenSession,
     /// `STATUS`: this node's own status (never redirected).
     Status,
     /// `TRANSFER-LEADER [id]`: hand leadership over.
@@ -115,6 +127,54 @@ pub enum Response {
     Err(String),
     /// `STATUS key=value ...`, in order (values hold no spaces).
     Status(Vec<(String, String)>),
+    /// `INT <n>`
+    Int(i64),
+    /// `SESSION <id>`
+    Session(u64),
+}
+
+/// A request line with its session tag, if it has one (`@<session>/<seq>`
+/// or `@<session>/<seq>/<acked below>` before the command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    /// `(session, seq, acked_below)`.
+    pub session: Option<(u64, u64, u64)>,
+    /// The request.
+    pub request: Request,
+}
+
+/// Parses a request line that may start with a session tag.
+pub fn parse_tagged(line: &[u8], limits: &TextLimits) -> Result<Tagged, ParseError> {
+    let line = strip_cr(line);
+    let trimmed = line
+        .iter()
+        .position(|&b| !is_separator(b))
+        .unwrap_or(line.len());
+    let rest = line.get(trimmed..).unwrap_or_default();
+    let Some(tagged) = rest.strip_prefix(b"@") else {
+        return Ok(Tagged {
+            session: None,
+            request: parse_request(line, limits)?,
+        });
+    };
+    let end = tagged
+        .iter()
+        .position(|&b| is_separator(b))
+        .unwrap_or(tagged.len());
+    let (tag, command) = tagged.split_at(end);
+    let numbers: Vec<Option<u64>> = tag
+        .split(|&b| b == b'/')
+        .map(|n| std::str::from_utf8(n).ok().and_then(|n| n.parse().ok()))
+        .collect();
+    let session = match numbers.as_slice() {
+        [Some(s), Some(q)] if *s > 0 && *q > 0 => (*s, *q, 0),
+        [Some(s), Some(q), Some(a)] if *s > 0 && *q > 0 => (*s, *q, *a),
+        _ => return Err(ParseError::BadTag),
+    };
+    Ok(Tagged {
+        session: Some(session),
+        request: parse_request(command, limits)?,
+    })
 }
 
 /// The answer to a text `GET` or failed `CAS` whose value no line can carry.
@@ -182,6 +242,10 @@ pub enum ParseError {
         /// The limit.
         max: usize,
     },
+    /// A session tag that is not `@<session>/<seq>[/<acked below>]` with
+    /// positive numbers.
+    #[error("bad session tag (expected @<session>/<seq>[/<acked below>])")]
+    BadTag,
     /// A response line that is not one of the forms above.
     #[error("unrecognised response '{0}'")]
     BadResponse(String),
@@ -284,6 +348,26 @@ pub fn parse_request(line: &[u8], limits: &TextLimits) -> Result<Request, ParseE
             command: "PING",
             expected: "PING",
         }),
+        (b"INCR", [k]) => Ok(Request::Incr {
+            key: key(k)?,
+            by: 1,
+        }),
+        (b"INCR", [k, by]) => match std::str::from_utf8(by).ok().and_then(|b| b.parse().ok()) {
+            Some(by) => Ok(Request::Incr { key: key(k)?, by }),
+            None => Err(ParseError::Arity {
+                command: "INCR",
+                expected: "INCR <key> [<integer>]",
+            }),
+        },
+        (b"INCR", _) => Err(ParseError::Arity {
+            command: "INCR",
+            expected: "INCR <key> [<integer>]",
+        }),
+        (b"SESSION", []) => Ok(Request::OpenSession),
+        (b"SESSION", _) => Err(ParseError::Arity {
+            command: "SESSION",
+            expected: "SESSION",
+        }),
         (b"STATUS", []) => Ok(Request::Status),
         (b"STATUS", _) => Err(ParseError::Arity {
             command: "STATUS",
@@ -321,6 +405,11 @@ pub fn encode_request(req: &Request, out: &mut Vec<u8>) {
         Request::MSet { pairs } => (b"MSET", pairs.iter().flat_map(|(k, v)| [k, v]).collect()),
         Request::Ping => (b"PING", vec![]),
         Request::Status => (b"STATUS", vec![]),
+        Request::OpenSession => (b"SESSION", vec![]),
+        Request::Incr { key, by } => {
+            to = Bytes::from(by.to_string());
+            (b"INCR", vec![key, &to])
+        }
         Request::TransferLeader { to: None } => (b"TRANSFER-LEADER", vec![]),
         Request::TransferLeader { to: Some(id) } => {
             to = Bytes::from(id.to_string());
@@ -364,6 +453,14 @@ pub fn encode_response(resp: &Response, out: &mut Vec<u8>) {
                     .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
             );
         }
+        Response::Int(n) => {
+            out.extend_from_slice(b"INT ");
+            out.extend_from_slice(n.to_string().as_bytes());
+        }
+        Response::Session(id) => {
+            out.extend_from_slice(b"SESSION ");
+            out.extend_from_slice(id.to_string().as_bytes());
+        }
         Response::Status(fields) => {
             out.extend_from_slice(b"STATUS");
             for (k, v) in fields {
@@ -401,6 +498,16 @@ pub fn parse_response(line: &[u8]) -> Result<Response, ParseError> {
         (b"ERR", r) => Ok(Response::Err(
             String::from_utf8_lossy(r.unwrap_or_default()).into_owned(),
         )),
+        (b"INT", Some(n)) => std::str::from_utf8(n)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .map(Response::Int)
+            .ok_or_else(bad),
+        (b"SESSION", Some(n)) => std::str::from_utf8(n)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .map(Response::Session)
+            .ok_or_else(bad),
         (b"STATUS", r) => Ok(Response::Status(
             String::from_utf8_lossy(r.unwrap_or_default())
                 .split(' ')

@@ -69,6 +69,77 @@ pub enum ClientOp {
         /// The value to write.
         new: Bytes,
     },
+    /// SET with Redis's options: only if absent or present, and answering
+    /// the value replaced.
+    SetIf {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+        /// When to write.
+        condition: SetCondition,
+        /// Answer the value replaced (`ClientReply::Old`).
+        return_old: bool,
+    },
+    /// Add `by` to the integer at `key` (absent: 0).
+    Incr {
+        /// The key.
+        key: Bytes,
+        /// The amount (negative: decrement).
+        by: i64,
+    },
+    /// Append `value` to the value at `key`.
+    Append {
+        /// The key.
+        key: Bytes,
+        /// What to append.
+        value: Bytes,
+    },
+    /// Delete every key; answers how many existed.
+    DelMany {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// Write every pair only if no key exists (1 if written, 0 if not).
+    MSetNx {
+        /// The pairs.
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+    /// Delete every key (replicated).
+    Flush,
+    /// Open an exactly-once session; answers its id.
+    OpenSession,
+    /// Linearizable read of several keys.
+    MGet {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// How many of the keys exist (a key given twice counts twice).
+    Exists {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// The length of the value at `key` (0 if absent).
+    StrLen {
+        /// The key.
+        key: Bytes,
+    },
+    /// Number of keys.
+    DbSize,
+    /// A page of keys in key order from `cursor` (see `KvStore::scan`).
+    Scan {
+        /// Where to go on from (0: the start).
+        cursor: u64,
+        /// Only keys matching this glob.
+        pattern: Option<Bytes>,
+        /// About how many keys.
+        count: usize,
+    },
+    /// Every key matching a glob (refused beyond `MAX_KEYS_ANSWERED`).
+    Keys {
+        /// The glob.
+        pattern: Bytes,
+    },
     /// This node's status (answered by the node itself, leader or not).
     Status,
     /// Hand leadership to `to`, or to the most up-to-date member; answered
@@ -79,6 +150,21 @@ pub enum ClientOp {
     },
 }
 
+/// When `ClientOp::SetIf` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetCondition {
+    /// Always (plain SET).
+    Always,
+    /// Only if the key is absent (NX).
+    IfAbsent,
+    /// Only if the key is present (XX).
+    IfPresent,
+}
+
+/// KEYS answers at most this many keys; a larger answer is refused (use
+/// SCAN), so one request cannot make the node build an unbounded reply.
+pub const MAX_KEYS_ANSWERED: usize = 10_000;
+
 impl ClientOp {
     /// The operation's name, for metrics.
     pub fn name(&self) -> &'static str {
@@ -88,22 +174,75 @@ impl ClientOp {
             ClientOp::Del { .. } => "del",
             ClientOp::MSet { .. } => "mset",
             ClientOp::Cas { .. } => "cas",
+            ClientOp::SetIf { .. } => "set_if",
+            ClientOp::Incr { .. } => "incr",
+            ClientOp::Append { .. } => "append",
+            ClientOp::DelMany { .. } => "del_many",
+            ClientOp::MSetNx { .. } => "msetnx",
+            ClientOp::Flush => "flush",
+            ClientOp::OpenSession => "open_session",
+            ClientOp::MGet { .. } => "mget",
+            ClientOp::Exists { .. } => "exists",
+            ClientOp::StrLen { .. } => "strlen",
+            ClientOp::DbSize => "dbsize",
+            ClientOp::Scan { .. } => "scan",
+            ClientOp::Keys { .. } => "keys",
             ClientOp::Status => "status",
             ClientOp::TransferLeader { .. } => "transfer_leader",
         }
     }
 
-    /// The keys the operation touches.
+    /// The keys the operation touches (none for whole-store operations).
     pub fn keys(&self) -> Vec<&Bytes> {
         match self {
             ClientOp::Get { key }
             | ClientOp::Set { key, .. }
             | ClientOp::Del { key }
-            | ClientOp::Cas { key, .. } => vec![key],
-            ClientOp::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
-            ClientOp::Status | ClientOp::TransferLeader { .. } => Vec::new(),
+            | ClientOp::Cas { key, .. }
+            | ClientOp::SetIf { key, .. }
+            | ClientOp::Incr { key, .. }
+            | ClientOp::Append { key, .. }
+            | ClientOp::StrLen { key } => vec![key],
+            ClientOp::MSet { pairs } | ClientOp::MSetNx { pairs } => {
+                pairs.iter().map(|(k, _)| k).collect()
+            }
+            ClientOp::DelMany { keys } | ClientOp::MGet { keys } | ClientOp::Exists { keys } => {
+                keys.iter().collect()
+            }
+            ClientOp::Flush
+            | ClientOp::OpenSession
+            | ClientOp::DbSize
+            | ClientOp::Scan { .. }
+            | ClientOp::Keys { .. }
+            | ClientOp::Status
+            | ClientOp::TransferLeader { .. } => Vec::new(),
         }
     }
+
+    /// Whether it only reads (served by ReadIndex or a lease, never logged).
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            ClientOp::Get { .. }
+                | ClientOp::MGet { .. }
+                | ClientOp::Exists { .. }
+                | ClientOp::StrLen { .. }
+                | ClientOp::DbSize
+                | ClientOp::Scan { .. }
+                | ClientOp::Keys { .. }
+        )
+    }
+}
+
+/// A write's place in an exactly-once session (Raft thesis §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTag {
+    /// The session's id.
+    pub session: u64,
+    /// The write's sequence number in it (from 1).
+    pub seq: u64,
+    /// The client has every answer below this sequence number.
+    pub acked_below: u64,
 }
 
 /// How the node answered a client operation.
@@ -125,9 +264,30 @@ pub enum ClientReply {
     Failed(FailKind),
     /// The node's status.
     Status(Box<NodeStatus>),
-    /// An operator's request could not be done (a leadership transfer to
-    /// no member, or one that did not finish); nothing changed.
+    /// The request could not be done and changed nothing (a leadership
+    /// transfer to no member, INCR of a value that is not an integer, a
+    /// write in a session that is gone).
     Refused(String),
+    /// A number (INCR, APPEND's length, DEL's count, MSETNX, EXISTS,
+    /// STRLEN, DBSIZE).
+    Int(i64),
+    /// SET ... GET: the value replaced (None: none).
+    Old(Option<Bytes>),
+    /// SET NX / XX whose condition did not hold.
+    NotSet,
+    /// MGET: each key's value (None: absent).
+    Values(Vec<Option<Bytes>>),
+    /// SCAN: the cursor to go on from (0: done) and a page of keys.
+    Page {
+        /// Next cursor.
+        cursor: u64,
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// KEYS: the keys matching.
+    Keys(Vec<Bytes>),
+    /// A session was opened: its id.
+    Session(u64),
 }
 
 /// Why an operation failed, and whether a retry is safe.
@@ -153,6 +313,8 @@ pub enum FailKind {
 pub struct ClientRequest {
     /// What to do.
     pub op: ClientOp,
+    /// Its place in a session, for a write (exactly once).
+    pub session: Option<SessionTag>,
     /// Where the answer goes.
     pub reply: oneshot::Sender<ClientReply>,
 }
@@ -168,20 +330,25 @@ pub struct NodeHandle {
 impl NodeHandle {
     /// Submits `op` and waits for its answer (bounded by the caller's timeout).
     pub async fn call(&self, op: ClientOp) -> ClientReply {
+        self.call_in(op, None).await
+    }
+
+    /// As `call`, for a write in a session (exactly once).
+    pub async fn call_in(&self, op: ClientOp, session: Option<SessionTag>) -> ClientReply {
         if op == ClientOp::Status {
             return ClientReply::Status(Box::new(self.status()));
         }
         let (name, started) = (op.name(), tokio::time::Instant::now());
-        let reply = self.call_core(op).await;
+        let reply = self.call_core(op, session).await;
         self.metrics.client_request(name, started.elapsed());
         reply
     }
 
-    async fn call_core(&self, op: ClientOp) -> ClientReply {
+    async fn call_core(&self, op: ClientOp, session: Option<SessionTag>) -> ClientReply {
         let (reply, rx) = oneshot::channel();
         if self
             .requests
-            .send(ClientRequest { op, reply })
+            .send(ClientRequest { op, session, reply })
             .await
             .is_err()
         {

@@ -50,6 +50,8 @@ pub struct NodeStatus {
     pub quorum_contact: Option<Duration>,
     /// Client connections open.
     pub connections: u64,
+    /// Keys in the state machine as applied here.
+    pub keys: u64,
     /// Every member's id and client address.
     pub members: Vec<(u64, SocketAddr)>,
     /// The software version.
@@ -171,6 +173,7 @@ impl StatusBoard {
                 disk_ok: true,
                 quorum_contact: None,
                 connections: 0,
+                keys: 0,
                 members,
                 version: env!("CARGO_PKG_VERSION"),
                 read_mode,

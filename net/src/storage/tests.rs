@@ -66,6 +66,7 @@ fn state_at(index: u64) -> KvStore {
             key: Bytes::from_static(b"at"),
             value: Bytes::from(index.to_string()),
         })),
+        ..Default::default()
     };
     kv.apply(&set);
     kv
@@ -614,6 +615,7 @@ fn many_keys(keys: u64) -> KvStore {
                 key: Bytes::from(format!("key{i}")),
                 value: Bytes::from(format!("value{i}")),
             })),
+            ..Default::default()
         });
     }
     kv

@@ -132,7 +132,14 @@ impl Writer {
                             .collect(),
                     }),
                 };
-                encode_frame(&pb::Request { id, op: Some(op) }, &mut self.buf);
+                encode_frame(
+                    &pb::Request {
+                        id,
+                        op: Some(op),
+                        ..Default::default()
+                    },
+                    &mut self.buf,
+                );
             }
             Protocol::Text => {
                 let line = match op {

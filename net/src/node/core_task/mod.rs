@@ -12,17 +12,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use kv_engine::kv::{encode_command, CommandResult, KvStore};
+use kv_engine::kv::{encode_command, KvStore};
 use kv_engine::raft::{ProposeError, RaftCore, Ready, Role};
-use kv_proto::command::{command::Op, Cas, Command, Del, MSet, Pair, Set};
 use kv_proto::raft::{Entry, Message};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod requests;
 mod snapshots;
 
+use self::requests::{ReadQuery, Work};
 use self::snapshots::SnapshotPlan;
 use super::events::{durable_promise, fnv1a, term_runs, Events, NodeEvent};
 use super::snapshot_task::{SnapshotDone, SnapshotTasks};
@@ -46,7 +46,7 @@ struct PendingWrite {
 
 /// A read waiting for confirmation, then for the apply index to reach it.
 struct PendingRead {
-    key: Bytes,
+    query: ReadQuery,
     reply: oneshot::Sender<ClientReply>,
 }
 
@@ -277,39 +277,13 @@ impl<'a> CoreTask<'a> {
             let _ = req.reply.send(self.leader_reply());
             return;
         }
-        let command = match req.op {
-            ClientOp::Get { key } => {
-                let id = self.next_read_id;
-                self.next_read_id += 1;
-                match self.core.read_index(id) {
-                    Ok(()) => {
-                        self.reads.insert(
-                            id,
-                            PendingRead {
-                                key,
-                                reply: req.reply,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        let _ = req.reply.send(self.propose_error_reply(e));
-                    }
-                }
-                return;
-            }
-            ClientOp::Set { key, value } => Op::Set(Set { key, value }),
-            ClientOp::Del { key } => Op::Del(Del { key }),
-            ClientOp::Cas { key, expected, new } => Op::Cas(Cas { key, expected, new }),
-            ClientOp::MSet { pairs } => Op::Mset(MSet {
-                pairs: pairs
-                    .into_iter()
-                    .map(|(key, value)| Pair { key, value })
-                    .collect(),
-            }),
-            ClientOp::TransferLeader { to } => return self.transfer(to, req.reply),
-            ClientOp::Status => return,
+        let command = match requests::work_of(req.op, req.session) {
+            Work::Read(query) => return self.read(query, req.reply),
+            Work::Other(ClientOp::TransferLeader { to }) => return self.transfer(to, req.reply),
+            Work::Other(_) => return,
+            Work::Write(command) => command,
         };
-        let data = encode_command(&Command { op: Some(command) });
+        let data = encode_command(&command);
         match self.core.propose(data) {
             Ok(p) => {
                 self.metrics.proposals.inc();
@@ -323,6 +297,21 @@ impl<'a> CoreTask<'a> {
             }
             Err(e) => {
                 let _ = req.reply.send(self.propose_error_reply(e));
+            }
+        }
+    }
+
+    /// A read: confirmed by ReadIndex (or the lease), then answered once
+    /// the state machine has applied the read index.
+    fn read(&mut self, query: ReadQuery, reply: oneshot::Sender<ClientReply>) {
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        match self.core.read_index(id) {
+            Ok(()) => {
+                self.reads.insert(id, PendingRead { query, reply });
+            }
+            Err(e) => {
+                let _ = reply.send(self.propose_error_reply(e));
             }
         }
     }
@@ -546,16 +535,13 @@ impl<'a> CoreTask<'a> {
             s.commit = log.committed();
             s.applied = self.applied;
             s.snapshot_index = log.snapshot_index();
+            s.keys = self.kv.len() as u64;
             s.quorum_contact = quorum_contact;
         });
     }
 
     fn answer_read(&self, read: PendingRead) {
-        let reply = match self.kv.get_shared(&read.key) {
-            Some(v) => ClientReply::Value(v),
-            None => ClientReply::NotFound,
-        };
-        let _ = read.reply.send(reply);
+        let _ = read.reply.send(requests::answer(&read.query, &self.kv));
     }
 
     /// Applies one committed entry and answers its client, if waiting here.
@@ -566,7 +552,7 @@ impl<'a> CoreTask<'a> {
         let result = if entry.data.is_empty() {
             None // the leader's no-op
         } else {
-            match self.kv.apply_entry_data(&entry.data) {
+            match self.kv.apply_entry_data(&entry.data, entry.index) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     // A committed entry we cannot decode is the same on every
@@ -594,9 +580,7 @@ impl<'a> CoreTask<'a> {
                 ClientReply::Failed(FailKind::NotApplied)
             } else {
                 match result {
-                    Some(CommandResult::Ok) => ClientReply::Ok,
-                    Some(CommandResult::NotFound) => ClientReply::NotFound,
-                    Some(CommandResult::CasFailed { current }) => ClientReply::CasFailed(current),
+                    Some(r) => requests::reply_of(r),
                     None => ClientReply::Failed(FailKind::NotApplied),
                 }
             };

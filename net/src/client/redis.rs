@@ -1,0 +1,783 @@
+//! Redis clients on the client port: a connection whose first byte is `*`
+//! (a RESP array, what every Redis client library, redis-cli and
+//! redis-benchmark send) speaks RESP2, or RESP3 after `HELLO 3`. Commands
+//! are served concurrently and answered in order (pipelining). On a
+//! follower, a request the leader must serve is forwarded to it over RESP
+//! and its answer relayed, so a client connected to any node just works;
+//! with no leader known the answer is `-TRYAGAIN`.
+//!
+//! Commands: PING ECHO HELLO AUTH CLIENT COMMAND SELECT QUIT INFO CONFIG
+//! (GET only, empty), GET SET (NX XX GET) SETNX GETSET MGET MSET MSETNX
+//! DEL EXISTS INCR INCRBY DECR DECRBY APPEND STRLEN DBSIZE SCAN (MATCH
+//! COUNT) KEYS (at most `MAX_KEYS_ANSWERED`) FLUSHDB FLUSHALL, and
+//! `CAS key expected new` (`:1` if swapped, `:0` if not). Expiry (EX, PX,
+//! EXPIRE, TTL, ...) is refused: a TTL needs time carried in the log, and
+//! this store keeps none. Transactions and other data types answer
+//! `-ERR unknown command`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
+
+use super::budget::ConnectionBudget;
+use super::resp::{encode_command, read_raw_reply, Reply, RespError, RespLimits, RespReader};
+use super::ClientLimits;
+use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle, SetCondition, MAX_KEYS_ANSWERED};
+
+/// The Redis version this server says it is compatible with.
+pub const REDIS_VERSION: &str = "7.0.0";
+
+/// A command that marks a connection as one node forwarding to another:
+/// what it sends is never forwarded again (no loops while leadership moves).
+const FORWARDED_MARK: &[u8] = b"KV.FORWARDED";
+
+/// What every Redis connection of a node shares.
+#[derive(Debug, Default)]
+pub struct RedisShared {
+    /// The password AUTH must give (None: no password).
+    pub password: Option<String>,
+    /// Connection ids (CLIENT ID).
+    next_id: AtomicU64,
+}
+
+impl RedisShared {
+    /// Settings with `password`.
+    pub fn new(password: Option<String>) -> Arc<Self> {
+        Arc::new(RedisShared {
+            password,
+            next_id: AtomicU64::new(1),
+        })
+    }
+}
+
+/// One connection's state.
+struct Session {
+    version: u8,
+    name: Option<Bytes>,
+    id: u64,
+    authed: bool,
+    /// A forwarding node, not a client: never forward further.
+    forwarded: bool,
+}
+
+/// How a node reply becomes a Redis reply, per command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Render {
+    /// A value or null (GET).
+    Value,
+    /// `+OK`, or null if not set (SET NX/XX).
+    OkOrNull,
+    /// `:1` if written, `:0` if not (SETNX, CAS).
+    Wrote,
+    /// The old value or null (GETSET, SET ... GET).
+    Old,
+    /// A number.
+    Int,
+    /// `+OK`
+    Ok,
+    /// An array of values or nulls (MGET).
+    Values,
+    /// `[cursor, [keys]]` (SCAN).
+    Page,
+    /// An array of keys (KEYS).
+    Keys,
+}
+
+/// What a command asks for.
+enum Action {
+    /// Answered here, at once.
+    Local(Reply),
+    /// Answered here, then the connection closes (QUIT, a protocol error).
+    Close(Reply),
+    /// Served by the node.
+    Node(ClientOp, Render),
+}
+
+/// Serves one Redis connection until it closes or the node stops.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_redis<R, W>(
+    reader: R,
+    mut writer: W,
+    limits: &ClientLimits,
+    node: &NodeHandle,
+    budget: &ConnectionBudget,
+    mut shutdown: watch::Receiver<bool>,
+    initial: &[u8],
+    shared: Arc<RedisShared>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let resp_limits = RespLimits {
+        max_args: 1 << 20,
+        max_arg_bytes: limits.text.max_value_bytes.max(limits.text.max_key_bytes),
+        max_command_bytes: limits.max_frame_bytes,
+        max_inline_bytes: limits.text.max_line_bytes,
+    };
+    let mut commands = RespReader::new(reader, resp_limits, initial);
+    let mut session = Session {
+        version: 2,
+        name: None,
+        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+        authed: shared.password.is_none(),
+        forwarded: false,
+    };
+    let pipeline = limits.max_pipeline.max(1);
+    let (answers, mut in_order) = mpsc::channel::<oneshot::Receiver<Bytes>>(pipeline);
+    let write_timeout = limits.write_timeout;
+    let writing = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        while let Some(next) = in_order.recv().await {
+            buf.clear();
+            buf.extend_from_slice(&next.await.unwrap_or_default());
+            // Whatever else is answered already goes in the same write.
+            while buf.len() < 256 * 1024 {
+                let Ok(mut more) = in_order.try_recv() else {
+                    break;
+                };
+                match more.try_recv() {
+                    Ok(bytes) => buf.extend_from_slice(&bytes),
+                    Err(_) => {
+                        let w = writer.write_all(&buf);
+                        if !matches!(tokio::time::timeout(write_timeout, w).await, Ok(Ok(()))) {
+                            return;
+                        }
+                        buf.clear();
+                        buf.extend_from_slice(&more.await.unwrap_or_default());
+                    }
+                }
+            }
+            let write = async {
+                writer.write_all(&buf).await?;
+                writer.flush().await
+            };
+            if !matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(()))) {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let slots = Arc::new(Semaphore::new(pipeline));
+    let forwarder = Arc::new(Forwarder::default());
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            c = tokio::time::timeout(limits.idle_timeout, commands.next_command()) => c,
+        };
+        let args = match next {
+            Err(_) | Ok(Ok(None)) => break,
+            Ok(Ok(Some(args))) => args,
+            Ok(Err(RespError::Truncated | RespError::Io(_))) => break,
+            Ok(Err(e)) => {
+                let _ = queue(&answers, encode(&Reply::Error(format!("ERR {e}")), 2)).await;
+                break;
+            }
+        };
+        let charge = budget.charge(args.iter().map(Bytes::len).sum()).await;
+        let action = command(&args, &mut session, &shared, node);
+        match action {
+            Action::Local(reply) => {
+                if !queue(&answers, encode(&reply, session.version)).await {
+                    break;
+                }
+            }
+            Action::Close(reply) => {
+                let _ = queue(&answers, encode(&reply, session.version)).await;
+                break;
+            }
+            Action::Node(op, render) => {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (tx, rx) = oneshot::channel();
+                if answers.send(rx).await.is_err() {
+                    break;
+                }
+                let (node, forwarder) = (node.clone(), forwarder.clone());
+                let (version, forwarded) = (session.version, session.forwarded);
+                let timeout = limits.request_timeout;
+                tokio::spawn(async move {
+                    let reply = match tokio::time::timeout(timeout, node.call(op)).await {
+                        Ok(r) => r,
+                        Err(_) => ClientReply::Failed(FailKind::Timeout),
+                    };
+                    let bytes = match reply {
+                        ClientReply::Redirect(leader) if !forwarded => {
+                            forwarder.forward(leader, &args, version).await
+                        }
+                        reply => encode(&render_reply(reply, render), version),
+                    };
+                    drop(charge);
+                    drop(slot);
+                    let _ = tx.send(bytes);
+                });
+            }
+        }
+    }
+    drop(answers);
+    let _ = writing.await;
+    super::server::drain(&mut commands.into_inner()).await;
+}
+
+/// Queues an answer that is ready now; false if the writer is gone.
+async fn queue(answers: &mpsc::Sender<oneshot::Receiver<Bytes>>, bytes: Bytes) -> bool {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(bytes);
+    answers.send(rx).await.is_ok()
+}
+
+fn encode(reply: &Reply, version: u8) -> Bytes {
+    let mut out = Vec::new();
+    reply.encode(version, &mut out);
+    Bytes::from(out)
+}
+
+/// A connection to the leader for forwarding, opened when first needed.
+#[derive(Default)]
+struct Forwarder {
+    conn: Mutex<Option<(SocketAddr, TcpStream, BytesMut)>>,
+}
+
+impl Forwarder {
+    /// Sends `args` to the leader at `leader` and returns its raw answer;
+    /// an error reply if the leader cannot be reached.
+    async fn forward(&self, leader: SocketAddr, args: &[Bytes], version: u8) -> Bytes {
+        let mut conn = self.conn.lock().await;
+        for attempt in 0..2 {
+            if conn.as_ref().is_none_or(|(addr, _, _)| *addr != leader) {
+                *conn = match Self::connect(leader, version).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        return encode(
+                            &try_again(&format!("leader {leader} unreachable: {e}")),
+                            version,
+                        )
+                    }
+                };
+            }
+            let Some((_, stream, buf)) = conn.as_mut() else {
+                continue;
+            };
+            let mut out = Vec::new();
+            encode_command(args, &mut out);
+            let exchanged = async {
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                read_raw_reply(stream, buf, 64 << 20).await
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(10), exchanged).await {
+                Ok(Ok(raw)) => return raw,
+                // A kept connection the leader closed: one fresh try (the
+                // request may have reached it: say so on a second failure).
+                _ if attempt == 0 => *conn = None,
+                _ => break,
+            }
+        }
+        *conn = None;
+        encode(
+            &Reply::Error(format!(
+                "ERR outcome unknown: the connection to leader {leader} was lost"
+            )),
+            version,
+        )
+    }
+
+    async fn connect(
+        leader: SocketAddr,
+        version: u8,
+    ) -> Result<(SocketAddr, TcpStream, BytesMut), RespError> {
+        let mut stream = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            TcpStream::connect(leader),
+        )
+        .await
+        .map_err(|_| RespError::Protocol("connect timed out".into()))??;
+        let _ = stream.set_nodelay(true);
+        let mut buf = BytesMut::new();
+        let mut hello = Vec::new();
+        encode_command(&[Bytes::from_static(FORWARDED_MARK)], &mut hello);
+        if version >= 3 {
+            encode_command(
+                &[Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")],
+                &mut hello,
+            );
+        }
+        stream.write_all(&hello).await?;
+        read_raw_reply(&mut stream, &mut buf, 1 << 20).await?;
+        if version >= 3 {
+            read_raw_reply(&mut stream, &mut buf, 1 << 20).await?;
+        }
+        Ok((leader, stream, buf))
+    }
+}
+
+fn try_again(why: &str) -> Reply {
+    Reply::Error(format!("TRYAGAIN {why}"))
+}
+
+fn wrong_args(name: &str) -> Reply {
+    Reply::Error(format!(
+        "ERR wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    ))
+}
+
+fn syntax_error() -> Reply {
+    Reply::Error("ERR syntax error".into())
+}
+
+fn no_expiry() -> Reply {
+    Reply::Error(
+        "ERR expiry is not supported: a TTL needs time carried in the replicated log, and this store keeps none"
+            .into(),
+    )
+}
+
+fn not_integer() -> Reply {
+    Reply::Error("ERR value is not an integer or out of range".into())
+}
+
+/// Parses a decimal integer argument.
+fn int_arg(arg: &[u8]) -> Option<i64> {
+    kv_engine::kv::parse_integer(arg)
+}
+
+/// Decides what a command asks for (and changes the connection's state
+/// for the commands that are about the connection itself).
+fn command(args: &[Bytes], s: &mut Session, shared: &RedisShared, node: &NodeHandle) -> Action {
+    let Some((name, rest)) = args.split_first() else {
+        return Action::Local(Reply::Error("ERR empty command".into()));
+    };
+    let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
+    if !s.authed && !matches!(upper.as_str(), "AUTH" | "HELLO" | "QUIT") {
+        return Action::Local(Reply::Error("NOAUTH Authentication required.".into()));
+    }
+    match upper.as_str() {
+        "PING" => Action::Local(match rest {
+            [] => Reply::Simple("PONG".into()),
+            [msg] => Reply::Bulk(msg.clone()),
+            _ => wrong_args(&upper),
+        }),
+        "ECHO" => Action::Local(match rest {
+            [msg] => Reply::Bulk(msg.clone()),
+            _ => wrong_args(&upper),
+        }),
+        "QUIT" => Action::Close(Reply::ok()),
+        "KV.FORWARDED" => {
+            s.forwarded = true;
+            Action::Local(Reply::ok())
+        }
+        "HELLO" => Action::Local(hello(rest, s, shared, node)),
+        "AUTH" => Action::Local(auth(rest, s, shared)),
+        "SELECT" => Action::Local(match rest {
+            [db] if db.as_ref() == b"0" => Reply::ok(),
+            [_] => Reply::Error("ERR DB index is out of range".into()),
+            _ => wrong_args(&upper),
+        }),
+        "CLIENT" => Action::Local(client(rest, s)),
+        "COMMAND" => Action::Local(match rest.first().map(|a| a.to_ascii_uppercase()) {
+            Some(sub) if sub == b"COUNT" => Reply::Int(0),
+            Some(sub) if sub == b"DOCS" => Reply::Map(Vec::new()),
+            Some(sub) if sub == b"INFO" => {
+                Reply::Array(rest.iter().skip(1).map(|_| Reply::Null).collect())
+            }
+            _ => Reply::Array(Vec::new()),
+        }),
+        "CONFIG" => Action::Local(match rest.first().map(|a| a.to_ascii_uppercase()) {
+            Some(sub) if sub == b"GET" => Reply::Map(Vec::new()),
+            _ => Reply::Error(
+                "ERR CONFIG is not supported here (only CONFIG GET, answered empty)".into(),
+            ),
+        }),
+        "INFO" => Action::Local(info(node)),
+        _ => data_command(&upper, rest),
+    }
+}
+
+/// HELLO [protover [AUTH user pass] [SETNAME name]]
+fn hello(rest: &[Bytes], s: &mut Session, shared: &RedisShared, node: &NodeHandle) -> Reply {
+    let mut version = s.version;
+    let mut args = rest.iter();
+    if let Some(v) = args.next() {
+        match int_arg(v) {
+            Some(2) => version = 2,
+            Some(3) => version = 3,
+            _ => return Reply::Error("NOPROTO unsupported protocol version".into()),
+        }
+    }
+    while let Some(opt) = args.next() {
+        match opt.to_ascii_uppercase().as_slice() {
+            b"AUTH" => {
+                let (Some(_user), Some(pass)) = (args.next(), args.next()) else {
+                    return syntax_error();
+                };
+                if let Reply::Error(e) = auth(std::slice::from_ref(pass), s, shared) {
+                    return Reply::Error(e);
+                }
+            }
+            b"SETNAME" => match args.next() {
+                Some(name) => s.name = Some(name.clone()),
+                None => return syntax_error(),
+            },
+            _ => return syntax_error(),
+        }
+    }
+    if !s.authed {
+        return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
+    }
+    s.version = version;
+    let status = node.status();
+    let role = if status.leader == Some(status.id) {
+        "master"
+    } else {
+        "replica"
+    };
+    Reply::Map(vec![
+        (Reply::text("server"), Reply::text("redis")),
+        (Reply::text("version"), Reply::text(REDIS_VERSION)),
+        (Reply::text("proto"), Reply::Int(i64::from(version))),
+        (Reply::text("id"), Reply::Int(s.id as i64)),
+        (Reply::text("mode"), Reply::text("standalone")),
+        (Reply::text("role"), Reply::text(role)),
+        (Reply::text("modules"), Reply::Array(Vec::new())),
+    ])
+}
+
+/// AUTH [user] password
+fn auth(rest: &[Bytes], s: &mut Session, shared: &RedisShared) -> Reply {
+    let Some(expected) = &shared.password else {
+        return Reply::Error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?".into());
+    };
+    let given = match rest {
+        [pass] | [_, pass] => pass,
+        _ => return wrong_args("AUTH"),
+    };
+    if given.as_ref() == expected.as_bytes() {
+        s.authed = true;
+        Reply::ok()
+    } else {
+        Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+    }
+}
+
+/// CLIENT SETNAME | GETNAME | ID | SETINFO
+fn client(rest: &[Bytes], s: &mut Session) -> Reply {
+    let Some((sub, args)) = rest.split_first() else {
+        return wrong_args("CLIENT");
+    };
+    match (sub.to_ascii_uppercase().as_slice(), args) {
+        (b"SETNAME", [name]) => {
+            s.name = Some(name.clone());
+            Reply::ok()
+        }
+        (b"GETNAME", []) => Reply::bulk_or_null(s.name.clone()),
+        (b"ID", []) => Reply::Int(s.id as i64),
+        (b"SETINFO", [_, _]) => Reply::ok(),
+        _ => Reply::Error(format!(
+            "ERR unknown subcommand '{}'",
+            String::from_utf8_lossy(sub)
+        )),
+    }
+}
+
+/// INFO, from this node's status: server, replication, keyspace.
+fn info(node: &NodeHandle) -> Reply {
+    let st = node.status();
+    let role = if st.leader == Some(st.id) {
+        "master"
+    } else {
+        "slave"
+    };
+    let leader = st
+        .leader
+        .and_then(|l| st.members.iter().find(|(id, _)| *id == l))
+        .map(|(_, addr)| *addr);
+    let mut text = format!(
+        "# Server\r\nredis_version:{REDIS_VERSION}\r\nkv_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n# Replication\r\nrole:{role}\r\nkv_node_id:{}\r\nkv_term:{}\r\nkv_commit_index:{}\r\n",
+        st.version,
+        std::process::id(),
+        st.client_addr.port(),
+        st.uptime.as_secs(),
+        st.id,
+        st.term,
+        st.commit,
+    );
+    match (role, leader) {
+        ("slave", Some(addr)) => text.push_str(&format!(
+            "master_host:{}\r\nmaster_port:{}\r\nmaster_link_status:up\r\n",
+            addr.ip(),
+            addr.port()
+        )),
+        ("slave", None) => text.push_str("master_link_status:down\r\n"),
+        _ => text.push_str(&format!(
+            "connected_slaves:{}\r\n",
+            st.members.len().saturating_sub(1)
+        )),
+    }
+    text.push_str(&format!(
+        "\r\n# Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n",
+        st.keys
+    ));
+    Reply::text(text)
+}
+
+/// The commands the node serves.
+fn data_command(name: &str, rest: &[Bytes]) -> Action {
+    let node = |op: ClientOp, render: Render| Action::Node(op, render);
+    let local = Action::Local;
+    match (name, rest) {
+        ("GET", [key]) => node(ClientOp::Get { key: key.clone() }, Render::Value),
+        ("SET", [key, value, opts @ ..]) => set(key, value, opts),
+        ("SETNX", [key, value]) => node(
+            ClientOp::SetIf {
+                key: key.clone(),
+                value: value.clone(),
+                condition: SetCondition::IfAbsent,
+                return_old: false,
+            },
+            Render::Wrote,
+        ),
+        ("GETSET", [key, value]) => node(
+            ClientOp::SetIf {
+                key: key.clone(),
+                value: value.clone(),
+                condition: SetCondition::Always,
+                return_old: true,
+            },
+            Render::Old,
+        ),
+        ("MGET", keys) if !keys.is_empty() => node(
+            ClientOp::MGet {
+                keys: keys.to_vec(),
+            },
+            Render::Values,
+        ),
+        ("MSET", pairs) if !pairs.is_empty() && pairs.len() % 2 == 0 => node(
+            ClientOp::MSet {
+                pairs: pairs_of(pairs),
+            },
+            Render::Ok,
+        ),
+        ("MSETNX", pairs) if !pairs.is_empty() && pairs.len() % 2 == 0 => node(
+            ClientOp::MSetNx {
+                pairs: pairs_of(pairs),
+            },
+            Render::Int,
+        ),
+        ("DEL" | "UNLINK", keys) if !keys.is_empty() => node(
+            ClientOp::DelMany {
+                keys: keys.to_vec(),
+            },
+            Render::Int,
+        ),
+        ("EXISTS", keys) if !keys.is_empty() => node(
+            ClientOp::Exists {
+                keys: keys.to_vec(),
+            },
+            Render::Int,
+        ),
+        ("INCR", [key]) => node(
+            ClientOp::Incr {
+                key: key.clone(),
+                by: 1,
+            },
+            Render::Int,
+        ),
+        ("DECR", [key]) => node(
+            ClientOp::Incr {
+                key: key.clone(),
+                by: -1,
+            },
+            Render::Int,
+        ),
+        ("INCRBY" | "DECRBY", [key, by]) => match int_arg(by) {
+            Some(by) => {
+                let by = if name == "DECRBY" {
+                    by.checked_neg()
+                } else {
+                    Some(by)
+                };
+                match by {
+                    Some(by) => node(
+                        ClientOp::Incr {
+                            key: key.clone(),
+                            by,
+                        },
+                        Render::Int,
+                    ),
+                    None => local(not_integer()),
+                }
+            }
+            None => local(not_integer()),
+        },
+        ("APPEND", [key, value]) => node(
+            ClientOp::Append {
+                key: key.clone(),
+                value: value.clone(),
+            },
+            Render::Int,
+        ),
+        ("STRLEN", [key]) => node(ClientOp::StrLen { key: key.clone() }, Render::Int),
+        ("DBSIZE", []) => node(ClientOp::DbSize, Render::Int),
+        ("SCAN", [cursor, opts @ ..]) => scan(cursor, opts),
+        ("KEYS", [pattern]) => node(
+            ClientOp::Keys {
+                pattern: pattern.clone(),
+            },
+            Render::Keys,
+        ),
+        ("FLUSHDB" | "FLUSHALL", opts) if opts.len() <= 1 => node(ClientOp::Flush, Render::Ok),
+        ("CAS", [key, expected, new]) => node(
+            ClientOp::Cas {
+                key: key.clone(),
+                expected: expected.clone(),
+                new: new.clone(),
+            },
+            Render::Wrote,
+        ),
+        (
+            "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "TTL" | "PTTL" | "PERSIST" | "SETEX"
+            | "PSETEX" | "GETEX",
+            _,
+        ) => local(no_expiry()),
+        (
+            "GET" | "SET" | "SETNX" | "GETSET" | "MGET" | "MSET" | "MSETNX" | "DEL" | "UNLINK"
+            | "EXISTS" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND" | "STRLEN" | "DBSIZE"
+            | "SCAN" | "KEYS" | "FLUSHDB" | "FLUSHALL" | "CAS",
+            _,
+        ) => local(wrong_args(name)),
+        _ => local(Reply::Error(format!(
+            "ERR unknown command '{}', with args beginning with: {}",
+            name.to_ascii_lowercase(),
+            rest.iter()
+                .take(3)
+                .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ))),
+    }
+}
+
+fn pairs_of(args: &[Bytes]) -> Vec<(Bytes, Bytes)> {
+    args.chunks_exact(2)
+        .filter_map(|p| match p {
+            [k, v] => Some((k.clone(), v.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// SET key value [NX | XX] [GET] (expiry options refused).
+fn set(key: &Bytes, value: &Bytes, opts: &[Bytes]) -> Action {
+    let (mut condition, mut return_old) = (SetCondition::Always, false);
+    for opt in opts {
+        match opt.to_ascii_uppercase().as_slice() {
+            b"NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
+            b"XX" if condition == SetCondition::Always => condition = SetCondition::IfPresent,
+            b"GET" => return_old = true,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" | b"KEEPTTL" => return Action::Local(no_expiry()),
+            _ => return Action::Local(syntax_error()),
+        }
+    }
+    let op = if condition == SetCondition::Always && !return_old {
+        ClientOp::Set {
+            key: key.clone(),
+            value: value.clone(),
+        }
+    } else {
+        ClientOp::SetIf {
+            key: key.clone(),
+            value: value.clone(),
+            condition,
+            return_old,
+        }
+    };
+    let render = if return_old {
+        Render::Old
+    } else {
+        Render::OkOrNull
+    };
+    Action::Node(op, render)
+}
+
+/// SCAN cursor [MATCH pattern] [COUNT n] (TYPE string accepted).
+fn scan(cursor: &Bytes, opts: &[Bytes]) -> Action {
+    let Some(cursor) = std::str::from_utf8(cursor)
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return Action::Local(Reply::Error("ERR invalid cursor".into()));
+    };
+    let (mut pattern, mut count) = (None, 10usize);
+    let mut it = opts.iter();
+    while let Some(opt) = it.next() {
+        match (opt.to_ascii_uppercase().as_slice(), it.next()) {
+            (b"MATCH", Some(p)) => pattern = Some(p.clone()),
+            (b"COUNT", Some(n)) => match int_arg(n) {
+                Some(n) if n > 0 => count = (n as usize).min(100_000),
+                _ => return Action::Local(not_integer()),
+            },
+            (b"TYPE", Some(t)) if t.eq_ignore_ascii_case(b"string") => {}
+            _ => return Action::Local(syntax_error()),
+        }
+    }
+    Action::Node(
+        ClientOp::Scan {
+            cursor,
+            pattern,
+            count,
+        },
+        Render::Page,
+    )
+}
+
+/// A node's reply as the command's Redis reply.
+fn render_reply(reply: ClientReply, render: Render) -> Reply {
+    let count = |n: usize| Reply::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    match (reply, render) {
+        (ClientReply::Value(v), _) => Reply::Bulk(v),
+        (ClientReply::NotFound, Render::Value | Render::Old) => Reply::Null,
+        (ClientReply::NotFound, Render::Wrote) => Reply::Int(0),
+        (ClientReply::Ok, Render::Wrote) => Reply::Int(1),
+        (ClientReply::Ok, _) => Reply::ok(),
+        (ClientReply::NotSet, Render::Wrote) => Reply::Int(0),
+        (ClientReply::NotSet, _) => Reply::Null,
+        (ClientReply::CasFailed(_), _) => Reply::Int(0),
+        (ClientReply::Old(v), _) => Reply::bulk_or_null(v),
+        (ClientReply::Int(n), _) => Reply::Int(n),
+        (ClientReply::Values(vs), _) => {
+            Reply::Array(vs.into_iter().map(Reply::bulk_or_null).collect())
+        }
+        (ClientReply::Page { cursor, keys }, _) => Reply::Array(vec![
+            Reply::text(cursor.to_string()),
+            Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
+        ]),
+        (ClientReply::Keys(keys), _) => {
+            debug_assert!(keys.len() <= MAX_KEYS_ANSWERED, "KEYS answers are bounded");
+            Reply::Array(keys.into_iter().map(Reply::Bulk).collect())
+        }
+        (ClientReply::Refused(why), _) => Reply::Error(format!("ERR {why}")),
+        (ClientReply::NoLeader, _) => try_again("no leader elected yet; retry"),
+        (ClientReply::Redirect(addr), _) => try_again(&format!(
+            "not the leader (forwarded once already); leader at {addr}"
+        )),
+        (ClientReply::Failed(kind), _) => match kind {
+            FailKind::NotApplied => try_again("not applied: leader changed, safe to retry"),
+            FailKind::Overloaded => try_again("overloaded, retry later"),
+            FailKind::Unavailable => try_again(super::binary::UNAVAILABLE_MESSAGE),
+            FailKind::Unknown => Reply::Error("ERR outcome unknown: leadership lost".into()),
+            FailKind::Timeout => Reply::Error("ERR timeout: outcome unknown".into()),
+            FailKind::ShuttingDown => Reply::Error("ERR shutting down: outcome unknown".into()),
+        },
+        (ClientReply::Status(_) | ClientReply::Session(_), _) => {
+            Reply::Error("ERR no Redis form for this answer".into())
+        }
+        (ClientReply::NotFound, _) => count(0),
+    }
+}

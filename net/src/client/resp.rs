@@ -1,0 +1,438 @@
+//! The Redis serialization protocol (RESP2, and RESP3 after `HELLO 3`):
+//! reading commands (arrays of bulk strings, or inline lines) with bounds
+//! on every length, writing replies, and reading one whole reply as raw
+//! bytes (to relay a leader's answer through a follower).
+//!
+//! Spec: <https://redis.io/docs/latest/develop/reference/protocol-spec/>.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Why a command or reply could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RespError {
+    /// Not RESP (answered with `-ERR Protocol error: ...` and closed, as
+    /// Redis does).
+    #[error("Protocol error: {0}")]
+    Protocol(String),
+    /// Larger than the limits allow.
+    #[error("Protocol error: {0}")]
+    TooLarge(String),
+    /// The stream ended inside a command.
+    #[error("connection closed inside a command")]
+    Truncated,
+    /// A read failed.
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Limits on what a command may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct RespLimits {
+    /// Arguments in one command.
+    pub max_args: usize,
+    /// Bytes in one argument.
+    pub max_arg_bytes: usize,
+    /// Bytes in one command, all arguments together.
+    pub max_command_bytes: usize,
+    /// Bytes in one inline command line.
+    pub max_inline_bytes: usize,
+}
+
+/// Reads commands from a stream, buffering what arrives.
+pub struct RespReader<R> {
+    inner: R,
+    buf: BytesMut,
+    limits: RespLimits,
+}
+
+/// What `parse` found at the start of the buffer.
+enum Parsed {
+    /// Not all of it has arrived yet.
+    Incomplete,
+    /// A whole command: its arguments and its length in bytes.
+    Command(Vec<Bytes>, usize),
+}
+
+impl<R: AsyncRead + Unpin> RespReader<R> {
+    /// A reader over `inner`, which may already have sent `initial`.
+    pub fn new(inner: R, limits: RespLimits, initial: &[u8]) -> Self {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        buf.extend_from_slice(initial);
+        RespReader { inner, buf, limits }
+    }
+
+    /// The next command's arguments (an empty one is skipped); None at a
+    /// clean end of stream. Cancel-safe.
+    pub async fn next_command(&mut self) -> Result<Option<Vec<Bytes>>, RespError> {
+        loop {
+            if let Parsed::Command(args, used) = parse(&self.buf, &self.limits)? {
+                self.buf.advance(used);
+                if args.is_empty() {
+                    continue;
+                }
+                return Ok(Some(args));
+            }
+            self.buf.reserve(16 * 1024);
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(RespError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// The stream, for reading what is left (draining before a close).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+/// Parses one command at the start of `buf`.
+fn parse(buf: &[u8], limits: &RespLimits) -> Result<Parsed, RespError> {
+    let Some(&first) = buf.first() else {
+        return Ok(Parsed::Incomplete);
+    };
+    if first != b'*' {
+        return parse_inline(buf, limits);
+    }
+    let Some((count, mut at)) = line_number(buf, 1, limits.max_args)? else {
+        return Ok(Parsed::Incomplete);
+    };
+    let mut args = Vec::with_capacity(count.min(64));
+    let mut total = 0usize;
+    for _ in 0..count {
+        match buf.get(at) {
+            None => return Ok(Parsed::Incomplete),
+            Some(b'$') => {}
+            Some(&b) => {
+                return Err(RespError::Protocol(format!(
+                    "expected '$', got '{}'",
+                    char::from(b).escape_default()
+                )))
+            }
+        }
+        let Some((len, start)) = line_number(buf, at + 1, limits.max_arg_bytes)? else {
+            return Ok(Parsed::Incomplete);
+        };
+        total = total.saturating_add(len);
+        if total > limits.max_command_bytes {
+            return Err(RespError::TooLarge(format!(
+                "command longer than {} bytes",
+                limits.max_command_bytes
+            )));
+        }
+        let end = start + len;
+        let Some(arg) = buf.get(start..end) else {
+            return Ok(Parsed::Incomplete);
+        };
+        match buf.get(end..end + 2) {
+            None | Some([_]) => return Ok(Parsed::Incomplete),
+            Some(b"\r\n") => {}
+            Some(_) => return Err(RespError::Protocol("bulk string not ended by CRLF".into())),
+        }
+        args.push(Bytes::copy_from_slice(arg));
+        at = end + 2;
+    }
+    Ok(Parsed::Command(args, at))
+}
+
+/// An inline command: one line of words (what `telnet` sends).
+fn parse_inline(buf: &[u8], limits: &RespLimits) -> Result<Parsed, RespError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > limits.max_inline_bytes {
+            return Err(RespError::TooLarge("too big inline request".into()));
+        }
+        return Ok(Parsed::Incomplete);
+    };
+    let line = buf.get(..nl).unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let args = line
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty())
+        .map(Bytes::copy_from_slice)
+        .collect();
+    Ok(Parsed::Command(args, nl + 1))
+}
+
+/// The number on the line starting at `at` (after a type byte), and where
+/// the next line starts; refused above `max` or when not a number.
+fn line_number(buf: &[u8], at: usize, max: usize) -> Result<Option<(usize, usize)>, RespError> {
+    let rest = buf.get(at..).unwrap_or_default();
+    let Some(cr) = rest.iter().position(|&b| b == b'\r') else {
+        if rest.len() > 20 {
+            return Err(RespError::Protocol("invalid length".into()));
+        }
+        return Ok(None);
+    };
+    match rest.get(cr + 1) {
+        None => return Ok(None),
+        Some(b'\n') => {}
+        Some(_) => return Err(RespError::Protocol("line not ended by CRLF".into())),
+    }
+    let digits = rest.get(..cr).unwrap_or_default();
+    let n: usize = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| RespError::Protocol("invalid length".into()))?;
+    if n > max {
+        return Err(RespError::TooLarge(format!(
+            "length {n} over the limit of {max}"
+        )));
+    }
+    Ok(Some((n, at + cr + 2)))
+}
+
+/// A reply, written in the connection's protocol version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `+text`
+    Simple(String),
+    /// `-ERR text` (the text starts with its error code).
+    Error(String),
+    /// `:n`
+    Int(i64),
+    /// `$len bytes`
+    Bulk(Bytes),
+    /// RESP2 `$-1`, RESP3 `_`.
+    Null,
+    /// `*n ...`
+    Array(Vec<Reply>),
+    /// RESP3 `%n ...`; RESP2 a flat array of keys and values.
+    Map(Vec<(Reply, Reply)>),
+}
+
+impl Reply {
+    /// `+OK`
+    pub fn ok() -> Reply {
+        Reply::Simple("OK".into())
+    }
+
+    /// A bulk string or null.
+    pub fn bulk_or_null(v: Option<Bytes>) -> Reply {
+        v.map_or(Reply::Null, Reply::Bulk)
+    }
+
+    /// A bulk string of text.
+    pub fn text(s: impl Into<String>) -> Reply {
+        Reply::Bulk(Bytes::from(s.into().into_bytes()))
+    }
+
+    /// Appends the reply to `out` in RESP `version` (2 or 3).
+    pub fn encode(&self, version: u8, out: &mut Vec<u8>) {
+        let line = |out: &mut Vec<u8>, tag: u8, body: &[u8]| {
+            out.push(tag);
+            out.extend_from_slice(body);
+            out.extend_from_slice(b"\r\n");
+        };
+        match self {
+            Reply::Simple(s) => line(out, b'+', &one_line(s)),
+            Reply::Error(s) => line(out, b'-', &one_line(s)),
+            Reply::Int(n) => line(out, b':', n.to_string().as_bytes()),
+            Reply::Bulk(b) => {
+                line(out, b'$', b.len().to_string().as_bytes());
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Null if version >= 3 => out.extend_from_slice(b"_\r\n"),
+            Reply::Null => out.extend_from_slice(b"$-1\r\n"),
+            Reply::Array(items) => {
+                line(out, b'*', items.len().to_string().as_bytes());
+                for item in items {
+                    item.encode(version, out);
+                }
+            }
+            Reply::Map(pairs) if version >= 3 => {
+                line(out, b'%', pairs.len().to_string().as_bytes());
+                for (k, v) in pairs {
+                    k.encode(version, out);
+                    v.encode(version, out);
+                }
+            }
+            Reply::Map(pairs) => {
+                line(out, b'*', (pairs.len() * 2).to_string().as_bytes());
+                for (k, v) in pairs {
+                    k.encode(version, out);
+                    v.encode(version, out);
+                }
+            }
+        }
+    }
+}
+
+/// A simple string or error never breaks its line.
+fn one_line(s: &str) -> Vec<u8> {
+    s.bytes()
+        .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b })
+        .collect()
+}
+
+/// Encodes a command as an array of bulk strings (what a client sends).
+pub fn encode_command(args: &[Bytes], out: &mut Vec<u8>) {
+    Reply::Array(args.iter().cloned().map(Reply::Bulk).collect()).encode(2, out);
+}
+
+/// Reads one whole reply, of any type and nesting, and returns its raw
+/// bytes (to relay it as it is). Bounded: at most `max_bytes`.
+pub async fn read_raw_reply<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    max_bytes: usize,
+) -> Result<Bytes, RespError> {
+    loop {
+        if let Some(len) = raw_reply_len(buf, 0, 0)? {
+            return Ok(buf.split_to(len).freeze());
+        }
+        if buf.len() > max_bytes {
+            return Err(RespError::TooLarge("reply over the limit".into()));
+        }
+        buf.reserve(16 * 1024);
+        if reader.read_buf(buf).await? == 0 {
+            return Err(RespError::Truncated);
+        }
+    }
+}
+
+/// The length of the whole reply starting at `at`, if it has all arrived.
+fn raw_reply_len(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, RespError> {
+    if depth > 32 {
+        return Err(RespError::Protocol("reply nested too deeply".into()));
+    }
+    let Some(&tag) = buf.get(at) else {
+        return Ok(None);
+    };
+    let rest = buf.get(at + 1..).unwrap_or_default();
+    let Some(cr) = rest.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let header = rest.get(..cr).unwrap_or_default();
+    let after = at + 1 + cr + 2;
+    let number = || -> Result<i64, RespError> {
+        std::str::from_utf8(header)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| RespError::Protocol("bad length in reply".into()))
+    };
+    match tag {
+        b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => Ok(Some(after - at)),
+        b'$' | b'!' | b'=' => {
+            let n = number()?;
+            if n < 0 {
+                return Ok(Some(after - at));
+            }
+            let end = after.saturating_add(n as usize).saturating_add(2);
+            Ok((buf.len() >= end).then_some(end - at))
+        }
+        b'*' | b'%' | b'~' | b'>' | b'|' => {
+            let n = number()?;
+            let items = if tag == b'%' || tag == b'|' {
+                n.max(0) * 2
+            } else {
+                n.max(0)
+            };
+            let mut pos = after;
+            for _ in 0..items {
+                match raw_reply_len(buf, pos, depth + 1)? {
+                    Some(len) => pos += len,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(pos - at))
+        }
+        other => Err(RespError::Protocol(format!(
+            "unknown reply type '{}'",
+            char::from(other).escape_default()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RespLimits = RespLimits {
+        max_args: 16,
+        max_arg_bytes: 64,
+        max_command_bytes: 128,
+        max_inline_bytes: 64,
+    };
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, RespError> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < input.len() {
+            match parse(&input[at..], &LIMITS)? {
+                Parsed::Incomplete => break,
+                Parsed::Command(args, used) => {
+                    out.push(args);
+                    at += used;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn arrays_and_inline_commands_parse_and_a_partial_one_waits() {
+        let cmds = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n*1\r\n$4\r\nPI").unwrap();
+        assert_eq!(cmds.len(), 2);
+        assert_eq!(cmds[0], vec![Bytes::from("GET"), Bytes::from("k")]);
+        assert_eq!(cmds[1], vec![Bytes::from("PING")]);
+        let binary = parse_all(b"*1\r\n$3\r\na\r\n\r\n").unwrap();
+        assert_eq!(
+            binary[0],
+            vec![Bytes::from("a\r\n")],
+            "bulk strings hold any bytes"
+        );
+    }
+
+    #[test]
+    fn lengths_beyond_the_limits_and_garbage_are_refused() {
+        assert!(matches!(parse_all(b"*17\r\n"), Err(RespError::TooLarge(_))));
+        assert!(matches!(
+            parse_all(b"*1\r\n$65\r\n"),
+            Err(RespError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_all(b"*1\r\n:3\r\n"),
+            Err(RespError::Protocol(_))
+        ));
+        assert!(matches!(parse_all(b"*x\r\n"), Err(RespError::Protocol(_))));
+        assert!(matches!(
+            parse_all(b"*1\r\n$1\r\nab\r\n"),
+            Err(RespError::Protocol(_))
+        ));
+        let long = vec![b'a'; 100];
+        assert!(matches!(parse_all(&long), Err(RespError::TooLarge(_))));
+    }
+
+    #[test]
+    fn replies_encode_in_both_versions_and_raw_lengths_match() {
+        let reply = Reply::Array(vec![
+            Reply::ok(),
+            Reply::Null,
+            Reply::Int(-3),
+            Reply::Bulk(Bytes::from("x\r\ny")),
+            Reply::Map(vec![(Reply::text("a"), Reply::Int(1))]),
+            Reply::Error("ERR no\nway".into()),
+        ]);
+        let mut v2 = Vec::new();
+        reply.encode(2, &mut v2);
+        assert_eq!(
+            v2,
+            b"*6\r\n+OK\r\n$-1\r\n:-3\r\n$4\r\nx\r\ny\r\n*2\r\n$1\r\na\r\n:1\r\n-ERR no way\r\n"
+        );
+        let mut v3 = Vec::new();
+        reply.encode(3, &mut v3);
+        assert!(v3.windows(3).any(|w| w == b"_\r\n") && v3.contains(&b'%'));
+        for bytes in [&v2, &v3] {
+            assert_eq!(raw_reply_len(bytes, 0, 0).unwrap(), Some(bytes.len()));
+            assert_eq!(
+                raw_reply_len(&bytes[..bytes.len() - 1], 0, 0).unwrap(),
+                None
+            );
+        }
+    }
+}

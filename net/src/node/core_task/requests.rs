@@ -1,0 +1,165 @@
+//! What a client operation becomes inside the node: a command for the log
+//! (a write, tagged with its session) or a query answered from the state
+//! machine once a read is confirmed; and how results become replies.
+
+use bytes::Bytes;
+use kv_engine::kv::{CommandResult, KvStore};
+use kv_proto::command::{
+    command::Op, set_if::Condition, Append, Cas, Command, Del, DelMany, Flush, Incr, MSet, MSetNx,
+    OpenSession, Pair, Set, SetIf,
+};
+
+use crate::node::{ClientOp, ClientReply, SessionTag, SetCondition, MAX_KEYS_ANSWERED};
+
+/// A read waiting for confirmation, as the state machine will answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ReadQuery {
+    Get(Bytes),
+    MGet(Vec<Bytes>),
+    Exists(Vec<Bytes>),
+    StrLen(Bytes),
+    DbSize,
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+    },
+    Keys(Bytes),
+}
+
+/// What an operation asks of the node.
+pub(super) enum Work {
+    /// A write to propose.
+    Write(Command),
+    /// A read to confirm, then answer.
+    Read(ReadQuery),
+    /// Neither (status, transfer): the caller handles it.
+    Other(ClientOp),
+}
+
+/// Sorts an operation into a write (with its session tag), a read, or
+/// something else.
+pub(super) fn work_of(op: ClientOp, session: Option<SessionTag>) -> Work {
+    let pairs = |pairs: Vec<(Bytes, Bytes)>| -> Vec<Pair> {
+        pairs
+            .into_iter()
+            .map(|(key, value)| Pair {
+                key,
+                value,
+                session: None,
+            })
+            .collect()
+    };
+    let op = match op {
+        ClientOp::Get { key } => return Work::Read(ReadQuery::Get(key)),
+        ClientOp::MGet { keys } => return Work::Read(ReadQuery::MGet(keys)),
+        ClientOp::Exists { keys } => return Work::Read(ReadQuery::Exists(keys)),
+        ClientOp::StrLen { key } => return Work::Read(ReadQuery::StrLen(key)),
+        ClientOp::DbSize => return Work::Read(ReadQuery::DbSize),
+        ClientOp::Scan {
+            cursor,
+            pattern,
+            count,
+        } => {
+            return Work::Read(ReadQuery::Scan {
+                cursor,
+                pattern,
+                count,
+            })
+        }
+        ClientOp::Keys { pattern } => return Work::Read(ReadQuery::Keys(pattern)),
+        other @ (ClientOp::Status | ClientOp::TransferLeader { .. }) => return Work::Other(other),
+        ClientOp::Set { key, value } => Op::Set(Set { key, value }),
+        ClientOp::Del { key } => Op::Del(Del { key }),
+        ClientOp::Cas { key, expected, new } => Op::Cas(Cas { key, expected, new }),
+        ClientOp::MSet { pairs: p } => Op::Mset(MSet { pairs: pairs(p) }),
+        ClientOp::SetIf {
+            key,
+            value,
+            condition,
+            return_old,
+        } => Op::SetIf(SetIf {
+            key,
+            value,
+            condition: match condition {
+                SetCondition::Always => Condition::Always,
+                SetCondition::IfAbsent => Condition::IfAbsent,
+                SetCondition::IfPresent => Condition::IfPresent,
+            } as i32,
+            return_old,
+        }),
+        ClientOp::Incr { key, by } => Op::Incr(Incr { key, by }),
+        ClientOp::Append { key, value } => Op::Append(Append { key, value }),
+        ClientOp::DelMany { keys } => Op::DelMany(DelMany { keys }),
+        ClientOp::MSetNx { pairs: p } => Op::Msetnx(MSetNx { pairs: pairs(p) }),
+        ClientOp::Flush => Op::Flush(Flush {}),
+        ClientOp::OpenSession => Op::OpenSession(OpenSession {}),
+    };
+    let tag = session.unwrap_or(SessionTag {
+        session: 0,
+        seq: 0,
+        acked_below: 0,
+    });
+    Work::Write(Command {
+        op: Some(op),
+        session: tag.session,
+        seq: tag.seq,
+        acked_below: tag.acked_below,
+    })
+}
+
+/// The answer to a confirmed read, from the state machine as applied.
+pub(super) fn answer(query: &ReadQuery, kv: &KvStore) -> ClientReply {
+    let count = |n: usize| ClientReply::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    match query {
+        ReadQuery::Get(key) => match kv.get_shared(key) {
+            Some(v) => ClientReply::Value(v),
+            None => ClientReply::NotFound,
+        },
+        ReadQuery::MGet(keys) => {
+            ClientReply::Values(keys.iter().map(|k| kv.get_shared(k)).collect())
+        }
+        ReadQuery::Exists(keys) => count(keys.iter().filter(|k| kv.get(k).is_some()).count()),
+        ReadQuery::StrLen(key) => count(kv.get(key).map_or(0, <[u8]>::len)),
+        ReadQuery::DbSize => count(kv.len()),
+        ReadQuery::Scan {
+            cursor,
+            pattern,
+            count,
+        } => {
+            let (cursor, keys) = kv.scan(*cursor, pattern.as_deref(), *count);
+            ClientReply::Page { cursor, keys }
+        }
+        ReadQuery::Keys(pattern) => {
+            let mut keys = Vec::new();
+            let mut cursor = 0;
+            loop {
+                let (next, page) = kv.scan(cursor, Some(pattern), 1024);
+                keys.extend(page);
+                if keys.len() > MAX_KEYS_ANSWERED {
+                    return ClientReply::Refused(format!(
+                        "more than {MAX_KEYS_ANSWERED} keys match: use SCAN"
+                    ));
+                }
+                if next == 0 {
+                    return ClientReply::Keys(keys);
+                }
+                cursor = next;
+            }
+        }
+    }
+}
+
+/// A write's result as the client is told it.
+pub(super) fn reply_of(result: CommandResult) -> ClientReply {
+    match result {
+        CommandResult::Ok => ClientReply::Ok,
+        CommandResult::NotFound => ClientReply::NotFound,
+        CommandResult::CasFailed { current } => ClientReply::CasFailed(current),
+        CommandResult::Int(n) => ClientReply::Int(n),
+        CommandResult::Old(v) => ClientReply::Old(v),
+        CommandResult::NotSet => ClientReply::NotSet,
+        CommandResult::Refused(why) => ClientReply::Refused(why),
+        CommandResult::Session(id) => ClientReply::Session(id),
+    }
+}
