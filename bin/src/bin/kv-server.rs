@@ -118,6 +118,13 @@ struct Args {
     #[arg(long, env = "KV_MAX_PIPELINE", default_value_t = 256)]
     max_pipeline: usize,
 
+    /// A password Redis clients must give with AUTH (or HELLO ... AUTH)
+    /// before any other command. Without it, Redis clients need none
+    /// (with mutual TLS on, the client certificate is what admits them).
+    /// Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "KV_REDIS_PASSWORD", hide_env_values = true)]
+    redis_password: Option<String>,
+
     /// Bytes all clients together may hold in requests not yet answered;
     /// past it, connections stop reading until answers free some.
     #[arg(long, env = "KV_MAX_REQUEST_BYTES", default_value_t = 64 << 20)]
@@ -249,6 +256,7 @@ impl Args {
         cfg.client.request_timeout = Duration::from_millis(self.request_timeout_ms);
         cfg.max_peer_connections = self.max_peer_connections;
         cfg.client.max_pipeline = self.max_pipeline;
+        cfg.client.redis_password = self.redis_password.clone();
         cfg.client.max_request_bytes = self.max_request_bytes;
         cfg.client.max_answer_bytes = self.max_answer_bytes;
         cfg.client.write_timeout = Duration::from_millis(self.write_timeout_ms);

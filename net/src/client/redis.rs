@@ -163,7 +163,16 @@ pub async fn serve_redis<R, W>(
         let _ = writer.shutdown().await;
     });
     let slots = Arc::new(Semaphore::new(pipeline));
-    let forwarder = Arc::new(Forwarder::default());
+    let pipeline_permits = u32::try_from(pipeline).unwrap_or(u32::MAX);
+    let forwarder = Arc::new(Forwarder {
+        conn: Mutex::new(None),
+        password: shared.password.clone(),
+    });
+    // Whether the commands in flight are reads (None: none yet).
+    let mut run_of_reads: Option<bool> = None;
+    // The next command's place in line, and whose turn it is to settle.
+    let mut next_turn = 0u64;
+    let turn = Arc::new(watch::Sender::new(0u64));
     loop {
         let next = tokio::select! {
             biased;
@@ -192,6 +201,18 @@ pub async fn serve_redis<R, W>(
                 break;
             }
             Action::Node(op, render) => {
+                // Redis runs a connection's commands in order. Reads and
+                // writes go different ways through the node (ReadIndex or
+                // the log), so where a run of one turns into the other,
+                // everything before is answered first; within a run the
+                // node keeps the order in which they are submitted.
+                let is_read = op.is_read();
+                if run_of_reads.is_some_and(|r| r != is_read)
+                    && slots.acquire_many(pipeline_permits).await.is_err()
+                {
+                    break;
+                }
+                run_of_reads = Some(is_read);
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
@@ -199,20 +220,28 @@ pub async fn serve_redis<R, W>(
                 if answers.send(rx).await.is_err() {
                     break;
                 }
-                let (node, forwarder) = (node.clone(), forwarder.clone());
+                let submitted = node.submit(op).await;
+                let (forwarder, turn) = (forwarder.clone(), turn.clone());
                 let (version, forwarded) = (session.version, session.forwarded);
                 let timeout = limits.request_timeout;
+                let my_turn = next_turn;
+                next_turn += 1;
                 tokio::spawn(async move {
-                    let reply = match tokio::time::timeout(timeout, node.call(op)).await {
+                    let reply = match tokio::time::timeout(timeout, submitted.reply()).await {
                         Ok(r) => r,
                         Err(_) => ClientReply::Failed(FailKind::Timeout),
                     };
+                    // Answers are settled in submission order, so commands
+                    // a follower forwards reach the leader in that order.
+                    let mut waiting = turn.subscribe();
+                    let _ = waiting.wait_for(|t| *t == my_turn).await;
                     let bytes = match reply {
                         ClientReply::Redirect(leader) if !forwarded => {
                             forwarder.forward(leader, &args, version).await
                         }
                         reply => encode(&render_reply(reply, render), version),
                     };
+                    turn.send_replace(my_turn + 1);
                     drop(charge);
                     drop(slot);
                     let _ = tx.send(bytes);
@@ -242,6 +271,8 @@ fn encode(reply: &Reply, version: u8) -> Bytes {
 #[derive(Default)]
 struct Forwarder {
     conn: Mutex<Option<(SocketAddr, TcpStream, BytesMut)>>,
+    /// The cluster's Redis password, given to the leader before anything.
+    password: Option<String>,
 }
 
 impl Forwarder {
@@ -251,7 +282,7 @@ impl Forwarder {
         let mut conn = self.conn.lock().await;
         for attempt in 0..2 {
             if conn.as_ref().is_none_or(|(addr, _, _)| *addr != leader) {
-                *conn = match Self::connect(leader, version).await {
+                *conn = match Self::connect(leader, version, self.password.as_deref()).await {
                     Ok(c) => Some(c),
                     Err(e) => {
                         return encode(
@@ -291,6 +322,7 @@ impl Forwarder {
     async fn connect(
         leader: SocketAddr,
         version: u8,
+        password: Option<&str>,
     ) -> Result<(SocketAddr, TcpStream, BytesMut), RespError> {
         let mut stream = tokio::time::timeout(
             std::time::Duration::from_secs(2),
@@ -301,6 +333,15 @@ impl Forwarder {
         let _ = stream.set_nodelay(true);
         let mut buf = BytesMut::new();
         let mut hello = Vec::new();
+        if let Some(password) = password {
+            encode_command(
+                &[
+                    Bytes::from_static(b"AUTH"),
+                    Bytes::copy_from_slice(password.as_bytes()),
+                ],
+                &mut hello,
+            );
+        }
         encode_command(&[Bytes::from_static(FORWARDED_MARK)], &mut hello);
         if version >= 3 {
             encode_command(
@@ -309,6 +350,15 @@ impl Forwarder {
             );
         }
         stream.write_all(&hello).await?;
+        if password.is_some() {
+            let answer = read_raw_reply(&mut stream, &mut buf, 1 << 20).await?;
+            if !answer.starts_with(b"+OK") {
+                return Err(RespError::Protocol(
+                    "the leader refused this node's Redis password (set the same on every node)"
+                        .into(),
+                ));
+            }
+        }
         read_raw_reply(&mut stream, &mut buf, 1 << 20).await?;
         if version >= 3 {
             read_raw_reply(&mut stream, &mut buf, 1 << 20).await?;

@@ -319,6 +319,38 @@ pub struct ClientRequest {
     pub reply: oneshot::Sender<ClientReply>,
 }
 
+/// An operation handed to the node, its answer to come.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Answered already (STATUS, or the node was not taking requests).
+    Ready(ClientReply),
+    /// In the core; the answer comes on `rx`.
+    Waiting {
+        /// The answer.
+        rx: oneshot::Receiver<ClientReply>,
+        /// The operation's name and start, for the latency metric.
+        timed: Option<(&'static str, tokio::time::Instant, Arc<Metrics>)>,
+    },
+}
+
+impl Submitted {
+    /// The answer, once the node gives it.
+    pub async fn reply(self) -> ClientReply {
+        match self {
+            Submitted::Ready(reply) => reply,
+            Submitted::Waiting { rx, timed } => {
+                let reply = rx
+                    .await
+                    .unwrap_or(ClientReply::Failed(FailKind::ShuttingDown));
+                if let Some((name, started, metrics)) = timed {
+                    metrics.client_request(name, started.elapsed());
+                }
+                reply
+            }
+        }
+    }
+}
+
 /// A cheap handle through which client connections reach the node's core.
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
@@ -345,6 +377,27 @@ impl NodeHandle {
     }
 
     async fn call_core(&self, op: ClientOp, session: Option<SessionTag>) -> ClientReply {
+        self.submit_core(op, session).await.reply().await
+    }
+
+    /// Hands `op` to the node now and returns what will carry its answer:
+    /// operations submitted one after another reach the core in that order
+    /// (writes are proposed in it), however their answers are awaited.
+    pub async fn submit(&self, op: ClientOp) -> Submitted {
+        if op == ClientOp::Status {
+            return Submitted::Ready(ClientReply::Status(Box::new(self.status())));
+        }
+        let (name, started) = (op.name(), tokio::time::Instant::now());
+        match self.submit_core(op, None).await {
+            Submitted::Waiting { rx, .. } => Submitted::Waiting {
+                rx,
+                timed: Some((name, started, self.metrics.clone())),
+            },
+            ready => ready,
+        }
+    }
+
+    async fn submit_core(&self, op: ClientOp, session: Option<SessionTag>) -> Submitted {
         let (reply, rx) = oneshot::channel();
         if self
             .requests
@@ -353,10 +406,9 @@ impl NodeHandle {
             .is_err()
         {
             // The core stopped taking requests: this one never reached it.
-            return ClientReply::Failed(FailKind::Unavailable);
+            return Submitted::Ready(ClientReply::Failed(FailKind::Unavailable));
         }
-        rx.await
-            .unwrap_or(ClientReply::Failed(FailKind::ShuttingDown))
+        Submitted::Waiting { rx, timed: None }
     }
 
     /// The node's metrics.

@@ -1,0 +1,348 @@
+//! Redis clients against a real 3-node cluster: the `redis` crate (a
+//! client library every Rust user of Redis has) for every command the
+//! store serves, on the leader and through a follower, RESP2 and RESP3,
+//! pipelining, AUTH, and a leader killed while a client keeps writing;
+//! redis-cli too when it is installed.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis::{Connection, RedisResult, Value};
+use support::Cluster;
+
+/// A connection to node `id` (`resp3`: after HELLO 3).
+fn connect(c: &Cluster, id: usize, resp3: bool) -> Connection {
+    let addr = c.client(id);
+    let proto = if resp3 { "?protocol=resp3" } else { "" };
+    let client = redis::Client::open(format!("redis://{addr}/{proto}")).unwrap();
+    let conn = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn
+}
+
+/// Any member other than `leader`.
+fn follower_of(leader: usize) -> usize {
+    (1..=3).find(|&id| id != leader).unwrap()
+}
+
+fn q<T: redis::FromRedisValue>(conn: &mut Connection, args: &[&str]) -> RedisResult<T> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(conn)
+}
+
+/// The error text of a command that must fail.
+fn err(conn: &mut Connection, args: &[&str]) -> String {
+    match q::<Value>(conn, args) {
+        Ok(v) => panic!("{args:?} answered {v:?}, expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Every string command, on one connection, with Redis's own reply types.
+fn strings_as_redis_answers_them(conn: &mut Connection, p: &str) {
+    let k = |s: &str| format!("{p}{s}");
+    assert_eq!(q::<String>(conn, &["PING"]).unwrap(), "PONG");
+    assert_eq!(
+        q::<String>(conn, &["ECHO", "hi there"]).unwrap(),
+        "hi there"
+    );
+    assert_eq!(q::<String>(conn, &["SELECT", "0"]).unwrap(), "OK");
+    assert!(err(conn, &["SELECT", "1"]).contains("DB index is out of range"));
+
+    assert_eq!(q::<Option<String>>(conn, &["GET", &k("a")]).unwrap(), None);
+    assert_eq!(q::<String>(conn, &["SET", &k("a"), "1"]).unwrap(), "OK");
+    assert_eq!(q::<String>(conn, &["GET", &k("a")]).unwrap(), "1");
+    // SET NX on a present key does nothing (null); XX on an absent one too.
+    assert_eq!(
+        q::<Option<String>>(conn, &["SET", &k("a"), "2", "NX"]).unwrap(),
+        None
+    );
+    assert_eq!(
+        q::<Option<String>>(conn, &["SET", &k("zz"), "2", "XX"]).unwrap(),
+        None
+    );
+    assert_eq!(
+        q::<Option<String>>(conn, &["SET", &k("a"), "2", "XX", "GET"]).unwrap(),
+        Some("1".into())
+    );
+    assert_eq!(q::<i64>(conn, &["SETNX", &k("a"), "3"]).unwrap(), 0);
+    assert_eq!(q::<i64>(conn, &["SETNX", &k("b"), "3"]).unwrap(), 1);
+    assert_eq!(
+        q::<Option<String>>(conn, &["GETSET", &k("b"), "4"]).unwrap(),
+        Some("3".into())
+    );
+    assert!(err(conn, &["SET", &k("t"), "1", "EX", "10"]).contains("expir"));
+
+    assert_eq!(
+        q::<String>(conn, &["MSET", &k("m1"), "x", &k("m2"), "y"]).unwrap(),
+        "OK"
+    );
+    assert_eq!(
+        q::<Vec<Option<String>>>(conn, &["MGET", &k("m1"), &k("none"), &k("m2")]).unwrap(),
+        vec![Some("x".into()), None, Some("y".into())]
+    );
+    // MSETNX is all or nothing: one key present, nothing written.
+    assert_eq!(
+        q::<i64>(conn, &["MSETNX", &k("m1"), "z", &k("m3"), "z"]).unwrap(),
+        0
+    );
+    assert_eq!(q::<Option<String>>(conn, &["GET", &k("m3")]).unwrap(), None);
+    assert_eq!(
+        q::<i64>(conn, &["MSETNX", &k("m3"), "z", &k("m4"), "z"]).unwrap(),
+        1
+    );
+    assert_eq!(
+        q::<i64>(conn, &["EXISTS", &k("m1"), &k("m3"), &k("none")]).unwrap(),
+        2
+    );
+    assert_eq!(
+        q::<i64>(conn, &["DEL", &k("m3"), &k("m4"), &k("none")]).unwrap(),
+        2
+    );
+
+    assert_eq!(q::<i64>(conn, &["INCR", &k("n")]).unwrap(), 1);
+    assert_eq!(q::<i64>(conn, &["INCRBY", &k("n"), "41"]).unwrap(), 42);
+    assert_eq!(q::<i64>(conn, &["DECR", &k("n")]).unwrap(), 41);
+    assert_eq!(q::<i64>(conn, &["DECRBY", &k("n"), "-9"]).unwrap(), 50);
+    assert!(err(conn, &["INCR", &k("m1")]).contains("not an integer"));
+    assert_eq!(q::<i64>(conn, &["APPEND", &k("s"), "ab"]).unwrap(), 2);
+    assert_eq!(q::<i64>(conn, &["APPEND", &k("s"), "cd"]).unwrap(), 4);
+    assert_eq!(q::<i64>(conn, &["STRLEN", &k("s")]).unwrap(), 4);
+    assert_eq!(q::<i64>(conn, &["STRLEN", &k("none")]).unwrap(), 0);
+    // The compare-and-set under its own name: 1 if swapped, 0 if not.
+    assert_eq!(q::<i64>(conn, &["CAS", &k("s"), "abcd", "new"]).unwrap(), 1);
+    assert_eq!(
+        q::<i64>(conn, &["CAS", &k("s"), "abcd", "newer"]).unwrap(),
+        0
+    );
+    assert_eq!(q::<String>(conn, &["GET", &k("s")]).unwrap(), "new");
+    assert!(err(conn, &["NOSUCH", "x"]).contains("unknown command"));
+    assert!(err(conn, &["GET"]).contains("wrong number of arguments"));
+}
+
+/// Every key with the prefix, by SCAN (MATCH, small COUNT) and by KEYS.
+fn keyspace_commands_see_every_key(conn: &mut Connection, p: &str) {
+    let mut keys: Vec<String> = (0..250).map(|i| format!("{p}scan:{i:03}")).collect();
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("SET").arg(key).arg("v").ignore();
+    }
+    pipe.query::<()>(conn).unwrap();
+    let pattern = format!("{p}scan:*");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = 0u64;
+    let mut calls = 0;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(20)
+            .query(conn)
+            .unwrap();
+        seen.extend(page);
+        calls += 1;
+        assert!(calls < 1000, "SCAN never ends");
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        keys,
+        "SCAN saw every key once"
+    );
+    assert!(calls > 1, "COUNT 20 pages the 250 keys");
+    let mut listed: Vec<String> = q(conn, &["KEYS", &pattern]).unwrap();
+    listed.sort();
+    assert_eq!(listed, keys);
+    let size: i64 = q(conn, &["DBSIZE"]).unwrap();
+    assert!(size >= 250, "DBSIZE {size}");
+}
+
+#[test]
+fn redis_clients_get_every_command_answered_on_the_leader_and_through_a_follower() {
+    let c = Cluster::start("redis-commands", 3, &[]);
+    let leader = c.leader(Duration::from_secs(10));
+    let follower = follower_of(leader);
+    for (id, resp3, prefix) in [(leader, false, "l2:"), (follower, true, "f3:")] {
+        let mut conn = connect(&c, id, resp3);
+        strings_as_redis_answers_them(&mut conn, prefix);
+        keyspace_commands_see_every_key(&mut conn, prefix);
+    }
+    // Connection commands and what redis-cli asks on connecting.
+    let mut conn = connect(&c, follower, false);
+    assert_eq!(
+        q::<String>(&mut conn, &["CLIENT", "SETNAME", "tester"]).unwrap(),
+        "OK"
+    );
+    assert_eq!(
+        q::<String>(&mut conn, &["CLIENT", "GETNAME"]).unwrap(),
+        "tester"
+    );
+    assert!(q::<i64>(&mut conn, &["CLIENT", "ID"]).unwrap() > 0);
+    assert!(q::<Value>(&mut conn, &["COMMAND", "DOCS"]).is_ok());
+    let hello: Value = q(&mut conn, &["HELLO", "2"]).unwrap();
+    assert!(format!("{hello:?}").contains("proto"), "{hello:?}");
+    // INFO: the follower names the leader; the leader says it is master.
+    let info: String = q(&mut conn, &["INFO"]).unwrap();
+    let leader_port = c.client(leader).port();
+    assert!(info.contains("role:slave"), "{info}");
+    assert!(
+        info.contains(&format!("master_port:{leader_port}")),
+        "{info}"
+    );
+    assert!(info.contains("# Keyspace\r\ndb0:keys="), "{info}");
+    let info: String = q(&mut connect(&c, leader, false), &["INFO", "replication"]).unwrap();
+    assert!(info.contains("role:master"), "{info}");
+    // FLUSHDB is replicated: every node sees an empty store.
+    assert_eq!(q::<String>(&mut conn, &["FLUSHDB"]).unwrap(), "OK");
+    for id in 1..=3 {
+        let mut conn = connect(&c, id, false);
+        assert_eq!(q::<i64>(&mut conn, &["DBSIZE"]).unwrap(), 0, "node {id}");
+    }
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let c = Cluster::start("redis-pipeline", 3, &[]);
+    let leader = c.leader(Duration::from_secs(10));
+    for id in [leader, follower_of(leader)] {
+        let mut conn = connect(&c, id, false);
+        let counter = format!("pipelined{id}");
+        let mut pipe = redis::pipe();
+        for i in 0..1000 {
+            pipe.cmd("INCR").arg(&counter);
+            pipe.cmd("SET").arg(format!("p{id}:{i}")).arg(i);
+            pipe.cmd("GET").arg(format!("p{id}:{i}"));
+        }
+        let answers: Vec<Value> = pipe.query(&mut conn).unwrap();
+        assert_eq!(answers.len(), 3000);
+        for (i, three) in answers.chunks(3).enumerate() {
+            assert_eq!(three[0], Value::Int(i as i64 + 1), "INCR {i}");
+            assert_eq!(three[1], Value::Okay, "SET {i}");
+            assert_eq!(
+                three[2],
+                Value::BulkString(i.to_string().into_bytes()),
+                "GET {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn auth_is_required_when_a_password_is_configured() {
+    let c = Cluster::start("redis-auth", 3, &["--redis-password", "s3cret"]);
+    let leader = c.leader(Duration::from_secs(10));
+    let mut conn = connect(&c, leader, false);
+    assert!(err(&mut conn, &["GET", "a"]).contains("NOAUTH"));
+    assert!(err(&mut conn, &["AUTH", "wrong"]).contains("WRONGPASS"));
+    assert_eq!(q::<String>(&mut conn, &["AUTH", "s3cret"]).unwrap(), "OK");
+    assert_eq!(q::<String>(&mut conn, &["SET", "a", "1"]).unwrap(), "OK");
+    // A client library given the password in its URL just works.
+    let url = format!("redis://:s3cret@{}/", c.client(follower_of(leader)));
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    assert_eq!(q::<String>(&mut conn, &["GET", "a"]).unwrap(), "1");
+}
+
+/// One write, retried on any node until it is answered (a plain Redis
+/// client has no session: a retry after a lost answer may apply twice).
+fn until_answered(c: &Cluster, args: &[&str], deadline: Instant) -> (Value, u32) {
+    let mut failures = 0;
+    let mut node = 1;
+    while Instant::now() < deadline {
+        let addr = c.client(node);
+        let answer = redis::Client::open(format!("redis://{addr}/"))
+            .and_then(|cl| cl.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut conn| {
+                conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+                q::<Value>(&mut conn, args)
+            });
+        match answer {
+            Ok(v) => return (v, failures),
+            Err(_) => {
+                failures += 1;
+                node = node % 3 + 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    panic!("{args:?} never answered; logs in {}", c.dir.display());
+}
+
+#[test]
+fn a_client_that_retries_rides_out_a_leader_kill() {
+    let mut c = Cluster::start("redis-leader-kill", 3, &[]);
+    let leader = c.leader(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut acked, mut retried) = (0i64, 0i64);
+    for i in 0..300 {
+        if i == 100 {
+            c.kill(leader);
+        }
+        let key = format!("k{i}");
+        let (answer, failures) = until_answered(&c, &["SET", &key, &i.to_string()], deadline);
+        assert_eq!(answer, Value::Okay, "SET {key}");
+        let (answer, failures_incr) = until_answered(&c, &["INCR", "counter"], deadline);
+        assert!(matches!(answer, Value::Int(_)), "INCR answered {answer:?}");
+        acked += 1;
+        retried += i64::from(failures + failures_incr > 0);
+    }
+    let new_leader = c.leader(Duration::from_secs(10));
+    assert_ne!(new_leader, leader);
+    let mut conn = connect(&c, new_leader, false);
+    for i in 0..300 {
+        let v: Option<String> = q(&mut conn, &["GET", &format!("k{i}")]).unwrap();
+        assert_eq!(v, Some(i.to_string()), "k{i} after the leader kill");
+    }
+    // Without a session a retried INCR may have applied twice; never less.
+    let counter: i64 = q(&mut conn, &["GET", "counter"]).unwrap();
+    assert!(
+        (acked..=acked + retried).contains(&counter),
+        "counter {counter}: {acked} acknowledged, {retried} retried"
+    );
+}
+
+#[test]
+fn redis_cli_talks_to_the_cluster_when_installed() {
+    let Ok(version) = std::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("redis-cli not installed: skipped (bench/compare-redis.sh installs it)");
+        return;
+    };
+    assert!(version.status.success());
+    let c = Cluster::start("redis-cli", 3, &[]);
+    let leader = c.leader(Duration::from_secs(10));
+    let port = c.client(follower_of(leader)).port().to_string();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["SET", "greeting", "hello world"]), "OK");
+    assert_eq!(cli(&["GET", "greeting"]), "hello world");
+    assert_eq!(cli(&["INCR", "hits"]), "1");
+    assert_eq!(cli(&["MSET", "a", "1", "b", "2"]), "OK");
+    assert_eq!(cli(&["MGET", "a", "b", "nope"]), "1\n2");
+    assert_eq!(cli(&["DBSIZE"]), "4");
+    let mut scanned: Vec<String> = cli(&["--scan"]).lines().map(str::to_string).collect();
+    scanned.sort();
+    assert_eq!(scanned, ["a", "b", "greeting", "hits"]);
+    assert!(cli(&["INFO", "replication"]).contains("role:slave"));
+}
