@@ -206,6 +206,10 @@ fn redis_clients_get_every_command_answered_on_the_leader_and_through_a_follower
     assert!(info.contains("# Keyspace\r\ndb0:keys="), "{info}");
     let info: String = q(&mut connect(&c, leader, false), &["INFO", "replication"]).unwrap();
     assert!(info.contains("role:master"), "{info}");
+    assert!(
+        !info.contains("# Server"),
+        "only the section asked for: {info}"
+    );
     // FLUSHDB is replicated: every node sees an empty store.
     assert_eq!(q::<String>(&mut conn, &["FLUSHDB"]).unwrap(), "OK");
     for id in 1..=3 {

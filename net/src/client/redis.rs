@@ -445,7 +445,7 @@ fn command(args: &[Bytes], s: &mut Session, shared: &RedisShared, node: &NodeHan
                 "ERR CONFIG is not supported here (only CONFIG GET, answered empty)".into(),
             ),
         }),
-        "INFO" => Action::Local(info(node)),
+        "INFO" => Action::Local(info(node, rest)),
         _ => data_command(&upper, rest),
     }
 }
@@ -537,7 +537,7 @@ fn client(rest: &[Bytes], s: &mut Session) -> Reply {
 }
 
 /// INFO, from this node's status: server, replication, keyspace.
-fn info(node: &NodeHandle) -> Reply {
+fn info(node: &NodeHandle, sections: &[Bytes]) -> Reply {
     let st = node.status();
     let role = if st.leader == Some(st.id) {
         "master"
@@ -548,15 +548,16 @@ fn info(node: &NodeHandle) -> Reply {
         .leader
         .and_then(|l| st.members.iter().find(|(id, _)| *id == l))
         .map(|(_, addr)| *addr);
-    let mut text = format!(
-        "# Server\r\nredis_version:{REDIS_VERSION}\r\nkv_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n# Replication\r\nrole:{role}\r\nkv_node_id:{}\r\nkv_term:{}\r\nkv_commit_index:{}\r\n",
+    let server = format!(
+        "# Server\r\nredis_version:{REDIS_VERSION}\r\nkv_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
         st.version,
         std::process::id(),
         st.client_addr.port(),
         st.uptime.as_secs(),
-        st.id,
-        st.term,
-        st.commit,
+    );
+    let mut text = format!(
+        "# Replication\r\nrole:{role}\r\nkv_node_id:{}\r\nkv_term:{}\r\nkv_commit_index:{}\r\n",
+        st.id, st.term, st.commit,
     );
     match (role, leader) {
         ("slave", Some(addr)) => text.push_str(&format!(
@@ -570,11 +571,26 @@ fn info(node: &NodeHandle) -> Reply {
             st.members.len().saturating_sub(1)
         )),
     }
-    text.push_str(&format!(
-        "\r\n# Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n",
-        st.keys
-    ));
-    Reply::text(text)
+    let replication = text;
+    let keyspace = format!("# Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n", st.keys);
+    // As Redis: the sections asked for (any case), all of them by default.
+    let wanted = |name: &str| {
+        sections.is_empty()
+            || sections.iter().any(|s| {
+                let s = s.to_ascii_lowercase();
+                s == name.as_bytes() || matches!(s.as_slice(), b"all" | b"default" | b"everything")
+            })
+    };
+    let parts: Vec<&str> = [
+        ("server", server.as_str()),
+        ("replication", replication.as_str()),
+        ("keyspace", keyspace.as_str()),
+    ]
+    .into_iter()
+    .filter(|(name, _)| wanted(name))
+    .map(|(_, text)| text)
+    .collect();
+    Reply::text(parts.join("\r\n"))
 }
 
 /// The commands the node serves.
