@@ -82,6 +82,11 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Send writes without exactly-once sessions. With them (the default)
+    /// each connection opens a session and a write whose answer was lost
+    /// is sent again with its number, so it counts as served, not failed.
+    #[arg(long)]
+    no_sessions: bool,
     /// The cluster CA certificate (PEM): speak TLS and trust the nodes it
     /// signed.
     #[arg(long, env = "KV_TLS_CA")]

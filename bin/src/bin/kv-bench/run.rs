@@ -1,7 +1,7 @@
 //! One phase of a benchmark (a load, or the measured run): connections that
 //! keep requests in flight and follow the leader, and the merged results.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::wire::{connect, Answer, BenchOp};
+use crate::wire::{connect, Answer, BenchOp, Reader, Tag, Writer};
 use crate::{key, Args, ANSWER_TIMEOUT};
 
 /// What a phase does.
@@ -260,20 +260,98 @@ async fn watch(
     Ok(())
 }
 
-/// A request on its way: what it is and when it was first sent.
-type Pending = (BenchOp, Instant);
+/// A request on its way: what it is, when it was first sent, and its
+/// number in the connection's session (0: none).
+type Pending = (BenchOp, Instant, u64);
+
+/// A connection's exactly-once session: its id once opened, the next
+/// write's number, and the numbers of the writes not answered yet (the
+/// server may forget the answers below the lowest of them).
+struct WriteSession {
+    enabled: bool,
+    id: Option<u64>,
+    next_seq: u64,
+    unanswered: BTreeSet<u64>,
+}
+
+impl WriteSession {
+    fn new(enabled: bool) -> Self {
+        WriteSession {
+            enabled,
+            id: None,
+            next_seq: 1,
+            unanswered: BTreeSet::new(),
+        }
+    }
+
+    /// Whether a session must be opened before writes are sent.
+    fn needs_opening(&self) -> bool {
+        self.enabled && self.id.is_none()
+    }
+
+    /// The number of a request drawn now (0 for a read or without sessions).
+    fn number(&mut self, op: &BenchOp) -> u64 {
+        if !(self.enabled && op.is_write()) {
+            return 0;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unanswered.insert(seq);
+        seq
+    }
+
+    /// The tag of the request numbered `seq`.
+    fn tag(&self, seq: u64) -> Option<Tag> {
+        let id = self.id.filter(|_| seq > 0)?;
+        let acked_below = self.unanswered.first().copied().unwrap_or(self.next_seq);
+        Some((id, seq, acked_below))
+    }
+
+    fn answered(&mut self, seq: u64) {
+        self.unanswered.remove(&seq);
+    }
+}
+
+/// How opening a session went.
+enum Opened {
+    Session(u64),
+    Redirect(String),
+    Failed,
+}
+
+/// Opens a session on a fresh connection (nothing else in flight).
+async fn open_session(writer: &mut Writer, reader: &mut Reader, id: u64) -> Opened {
+    writer.push(id, &BenchOp::OpenSession, None, reader);
+    if writer.flush().await.is_err() {
+        return Opened::Failed;
+    }
+    match tokio::time::timeout(ANSWER_TIMEOUT, reader.next()).await {
+        Ok(Ok(Some((answered, Answer::Session(session))))) if answered == id => {
+            Opened::Session(session)
+        }
+        Ok(Ok(Some((_, Answer::Redirect(to))))) => Opened::Redirect(to),
+        _ => Opened::Failed,
+    }
+}
 
 /// One connection's life: requests kept in flight until the phase ends.
 async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Result<PhaseResult> {
     let mut out = PhaseResult::empty()?;
     let mut again: VecDeque<Pending> = VecDeque::new();
     let mut in_flight: HashMap<u64, Pending> = HashMap::new();
+    let mut session = WriteSession::new(!args.no_sessions);
     let mut exhausted = false;
     let mut next_id = 1u64;
     'connect: loop {
         if shared.stop.load(Ordering::Relaxed) {
-            // Time is up: what waits to be sent again surely did not happen.
-            again.clear();
+            // Time is up: what waits to be sent again surely did not
+            // happen, but for writes whose answer was lost.
+            for (_, started, seq) in again.drain(..) {
+                if seq > 0 {
+                    let kind = "outcome unknown (time up before it was sent again)";
+                    record(&mut out, &args, &shared, started, Some(kind));
+                }
+            }
             break;
         }
         if exhausted && again.is_empty() {
@@ -286,23 +364,46 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        if session.needs_opening() {
+            next_id += 1;
+            match open_session(&mut writer, &mut reader, next_id - 1).await {
+                Opened::Session(id) => session.id = Some(id),
+                Opened::Redirect(to) => {
+                    if let Ok(to) = to.parse::<SocketAddr>() {
+                        shared.set_leader(to);
+                    }
+                    continue 'connect;
+                }
+                Opened::Failed => {
+                    shared.rotate_from(addr);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue 'connect;
+                }
+            }
+        }
         let mut moving = false;
         loop {
             let stopping = shared.stop.load(Ordering::Relaxed);
             while !moving && in_flight.len() < args.inflight {
                 let next = match again.pop_front() {
-                    Some(p) if !stopping => p,
-                    Some(_) => break,
+                    Some(p) if !stopping || p.2 > 0 => p,
+                    Some(p) => {
+                        again.push_front(p);
+                        break;
+                    }
                     None if stopping || exhausted => break,
                     None => match source.next(&args, &shared) {
-                        Some(op) => (op, Instant::now()),
+                        Some(op) => {
+                            let seq = session.number(&op);
+                            (op, Instant::now(), seq)
+                        }
                         None => {
                             exhausted = true;
                             break;
                         }
                     },
                 };
-                writer.push(next_id, &next.0, &mut reader);
+                writer.push(next_id, &next.0, session.tag(next.2), &mut reader);
                 in_flight.insert(next_id, next);
                 next_id += 1;
             }
@@ -315,11 +416,19 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
             };
             let (id, answer) = match answer {
                 Ok(Ok(Some(a))) => a,
-                // Lost or silent: every request in flight may or may not have happened.
+                // Lost or silent: every request in flight may or may not
+                // have happened; a write in a session is sent again.
                 _ => {
-                    let kind = "connection lost (outcome unknown)";
-                    for (_, (_, started)) in in_flight.drain() {
-                        record(&mut out, &args, &shared, started, Some(kind));
+                    for (_, pending) in in_flight.drain() {
+                        if pending.2 > 0 {
+                            *out.retried
+                                .entry("answer lost (sent again in its session)")
+                                .or_default() += 1;
+                            again.push_back(pending);
+                        } else {
+                            let kind = "connection lost (outcome unknown)";
+                            record(&mut out, &args, &shared, pending.1, Some(kind));
+                        }
                     }
                     shared.rotate_from(addr);
                     continue 'connect;
@@ -334,36 +443,73 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
                 shared.rotate_from(addr);
                 continue 'connect;
             }
-            let Some((op, started)) = in_flight.remove(&id) else {
+            let Some(pending) = in_flight.remove(&id) else {
                 continue;
             };
-            match answer {
-                Answer::Done => record(&mut out, &args, &shared, started, None),
-                Answer::Failed(kind) => record(&mut out, &args, &shared, started, Some(kind)),
-                Answer::Redirect(to) => {
-                    *out.retried.entry("redirect").or_default() += 1;
-                    if let Ok(to) = to.parse::<SocketAddr>() {
-                        if to != shared.leader() {
-                            out.leader_moves += 1;
-                        }
-                        shared.set_leader(to);
-                    }
-                    again.push_back((op, started));
-                    moving = true;
-                }
-                Answer::Retry(kind) => {
-                    *out.retried.entry(kind).or_default() += 1;
-                    again.push_back((op, started));
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Answer::GoAway => {}
-            }
+            moving |= settle(
+                &mut out,
+                &args,
+                &shared,
+                &mut session,
+                &mut again,
+                pending,
+                answer,
+            )
+            .await;
             if moving && in_flight.is_empty() {
                 continue 'connect;
             }
         }
     }
     Ok(out)
+}
+
+/// What an answer means for its request: recorded, or queued to be sent
+/// again. True if the leader moved (the connection should follow).
+async fn settle(
+    out: &mut PhaseResult,
+    args: &Args,
+    shared: &Shared,
+    session: &mut WriteSession,
+    again: &mut VecDeque<Pending>,
+    pending: Pending,
+    answer: Answer,
+) -> bool {
+    let (_, started, seq) = pending;
+    match answer {
+        Answer::Done | Answer::Session(_) => {
+            session.answered(seq);
+            record(out, args, shared, started, None);
+        }
+        // An unknown outcome in a session: the same write, same number,
+        // is answered its first result if it happened, applied if not.
+        Answer::Failed(kind @ ("outcome unknown" | "timeout")) if seq > 0 => {
+            *out.retried.entry(kind).or_default() += 1;
+            again.push_back(pending);
+        }
+        Answer::Failed(kind) => {
+            session.answered(seq);
+            record(out, args, shared, started, Some(kind));
+        }
+        Answer::Redirect(to) => {
+            *out.retried.entry("redirect").or_default() += 1;
+            if let Ok(to) = to.parse::<SocketAddr>() {
+                if to != shared.leader() {
+                    out.leader_moves += 1;
+                }
+                shared.set_leader(to);
+            }
+            again.push_back(pending);
+            return true;
+        }
+        Answer::Retry(kind) => {
+            *out.retried.entry(kind).or_default() += 1;
+            again.push_back(pending);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Answer::GoAway => {}
+    }
+    false
 }
 
 fn record(

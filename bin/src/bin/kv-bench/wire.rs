@@ -22,13 +22,27 @@ pub enum BenchOp {
     Set(Bytes, Bytes),
     /// MSET of several pairs (one log entry; binary protocol only).
     MSet(Vec<(Bytes, Bytes)>),
+    /// Open an exactly-once session.
+    OpenSession,
 }
+
+impl BenchOp {
+    /// Whether it writes (and so goes in the connection's session).
+    pub fn is_write(&self) -> bool {
+        matches!(self, BenchOp::Set(..) | BenchOp::MSet(_))
+    }
+}
+
+/// A write's session tag: `(session, seq, acked_below)`.
+pub type Tag = (u64, u64, u64);
 
 /// An answer, as the benchmark loop sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     /// Served (a value, not found, OK).
     Done,
+    /// A session was opened: its id.
+    Session(u64),
     /// Not the leader: go there and send it again.
     Redirect(String),
     /// Surely not done; send it again (the kind names why).
@@ -118,8 +132,8 @@ pub async fn connect(
 }
 
 impl Writer {
-    /// Queues one request (sent by `flush`).
-    pub fn push(&mut self, id: u64, op: &BenchOp, reader: &mut Reader) {
+    /// Queues one request, with its session tag if any (sent by `flush`).
+    pub fn push(&mut self, id: u64, op: &BenchOp, tag: Option<Tag>, reader: &mut Reader) {
         match self.protocol {
             Protocol::Binary => {
                 let op = match op.clone() {
@@ -131,12 +145,16 @@ impl Writer {
                             .map(|(key, value)| pb::KeyValue { key, value })
                             .collect(),
                     }),
+                    BenchOp::OpenSession => Op::OpenSession(pb::OpenSession {}),
                 };
+                let (session, seq, acked_below) = tag.unwrap_or_default();
                 encode_frame(
                     &pb::Request {
                         id,
                         op: Some(op),
-                        ..Default::default()
+                        session,
+                        seq,
+                        acked_below,
                     },
                     &mut self.buf,
                 );
@@ -151,7 +169,12 @@ impl Writer {
                     ),
                     // The text protocol has no MSET: the loader refuses it earlier.
                     BenchOp::MSet(_) => "PING\n".to_string(),
+                    BenchOp::OpenSession => "SESSION\n".to_string(),
                 };
+                if let Some((session, seq, acked_below)) = tag {
+                    self.buf
+                        .extend_from_slice(format!("@{session}/{seq}/{acked_below} ").as_bytes());
+                }
                 self.buf.extend_from_slice(line.as_bytes());
                 if let Reader::Text { order, .. } = reader {
                     order.push_back(id);
@@ -197,6 +220,7 @@ impl Reader {
                 let answer = match parse_response(text.as_bytes()) {
                     Ok(Response::Redirect(to)) => Answer::Redirect(to),
                     Ok(Response::Err(msg)) => text_error(&msg),
+                    Ok(Response::Session(id)) => Answer::Session(id),
                     Ok(_) => Answer::Done,
                     Err(_) => Answer::Failed("unintelligible answer"),
                 };
@@ -211,6 +235,7 @@ fn binary_answer(result: Option<pb::response::Result>) -> Answer {
     match result {
         Some(R::Redirect(r)) => Answer::Redirect(r.leader),
         Some(R::Error(e)) => classify(Kind::try_from(e.kind).unwrap_or(Kind::Unknown)),
+        Some(R::Session(s)) => Answer::Session(s.id),
         Some(_) => Answer::Done,
         None => Answer::Failed("empty answer"),
     }
