@@ -139,7 +139,7 @@ fn keyspace_commands_see_every_key(conn: &mut Connection, p: &str) {
     let pattern = format!("{p}scan:*");
     let mut seen = std::collections::BTreeSet::new();
     let mut cursor = 0u64;
-    let mut calls = 0;
+    let (mut calls, mut returned) = (0, 0);
     loop {
         let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
@@ -149,6 +149,8 @@ fn keyspace_commands_see_every_key(conn: &mut Connection, p: &str) {
             .arg(20)
             .query(conn)
             .unwrap();
+        assert!(page.len() <= 20, "a page holds at most COUNT keys");
+        returned += page.len();
         seen.extend(page);
         calls += 1;
         assert!(calls < 1000, "SCAN never ends");
@@ -158,6 +160,9 @@ fn keyspace_commands_see_every_key(conn: &mut Connection, p: &str) {
         cursor = next;
     }
     keys.sort();
+    // The keys share their first eight bytes ("l2:scan:"), which a cursor
+    // of eight bytes alone could not tell apart.
+    assert_eq!(returned, keys.len(), "no key returned twice");
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
         keys,

@@ -1047,21 +1047,28 @@ mod tests {
         }
         let (tx1, _rx1) = mpsc::channel(64);
         let (tx2, mut rx2) = mpsc::channel(64);
-        let t1 = PeerTransport::start(config(1, &addrs), tx1).await.unwrap();
-        let _t2 = PeerTransport::start(config(2, &addrs), tx2).await.unwrap();
+        // Keepalives of 400 ms: a link is dead after 1.6 s of silence, which
+        // a loaded 2-core machine running other tests never starves a live
+        // link of (at 200 ms it sometimes did, and the test redialled).
+        let keepalive = |id| TransportConfig {
+            keepalive: Duration::from_millis(400),
+            ..config(id, &addrs)
+        };
+        let t1 = PeerTransport::start(keepalive(1), tx1).await.unwrap();
+        let _t2 = PeerTransport::start(keepalive(2), tx2).await.unwrap();
         t1.send(msg(1, 2, 1));
         assert_eq!(recv(&mut rx2).await.unwrap().term, 1);
-        // Ten keepalives of silence: pings keep the link, no redial.
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        // Eight keepalives of silence: pings keep the link, no redial.
+        tokio::time::sleep(Duration::from_millis(3200)).await;
         t1.send(msg(1, 2, 2));
         assert_eq!(recv(&mut rx2).await.unwrap().term, 2);
         assert_eq!(t1.stats().connects, 1, "an idle link is not a dead one");
 
         // A member that says hello and then nothing at all is closed after
-        // four keepalives (200 ms each here).
+        // four keepalives (400 ms each here).
         let mut silent = raw_peer(addrs[&2], hello(7, 1, 2), Vec::new()).await;
         assert!(
-            closed_within(&mut silent, Duration::from_millis(1500)).await,
+            closed_within(&mut silent, Duration::from_millis(3000)).await,
             "a silent member's connection is closed"
         );
     }

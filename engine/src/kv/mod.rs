@@ -59,6 +59,11 @@ pub enum CommandResult {
     Session(u64),
 }
 
+/// APPEND refuses to grow a value past this (one request is bounded by
+/// the client limits, but appends add up; a value must stay small enough to
+/// be read back in one answer).
+pub const MAX_APPENDED_VALUE_BYTES: usize = 8 << 20;
+
 /// A refused write's reason when its session is gone.
 pub const NO_SESSION: &str = "session expired or unknown: open a new one";
 /// A refused write's reason when its result was forgotten.
@@ -236,6 +241,11 @@ impl KvStore {
             Some(Op::Incr(i)) => self.incr(&i.key, i.by),
             Some(Op::Append(a)) => {
                 let mut value = self.get(&a.key).map(<[u8]>::to_vec).unwrap_or_default();
+                if value.len().saturating_add(a.value.len()) > MAX_APPENDED_VALUE_BYTES {
+                    return CommandResult::Refused(format!(
+                        "APPEND would make the value longer than {MAX_APPENDED_VALUE_BYTES} bytes"
+                    ));
+                }
                 value.extend_from_slice(&a.value);
                 self.put(&a.key, &value);
                 CommandResult::Int(value.len() as i64)
@@ -361,35 +371,35 @@ impl KvStore {
         &self.sessions
     }
 
-    /// Up to `count` keys from `cursor` on, in key order, that match
-    /// `pattern` (all when None), and the cursor to go on from (0: done).
-    /// Keys are walked in order, so a key present for the whole scan is
-    /// returned at least once whatever changes meanwhile; a cursor is the
-    /// first eight bytes of the next key (big-endian, 0 reserved for "done";
-    /// keys sharing those bytes may be returned twice). At most
-    /// `count * 10` keys are looked at per call.
-    pub fn scan(&self, cursor: u64, pattern: Option<&[u8]>, count: usize) -> (u64, Vec<Bytes>) {
+    /// Up to `count` keys from `from` on (inclusive), in key order, that
+    /// match `pattern` (all when None), and the key to go on from (None:
+    /// the end). At most `count * 10` keys are looked at per call, so a
+    /// page may hold fewer than `count` keys (or none) before the end.
+    /// Keys are walked in order, so a key present for a whole scan is
+    /// returned exactly once whatever changes meanwhile.
+    pub fn scan(
+        &self,
+        from: &[u8],
+        pattern: Option<&[u8]>,
+        count: usize,
+    ) -> (Option<Bytes>, Vec<Bytes>) {
         let count = count.max(1);
-        let start = cursor_key(cursor);
+        let look_at = count.saturating_mul(10);
         let mut keys = Vec::new();
-        let iter = self.set.range::<_, [u8]>((
-            std::ops::Bound::Included(&start[..]),
-            std::ops::Bound::Unbounded,
-        ));
-        for (looked, entry) in iter.enumerate() {
+        let range = self
+            .set
+            .range::<_, [u8]>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded));
+        for (looked, entry) in range.enumerate() {
             let key = entry.key();
-            if looked >= count.saturating_mul(10) || keys.len() >= count {
-                let next = key_cursor(key);
-                // A cursor that would not move on keeps the scan going here.
-                if next > cursor {
-                    return (next, keys);
-                }
+            if looked >= look_at || keys.len() >= count {
+                return (Some(Bytes::copy_from_slice(key)), keys);
             }
             if pattern.is_none_or(|p| glob::matches(p, key)) {
                 keys.push(Bytes::copy_from_slice(key));
             }
         }
-        (0, keys)
+        debug_assert!(keys.len() <= count, "a page holds at most count keys");
+        (None, keys)
     }
 
     /// The whole map's snapshot bytes at once (small states and tests; a
@@ -416,25 +426,6 @@ impl KvStore {
     pub fn digest(&self) -> u64 {
         self.digest.wrapping_add(self.sessions.digest())
     }
-}
-
-/// A SCAN cursor's first key: the cursor's eight bytes, trailing zero
-/// bytes left off (cursor 0 is the start).
-fn cursor_key(cursor: u64) -> Vec<u8> {
-    let mut key = cursor.to_be_bytes().to_vec();
-    while key.last() == Some(&0) {
-        key.pop();
-    }
-    key
-}
-
-/// The cursor that resumes a scan at `key` (its first eight bytes, padded).
-fn key_cursor(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    for (slot, byte) in b.iter_mut().zip(key) {
-        *slot = *byte;
-    }
-    u64::from_be_bytes(b)
 }
 
 /// A decimal integer as INCR reads it: an optional minus sign and digits,
@@ -896,6 +887,189 @@ mod tests {
             );
         }
         assert_ne!(kv.digest(), KvStore::new().digest());
+    }
+
+    fn op(op: Op) -> Command {
+        Command {
+            op: Some(op),
+            ..Default::default()
+        }
+    }
+
+    fn in_session(mut cmd: Command, session: u64, seq: u64) -> Command {
+        cmd.session = session;
+        cmd.seq = seq;
+        cmd
+    }
+
+    fn incr(k: &str, by: i64) -> Command {
+        op(Op::Incr(kv_proto::command::Incr { key: b(k), by }))
+    }
+
+    fn set_if(k: &str, v: &str, condition: Condition, return_old: bool) -> Command {
+        op(Op::SetIf(kv_proto::command::SetIf {
+            key: b(k),
+            value: b(v),
+            condition: condition as i32,
+            return_old,
+        }))
+    }
+
+    #[test]
+    fn set_if_writes_only_when_its_condition_holds_and_can_return_the_old_value() {
+        let mut kv = KvStore::new();
+        let nx = |v| set_if("k", v, Condition::IfAbsent, false);
+        assert_eq!(
+            kv.apply(&set_if("k", "1", Condition::IfPresent, false)),
+            CommandResult::NotSet
+        );
+        assert_eq!(kv.apply(&nx("1")), CommandResult::Ok);
+        assert_eq!(kv.apply(&nx("2")), CommandResult::NotSet);
+        assert_eq!(kv.get(b"k"), Some(&b"1"[..]));
+        assert_eq!(
+            kv.apply(&set_if("k", "3", Condition::Always, true)),
+            CommandResult::Old(Some(b("1")))
+        );
+        assert_eq!(
+            kv.apply(&set_if("new", "x", Condition::IfPresent, true)),
+            CommandResult::Old(None)
+        );
+        assert_eq!(kv.get(b"new"), None, "XX on an absent key writes nothing");
+    }
+
+    #[test]
+    fn incr_counts_in_decimal_and_refuses_what_is_not_an_integer_or_would_overflow() {
+        let mut kv = KvStore::new();
+        assert_eq!(kv.apply(&incr("n", 1)), CommandResult::Int(1));
+        assert_eq!(kv.apply(&incr("n", -11)), CommandResult::Int(-10));
+        assert_eq!(kv.get(b"n"), Some(&b"-10"[..]));
+        kv.apply(&set("s", "12a"));
+        assert!(matches!(kv.apply(&incr("s", 1)), CommandResult::Refused(_)));
+        kv.apply(&set("max", &i64::MAX.to_string()));
+        assert!(matches!(
+            kv.apply(&incr("max", 1)),
+            CommandResult::Refused(_)
+        ));
+        assert_eq!(
+            kv.get(b"max"),
+            Some(i64::MAX.to_string().as_bytes()),
+            "unchanged"
+        );
+        for bad in ["", "-", "+1", " 1", "1 ", "0x1", "99999999999999999999"] {
+            assert_eq!(parse_integer(bad.as_bytes()), None, "{bad:?}");
+        }
+        assert_eq!(parse_integer(b"-0"), Some(0));
+    }
+
+    #[test]
+    fn append_del_many_msetnx_and_flush_answer_as_redis_does() {
+        let mut kv = KvStore::new();
+        let append = |v: &str| {
+            op(Op::Append(kv_proto::command::Append {
+                key: b("a"),
+                value: b(v),
+            }))
+        };
+        assert_eq!(kv.apply(&append("ab")), CommandResult::Int(2));
+        assert_eq!(kv.apply(&append("cd")), CommandResult::Int(4));
+        assert_eq!(kv.get(b"a"), Some(&b"abcd"[..]));
+        let big = Bytes::from(vec![b'x'; MAX_APPENDED_VALUE_BYTES]);
+        let too_long = op(Op::Append(kv_proto::command::Append {
+            key: b("a"),
+            value: big,
+        }));
+        assert!(matches!(kv.apply(&too_long), CommandResult::Refused(_)));
+        let pairs = |ks: &[&str]| -> Vec<Pair> {
+            ks.iter()
+                .map(|k| Pair {
+                    key: b(k),
+                    value: b("v"),
+                    session: None,
+                })
+                .collect()
+        };
+        let msetnx = |ks: &[&str]| op(Op::Msetnx(kv_proto::command::MSetNx { pairs: pairs(ks) }));
+        assert_eq!(kv.apply(&msetnx(&["a", "b"])), CommandResult::Int(0));
+        assert_eq!(kv.get(b"b"), None, "all or nothing");
+        assert_eq!(kv.apply(&msetnx(&["b", "c"])), CommandResult::Int(1));
+        let del = op(Op::DelMany(kv_proto::command::DelMany {
+            keys: vec![b("a"), b("b"), b("zz")],
+        }));
+        assert_eq!(kv.apply(&del), CommandResult::Int(2));
+        assert_eq!(
+            kv.apply(&op(Op::Flush(kv_proto::command::Flush {}))),
+            CommandResult::Ok
+        );
+        assert!(kv.is_empty());
+        assert_eq!(
+            kv.digest(),
+            KvStore::new().digest(),
+            "a flushed store is an empty one"
+        );
+    }
+
+    #[test]
+    fn scan_pages_in_key_order_and_resumes_exactly_where_it_stopped() {
+        let mut kv = KvStore::new();
+        // Every key shares its first eight bytes: only the whole key tells
+        // where a page ended.
+        for i in 0..95 {
+            kv.apply(&set(&format!("user:000{i:03}"), "v"));
+        }
+        kv.apply(&set("other", "v"));
+        let (mut from, mut seen, mut pages) = (Bytes::new(), Vec::new(), 0);
+        loop {
+            let (next, page) = kv.scan(&from, Some(b"user:*"), 10);
+            assert!(page.len() <= 10);
+            seen.extend(page);
+            pages += 1;
+            match next {
+                Some(key) => from = key,
+                None => break,
+            }
+        }
+        let expected: Vec<Bytes> = (0..95).map(|i| b(&format!("user:000{i:03}"))).collect();
+        assert_eq!(seen, expected, "each matching key once, in order");
+        assert!(pages >= 10);
+        // A pattern matching nothing looks at COUNT * 10 keys a call, then
+        // says where to go on: no call walks the whole map.
+        let (next, page) = kv.scan(&[], Some(b"nothing*"), 2);
+        assert!(page.is_empty());
+        assert_eq!(next, Some(b("user:000019")), "20 keys looked at");
+    }
+
+    #[test]
+    fn a_write_in_a_session_is_applied_once_however_often_it_arrives() {
+        let mut kv = KvStore::new();
+        let CommandResult::Session(id) = kv.apply_at(&op(Op::OpenSession(Default::default())), 7)
+        else {
+            panic!("a session opens");
+        };
+        assert_eq!(id, 7, "a session is named after its entry");
+        let first = kv.apply_at(&in_session(incr("n", 1), id, 1), 8);
+        assert_eq!(first, CommandResult::Int(1));
+        // The same write again (a retry after a lost answer), on any replica.
+        assert_eq!(kv.apply_at(&in_session(incr("n", 1), id, 1), 9), first);
+        assert_eq!(
+            kv.apply_at(&in_session(incr("n", 1), id, 2), 10),
+            CommandResult::Int(2)
+        );
+        assert_eq!(kv.get(b"n"), Some(&b"2"[..]));
+        // The sessions travel in the snapshot: a replica restored from it
+        // still answers the retry without applying it.
+        let mut restored = KvStore::restore(&kv.snapshot()).unwrap();
+        assert_eq!(restored.digest(), kv.digest());
+        assert_eq!(
+            restored.apply_at(&in_session(incr("n", 1), id, 2), 11),
+            CommandResult::Int(2)
+        );
+        assert_eq!(restored.get(b"n"), Some(&b"2"[..]));
+        // A session never opened refuses, and changes nothing.
+        assert_eq!(
+            kv.apply_at(&in_session(incr("n", 1), 999, 1), 12),
+            CommandResult::Refused(NO_SESSION.into())
+        );
+        assert_eq!(kv.get(b"n"), Some(&b"2"[..]));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
 
 use super::budget::ConnectionBudget;
 use super::resp::{encode_command, read_raw_reply, Reply, RespError, RespLimits, RespReader};
+use super::scan_cursors::ScanCursors;
 use super::ClientLimits;
 use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle, SetCondition, MAX_KEYS_ANSWERED};
 
@@ -63,6 +64,8 @@ struct Session {
     authed: bool,
     /// A forwarding node, not a client: never forward further.
     forwarded: bool,
+    /// The SCAN cursors handed out on this connection.
+    cursors: Arc<ScanCursors>,
 }
 
 /// How a node reply becomes a Redis reply, per command.
@@ -126,6 +129,7 @@ pub async fn serve_redis<R, W>(
         id: shared.next_id.fetch_add(1, Ordering::Relaxed),
         authed: shared.password.is_none(),
         forwarded: false,
+        cursors: Arc::new(ScanCursors::default()),
     };
     let pipeline = limits.max_pipeline.max(1);
     let (answers, mut in_order) = mpsc::channel::<oneshot::Receiver<Bytes>>(pipeline);
@@ -222,6 +226,7 @@ pub async fn serve_redis<R, W>(
                 }
                 let submitted = node.submit(op).await;
                 let (forwarder, turn) = (forwarder.clone(), turn.clone());
+                let cursors = session.cursors.clone();
                 let (version, forwarded) = (session.version, session.forwarded);
                 let timeout = limits.request_timeout;
                 let my_turn = next_turn;
@@ -239,7 +244,7 @@ pub async fn serve_redis<R, W>(
                         ClientReply::Redirect(leader) if !forwarded => {
                             forwarder.forward(leader, &args, version).await
                         }
-                        reply => encode(&render_reply(reply, render), version),
+                        reply => encode(&render_reply(reply, render, &cursors), version),
                     };
                     turn.send_replace(my_turn + 1);
                     drop(charge);
@@ -446,7 +451,7 @@ fn command(args: &[Bytes], s: &mut Session, shared: &RedisShared, node: &NodeHan
             ),
         }),
         "INFO" => Action::Local(info(node, rest)),
-        _ => data_command(&upper, rest),
+        _ => data_command(&upper, rest, &s.cursors),
     }
 }
 
@@ -594,7 +599,7 @@ fn info(node: &NodeHandle, sections: &[Bytes]) -> Reply {
 }
 
 /// The commands the node serves.
-fn data_command(name: &str, rest: &[Bytes]) -> Action {
+fn data_command(name: &str, rest: &[Bytes], cursors: &ScanCursors) -> Action {
     let node = |op: ClientOp, render: Render| Action::Node(op, render);
     let local = Action::Local;
     match (name, rest) {
@@ -691,7 +696,7 @@ fn data_command(name: &str, rest: &[Bytes]) -> Action {
         ),
         ("STRLEN", [key]) => node(ClientOp::StrLen { key: key.clone() }, Render::Int),
         ("DBSIZE", []) => node(ClientOp::DbSize, Render::Int),
-        ("SCAN", [cursor, opts @ ..]) => scan(cursor, opts),
+        ("SCAN", [cursor, opts @ ..]) => scan(cursor, opts, cursors),
         ("KEYS", [pattern]) => node(
             ClientOp::Keys {
                 pattern: pattern.clone(),
@@ -773,7 +778,7 @@ fn set(key: &Bytes, value: &Bytes, opts: &[Bytes]) -> Action {
 }
 
 /// SCAN cursor [MATCH pattern] [COUNT n] (TYPE string accepted).
-fn scan(cursor: &Bytes, opts: &[Bytes]) -> Action {
+fn scan(cursor: &Bytes, opts: &[Bytes], cursors: &ScanCursors) -> Action {
     let Some(cursor) = std::str::from_utf8(cursor)
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
@@ -795,7 +800,7 @@ fn scan(cursor: &Bytes, opts: &[Bytes]) -> Action {
     }
     Action::Node(
         ClientOp::Scan {
-            cursor,
+            from: cursors.resume(cursor),
             pattern,
             count,
         },
@@ -804,7 +809,7 @@ fn scan(cursor: &Bytes, opts: &[Bytes]) -> Action {
 }
 
 /// A node's reply as the command's Redis reply.
-fn render_reply(reply: ClientReply, render: Render) -> Reply {
+fn render_reply(reply: ClientReply, render: Render, cursors: &ScanCursors) -> Reply {
     let count = |n: usize| Reply::Int(i64::try_from(n).unwrap_or(i64::MAX));
     match (reply, render) {
         (ClientReply::Value(v), _) => Reply::Bulk(v),
@@ -820,8 +825,8 @@ fn render_reply(reply: ClientReply, render: Render) -> Reply {
         (ClientReply::Values(vs), _) => {
             Reply::Array(vs.into_iter().map(Reply::bulk_or_null).collect())
         }
-        (ClientReply::Page { cursor, keys }, _) => Reply::Array(vec![
-            Reply::text(cursor.to_string()),
+        (ClientReply::Page { next, keys }, _) => Reply::Array(vec![
+            Reply::text(next.map_or(0, |key| cursors.mint(key)).to_string()),
             Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
         ]),
         (ClientReply::Keys(keys), _) => {

@@ -126,10 +126,10 @@ pub enum ClientOp {
     },
     /// Number of keys.
     DbSize,
-    /// A page of keys in key order from `cursor` (see `KvStore::scan`).
+    /// A page of keys in key order from `from` (see `KvStore::scan`).
     Scan {
-        /// Where to go on from (0: the start).
-        cursor: u64,
+        /// The first key to look at (empty: the start).
+        from: Bytes,
         /// Only keys matching this glob.
         pattern: Option<Bytes>,
         /// About how many keys.
@@ -277,10 +277,10 @@ pub enum ClientReply {
     NotSet,
     /// MGET: each key's value (None: absent).
     Values(Vec<Option<Bytes>>),
-    /// SCAN: the cursor to go on from (0: done) and a page of keys.
+    /// SCAN: the key to go on from (None: done) and a page of keys.
     Page {
-        /// Next cursor.
-        cursor: u64,
+        /// Where the next page starts.
+        next: Option<Bytes>,
         /// The keys.
         keys: Vec<Bytes>,
     },

@@ -11,6 +11,10 @@ use kv_proto::command::{
 
 use crate::node::{ClientOp, ClientReply, SessionTag, SetCondition, MAX_KEYS_ANSWERED};
 
+/// KEYS is refused on a store holding more keys than this (a walk of
+/// 200,000 keys takes the core some milliseconds; SCAN pages instead).
+pub(crate) const MAX_KEYS_LOOKED_AT: usize = 200_000;
+
 /// A read waiting for confirmation, as the state machine will answer it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum ReadQuery {
@@ -20,7 +24,7 @@ pub(super) enum ReadQuery {
     StrLen(Bytes),
     DbSize,
     Scan {
-        cursor: u64,
+        from: Bytes,
         pattern: Option<Bytes>,
         count: usize,
     },
@@ -57,12 +61,12 @@ pub(super) fn work_of(op: ClientOp, session: Option<SessionTag>) -> Work {
         ClientOp::StrLen { key } => return Work::Read(ReadQuery::StrLen(key)),
         ClientOp::DbSize => return Work::Read(ReadQuery::DbSize),
         ClientOp::Scan {
-            cursor,
+            from,
             pattern,
             count,
         } => {
             return Work::Read(ReadQuery::Scan {
-                cursor,
+                from,
                 pattern,
                 count,
             })
@@ -123,31 +127,32 @@ pub(super) fn answer(query: &ReadQuery, kv: &KvStore) -> ClientReply {
         ReadQuery::StrLen(key) => count(kv.get(key).map_or(0, <[u8]>::len)),
         ReadQuery::DbSize => count(kv.len()),
         ReadQuery::Scan {
-            cursor,
+            from,
             pattern,
             count,
         } => {
-            let (cursor, keys) = kv.scan(*cursor, pattern.as_deref(), *count);
-            ClientReply::Page { cursor, keys }
+            let (next, keys) = kv.scan(from, pattern.as_deref(), *count);
+            ClientReply::Page { next, keys }
         }
-        ReadQuery::Keys(pattern) => {
-            let mut keys = Vec::new();
-            let mut cursor = 0;
-            loop {
-                let (next, page) = kv.scan(cursor, Some(pattern), 1024);
-                keys.extend(page);
-                if keys.len() > MAX_KEYS_ANSWERED {
-                    return ClientReply::Refused(format!(
-                        "more than {MAX_KEYS_ANSWERED} keys match: use SCAN"
-                    ));
-                }
-                if next == 0 {
-                    return ClientReply::Keys(keys);
-                }
-                cursor = next;
-            }
-        }
+        ReadQuery::Keys(pattern) => keys_matching(kv, pattern),
     }
+}
+
+/// Every key matching `pattern`, refused when that could take the core
+/// long (it answers nothing else meanwhile, heartbeats included).
+fn keys_matching(kv: &KvStore, pattern: &[u8]) -> ClientReply {
+    if kv.len() > MAX_KEYS_LOOKED_AT {
+        return ClientReply::Refused(format!(
+            "KEYS looks at every key and this store holds more than {MAX_KEYS_LOOKED_AT}: use SCAN"
+        ));
+    }
+    let (_, keys) = kv.scan(&[], Some(pattern), MAX_KEYS_ANSWERED + 1);
+    if keys.len() > MAX_KEYS_ANSWERED {
+        return ClientReply::Refused(format!(
+            "more than {MAX_KEYS_ANSWERED} keys match: use SCAN"
+        ));
+    }
+    ClientReply::Keys(keys)
 }
 
 /// A write's result as the client is told it.
