@@ -44,6 +44,9 @@ pub struct RespReader<R> {
     inner: R,
     buf: BytesMut,
     limits: RespLimits,
+    /// How far the command at the start of `buf` has been read, so a large
+    /// one arriving in many reads is parsed once, not again on each.
+    progress: Progress,
 }
 
 /// What `parse` found at the start of the buffer.
@@ -54,19 +57,38 @@ enum Parsed {
     Command(Vec<Bytes>, usize),
 }
 
+/// The part of an array command read so far.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Arguments announced (None: the header has not arrived).
+    count: Option<usize>,
+    /// Where the next argument starts in the buffer.
+    at: usize,
+    /// The arguments read.
+    args: Vec<Bytes>,
+    /// Their bytes, together.
+    total: usize,
+}
+
 impl<R: AsyncRead + Unpin> RespReader<R> {
     /// A reader over `inner`, which may already have sent `initial`.
     pub fn new(inner: R, limits: RespLimits, initial: &[u8]) -> Self {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         buf.extend_from_slice(initial);
-        RespReader { inner, buf, limits }
+        RespReader {
+            inner,
+            buf,
+            limits,
+            progress: Progress::default(),
+        }
     }
 
     /// The next command's arguments (an empty one is skipped); None at a
     /// clean end of stream. Cancel-safe.
     pub async fn next_command(&mut self) -> Result<Option<Vec<Bytes>>, RespError> {
         loop {
-            if let Parsed::Command(args, used) = parse(&self.buf, &self.limits)? {
+            if let Parsed::Command(args, used) = parse(&self.buf, &self.limits, &mut self.progress)?
+            {
                 self.buf.advance(used);
                 if args.is_empty() {
                     continue;
@@ -90,53 +112,77 @@ impl<R: AsyncRead + Unpin> RespReader<R> {
     }
 }
 
-/// Parses one command at the start of `buf`.
-fn parse(buf: &[u8], limits: &RespLimits) -> Result<Parsed, RespError> {
+/// Parses one command at the start of `buf`, going on from `progress`
+/// (what earlier calls read of it; the buffer only grows meanwhile).
+fn parse(buf: &[u8], limits: &RespLimits, progress: &mut Progress) -> Result<Parsed, RespError> {
     let Some(&first) = buf.first() else {
         return Ok(Parsed::Incomplete);
     };
     if first != b'*' {
         return parse_inline(buf, limits);
     }
-    let Some((count, mut at)) = line_number(buf, 1, limits.max_args)? else {
-        return Ok(Parsed::Incomplete);
+    let count = match progress.count {
+        Some(count) => count,
+        None => {
+            let Some((count, at)) = line_number(buf, 1, limits.max_args)? else {
+                return Ok(Parsed::Incomplete);
+            };
+            progress.count = Some(count);
+            progress.at = at;
+            progress.args = Vec::with_capacity(count.min(64));
+            count
+        }
     };
-    let mut args = Vec::with_capacity(count.min(64));
-    let mut total = 0usize;
-    for _ in 0..count {
-        match buf.get(at) {
-            None => return Ok(Parsed::Incomplete),
-            Some(b'$') => {}
-            Some(&b) => {
-                return Err(RespError::Protocol(format!(
-                    "expected '$', got '{}'",
-                    char::from(b).escape_default()
-                )))
-            }
-        }
-        let Some((len, start)) = line_number(buf, at + 1, limits.max_arg_bytes)? else {
+    while progress.args.len() < count {
+        let Some((arg, next)) = parse_bulk(buf, progress.at, progress.total, limits)? else {
             return Ok(Parsed::Incomplete);
         };
-        total = total.saturating_add(len);
-        if total > limits.max_command_bytes {
-            return Err(RespError::TooLarge(format!(
-                "command longer than {} bytes",
-                limits.max_command_bytes
-            )));
-        }
-        let end = start + len;
-        let Some(arg) = buf.get(start..end) else {
-            return Ok(Parsed::Incomplete);
-        };
-        match buf.get(end..end + 2) {
-            None | Some([_]) => return Ok(Parsed::Incomplete),
-            Some(b"\r\n") => {}
-            Some(_) => return Err(RespError::Protocol("bulk string not ended by CRLF".into())),
-        }
-        args.push(Bytes::copy_from_slice(arg));
-        at = end + 2;
+        progress.total += arg.len();
+        progress.args.push(arg);
+        progress.at = next;
     }
-    Ok(Parsed::Command(args, at))
+    let done = std::mem::take(progress);
+    debug_assert_eq!(done.args.len(), count, "every argument read");
+    Ok(Parsed::Command(done.args, done.at))
+}
+
+/// The bulk string at `at` (`$len\r\nbytes\r\n`) and where the next one
+/// starts; None if it has not all arrived. `total`: the command's bytes
+/// before it, against the command's limit.
+fn parse_bulk(
+    buf: &[u8],
+    at: usize,
+    total: usize,
+    limits: &RespLimits,
+) -> Result<Option<(Bytes, usize)>, RespError> {
+    match buf.get(at) {
+        None => return Ok(None),
+        Some(b'$') => {}
+        Some(&b) => {
+            return Err(RespError::Protocol(format!(
+                "expected '$', got '{}'",
+                char::from(b).escape_default()
+            )))
+        }
+    }
+    let Some((len, start)) = line_number(buf, at + 1, limits.max_arg_bytes)? else {
+        return Ok(None);
+    };
+    if total.saturating_add(len) > limits.max_command_bytes {
+        return Err(RespError::TooLarge(format!(
+            "command longer than {} bytes",
+            limits.max_command_bytes
+        )));
+    }
+    let end = start + len;
+    let Some(arg) = buf.get(start..end) else {
+        return Ok(None);
+    };
+    match buf.get(end..end + 2) {
+        None | Some([_]) => Ok(None),
+        Some(b"\r\n") => Ok(Some((Bytes::copy_from_slice(arg), end + 2))),
+        Some(_) => Err(RespError::Protocol("bulk string not ended by CRLF".into())),
+    }
 }
 
 /// An inline command: one line of words (what `telnet` sends).
@@ -363,7 +409,7 @@ mod tests {
         let mut out = Vec::new();
         let mut at = 0;
         while at < input.len() {
-            match parse(&input[at..], &LIMITS)? {
+            match parse(&input[at..], &LIMITS, &mut Progress::default())? {
                 Parsed::Incomplete => break,
                 Parsed::Command(args, used) => {
                     out.push(args);
@@ -386,6 +432,73 @@ mod tests {
             vec![Bytes::from("a\r\n")],
             "bulk strings hold any bytes"
         );
+    }
+
+    /// Feeds `input` to the parser `chunk` bytes at a time, as reads would
+    /// deliver it, keeping its progress between reads.
+    fn parse_in_chunks(input: &[u8], chunk: usize) -> Result<Vec<Vec<Bytes>>, RespError> {
+        let (mut out, mut buf, mut progress) = (Vec::new(), Vec::new(), Progress::default());
+        for piece in input.chunks(chunk.max(1)) {
+            buf.extend_from_slice(piece);
+            while let Parsed::Command(args, used) = parse(&buf, &LIMITS, &mut progress)? {
+                out.push(args);
+                buf.drain(..used);
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_command_arriving_in_pieces_is_read_once_whole() {
+        let input = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nv\r\nxy\r\n*1\r\n$4\r\nPING\r\n";
+        let whole = parse_all(input).unwrap();
+        for chunk in 1..input.len() {
+            assert_eq!(
+                parse_in_chunks(input, chunk).unwrap(),
+                whole,
+                "chunks of {chunk}"
+            );
+        }
+        // The parser keeps what it read: a large command is not re-read
+        // from its start on every read that brings more of it.
+        let mut progress = Progress::default();
+        let part = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nv";
+        assert!(matches!(
+            parse(part, &LIMITS, &mut progress),
+            Ok(Parsed::Incomplete)
+        ));
+        assert_eq!(progress.args.len(), 2, "two arguments read, kept");
+    }
+
+    proptest::proptest! {
+        /// Any bytes, in any pieces: the parser answers or refuses, never
+        /// panics, and never holds more than the limits allow.
+        #[test]
+        fn arbitrary_bytes_are_parsed_or_refused(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            chunk in 1usize..32,
+        ) {
+            if let Ok(cmds) = parse_in_chunks(&input, chunk) {
+                for args in cmds {
+                    proptest::prop_assert!(args.len() <= LIMITS.max_args);
+                    proptest::prop_assert!(args.iter().map(Bytes::len).sum::<usize>() <= LIMITS.max_command_bytes.max(LIMITS.max_inline_bytes));
+                }
+            }
+        }
+
+        /// A command encoded as clients send it reads back the same,
+        /// however the stream cuts it.
+        #[test]
+        fn encoded_commands_read_back_in_any_pieces(
+            args in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12), 1..8),
+            chunk in 1usize..40,
+        ) {
+            let args: Vec<Bytes> = args.into_iter().map(Bytes::from).collect();
+            let mut input = Vec::new();
+            encode_command(&args, &mut input);
+            encode_command(&args, &mut input);
+            proptest::prop_assert_eq!(parse_in_chunks(&input, chunk).unwrap(), vec![args.clone(), args]);
+        }
     }
 
     #[test]
