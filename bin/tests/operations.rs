@@ -216,18 +216,44 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
     assert_eq!(c.request("GET k"), "VALUE v");
 }
 
-#[test]
-fn a_rolling_restart_under_load_fails_no_request() {
-    let mut c = Cluster::start("ops-rolling", 3, &[]);
-    c.leader(Duration::from_secs(10));
+/// kv-bench against every member of `c`, reporting JSON on stdout.
+fn kv_bench(c: &Cluster, args: &[&str]) -> std::process::Child {
     let addrs = (1..=3)
         .map(|id| c.client(id).to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let bench = Command::new(env!("CARGO_BIN_EXE_kv-bench"))
-        .args([
-            "--addr",
-            &addrs,
+    Command::new(env!("CARGO_BIN_EXE_kv-bench"))
+        .args(["--addr", &addrs, "--json"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// kv-bench's JSON report, once it has finished with no failed request.
+fn report_without_errors(bench: std::process::Child) -> String {
+    let out = bench.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("\"errors\":0,"),
+        "no request failed: {report}"
+    );
+    report
+}
+
+#[test]
+fn a_rolling_restart_under_load_fails_no_request() {
+    let mut c = Cluster::start("ops-rolling", 3, &[]);
+    c.leader(Duration::from_secs(10));
+    let bench = kv_bench(
+        &c,
+        &[
             "--connections",
             "8",
             "--inflight",
@@ -236,12 +262,8 @@ fn a_rolling_restart_under_load_fails_no_request() {
             "20",
             "--reads",
             "0.5",
-            "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     std::thread::sleep(Duration::from_secs(2));
     for id in 1..=3 {
         c.terminate(id);
@@ -259,17 +281,7 @@ fn a_rolling_restart_under_load_fails_no_request() {
         );
         std::thread::sleep(Duration::from_secs(2));
     }
-    let out = bench.wait_with_output().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{report}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        report.contains("\"errors\":0,"),
-        "no request failed: {report}"
-    );
+    let report = report_without_errors(bench);
     let done: u64 = report
         .split("\"ok\":")
         .nth(1)
@@ -288,39 +300,13 @@ fn a_rolling_restart_under_load_fails_no_request() {
 fn writes_in_sessions_ride_out_a_leader_killed_mid_write() {
     let mut c = Cluster::start("ops-session-kill", 3, &[]);
     let leader = c.leader(Duration::from_secs(10));
-    let addrs = (1..=3)
-        .map(|id| c.client(id).to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let bench = Command::new(env!("CARGO_BIN_EXE_kv-bench"))
-        .args([
-            "--addr",
-            &addrs,
-            "--connections",
-            "16",
-            "--inflight",
-            "4",
-            "--duration",
-            "8",
-            "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let bench = kv_bench(
+        &c,
+        &["--connections", "16", "--inflight", "4", "--duration", "8"],
+    );
     std::thread::sleep(Duration::from_secs(3));
     c.kill(leader);
-    let out = bench.wait_with_output().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{report}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        report.contains("\"errors\":0,"),
-        "no write failed: {report}"
-    );
+    report_without_errors(bench);
 }
 
 #[test]
