@@ -302,6 +302,15 @@ impl Client {
                 Ok(Response::Err(msg)) if msg == "no leader" || msg.starts_with("not applied") => {
                     last = format!("ERR {msg}");
                 }
+                // The server could not tell whether it applied the write
+                // (leadership lost, a timeout): the session can.
+                Ok(Response::Err(msg))
+                    if tag.is_some()
+                        && (msg.starts_with("outcome unknown") || msg.starts_with("timeout")) =>
+                {
+                    last = format!("ERR {msg} (sent again in its session)");
+                    lost = Some(self.current_addr());
+                }
                 Ok(Response::Err(msg)) if msg == kv_engine::kv::NO_SESSION => {
                     if let Some(addr) = lost {
                         // The session is gone and with it what became of

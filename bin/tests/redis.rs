@@ -125,6 +125,17 @@ fn strings_as_redis_answers_them(conn: &mut Connection, p: &str) {
     );
     assert_eq!(q::<String>(conn, &["GET", &k("s")]).unwrap(), "new");
     assert!(err(conn, &["NOSUCH", "x"]).contains("unknown command"));
+    // Bounded answers: one small command may not make the node build a
+    // huge reply (MGET of one 512 KiB value 40 times is 20 MiB).
+    let big = "x".repeat(512 * 1024);
+    assert_eq!(q::<String>(conn, &["SET", &k("big"), &big]).unwrap(), "OK");
+    let mut mget = vec!["MGET"];
+    let key = k("big");
+    mget.extend(std::iter::repeat_n(key.as_str(), 40));
+    assert!(err(conn, &mget).contains("answer would exceed"));
+    let long_pattern = "*".repeat(1000);
+    assert!(err(conn, &["KEYS", &long_pattern]).contains("pattern longer"));
+    assert!(err(conn, &["FLUSHALL", "NOW"]).contains("syntax error"));
     assert!(err(conn, &["GET"]).contains("wrong number of arguments"));
 }
 
@@ -257,7 +268,11 @@ fn auth_is_required_when_a_password_is_configured() {
     let mut conn = connect(&c, leader, false);
     assert!(err(&mut conn, &["GET", "a"]).contains("NOAUTH"));
     assert!(err(&mut conn, &["AUTH", "wrong"]).contains("WRONGPASS"));
-    assert_eq!(q::<String>(&mut conn, &["AUTH", "s3cret"]).unwrap(), "OK");
+    assert!(err(&mut conn, &["AUTH", "admin", "s3cret"]).contains("WRONGPASS"));
+    assert_eq!(
+        q::<String>(&mut conn, &["AUTH", "default", "s3cret"]).unwrap(),
+        "OK"
+    );
     assert_eq!(q::<String>(&mut conn, &["SET", "a", "1"]).unwrap(), "OK");
     // A client library given the password in its URL just works.
     let url = format!("redis://:s3cret@{}/", c.client(follower_of(leader)));

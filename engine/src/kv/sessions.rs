@@ -21,13 +21,18 @@ use super::CommandResult;
 
 /// Sessions open at once, at most.
 pub const MAX_SESSIONS: usize = 10_000;
-/// Results remembered per session, at most (the client's pipeline depth).
-pub const RESULTS_PER_SESSION: usize = 1024;
+/// Results remembered per session, at most (a client's pipeline depth:
+/// the servers' default `--max-pipeline`). With `MAX_SESSIONS` and
+/// `MAX_KEPT_VALUE_BYTES` this bounds what sessions hold on every replica
+/// to about 10,000 x 256 x 130 bytes (330 MB) in the worst case; a client
+/// that says which answers it has (`acked_below`) keeps only those in
+/// flight.
+pub const RESULTS_PER_SESSION: usize = 256;
 /// A session unused for this many log entries is closed.
 pub const EXPIRE_AFTER_ENTRIES: u64 = 10_000_000;
 /// A result carrying a value longer than this is not kept: a repeat of
 /// its write is told it was applied, without the value.
-pub const MAX_KEPT_VALUE_BYTES: usize = 1024;
+pub const MAX_KEPT_VALUE_BYTES: usize = 64;
 
 /// What a session says about a write.
 #[derive(Debug, Clone, PartialEq, Eq)]

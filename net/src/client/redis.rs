@@ -9,7 +9,7 @@
 //! Commands: PING ECHO HELLO AUTH CLIENT COMMAND SELECT QUIT INFO CONFIG
 //! (GET only, empty), GET SET (NX XX GET) SETNX GETSET MGET MSET MSETNX
 //! DEL EXISTS INCR INCRBY DECR DECRBY APPEND STRLEN DBSIZE SCAN (MATCH
-//! COUNT) KEYS (at most `MAX_KEYS_ANSWERED`) FLUSHDB FLUSHALL, and
+//! COUNT) KEYS (at most `crate::node::MAX_KEYS_ANSWERED`) FLUSHDB FLUSHALL, and
 //! `CAS key expected new` (`:1` if swapped, `:0` if not). Expiry (EX, PX,
 //! EXPIRE, TTL, ...) is refused: a TTL needs time carried in the log, and
 //! this store keeps none. Transactions and other data types answer
@@ -28,10 +28,17 @@ use super::budget::ConnectionBudget;
 use super::resp::{encode_command, read_raw_reply, Reply, RespError, RespLimits, RespReader};
 use super::scan_cursors::ScanCursors;
 use super::ClientLimits;
-use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle, SetCondition, MAX_KEYS_ANSWERED};
+use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle, SetCondition};
 
 /// The Redis version this server says it is compatible with.
 pub const REDIS_VERSION: &str = "7.0.0";
+
+/// Arguments in one command, at most (an MSET of 32,768 pairs).
+const MAX_ARGS: usize = 1 << 16;
+
+/// What each argument costs against the connection budget besides its
+/// bytes (its `Bytes` handle and framing).
+const ARG_OVERHEAD_BYTES: usize = 48;
 
 /// A command that marks a connection as one node forwarding to another:
 /// what it sends is never forwarded again (no loops while leadership moves).
@@ -117,7 +124,7 @@ pub async fn serve_redis<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let resp_limits = RespLimits {
-        max_args: 1 << 20,
+        max_args: MAX_ARGS,
         max_arg_bytes: limits.text.max_value_bytes.max(limits.text.max_key_bytes),
         max_command_bytes: limits.max_frame_bytes,
         max_inline_bytes: limits.text.max_line_bytes,
@@ -192,7 +199,8 @@ pub async fn serve_redis<R, W>(
                 break;
             }
         };
-        let charge = budget.charge(args.iter().map(Bytes::len).sum()).await;
+        let bytes: usize = args.iter().map(|a| a.len() + ARG_OVERHEAD_BYTES).sum();
+        let charge = budget.charge(bytes).await;
         let action = command(&args, &mut session, &shared, node);
         match action {
             Action::Local(reply) => {
@@ -225,31 +233,51 @@ pub async fn serve_redis<R, W>(
                     break;
                 }
                 let submitted = node.submit(op).await;
-                let (forwarder, turn) = (forwarder.clone(), turn.clone());
-                let cursors = session.cursors.clone();
-                let (version, forwarded) = (session.version, session.forwarded);
-                let timeout = limits.request_timeout;
-                let my_turn = next_turn;
+                let place = Turn {
+                    line: turn.clone(),
+                    mine: next_turn,
+                    answer: Some(tx),
+                    version: session.version,
+                };
                 next_turn += 1;
+                let forwarder = forwarder.clone();
+                let cursors = session.cursors.clone();
+                let forwarded = session.forwarded;
+                let (timeout, max_answer) = (limits.request_timeout, limits.max_answer_bytes);
                 tokio::spawn(async move {
+                    let version = place.version;
                     let reply = match tokio::time::timeout(timeout, submitted.reply()).await {
                         Ok(r) => r,
                         Err(_) => ClientReply::Failed(FailKind::Timeout),
                     };
                     // Answers are settled in submission order, so commands
                     // a follower forwards reach the leader in that order.
-                    let mut waiting = turn.subscribe();
-                    let _ = waiting.wait_for(|t| *t == my_turn).await;
+                    place.wait().await;
                     let bytes = match reply {
                         ClientReply::Redirect(leader) if !forwarded => {
-                            forwarder.forward(leader, &args, version).await
+                            let forward = forwarder.forward(leader, &args, version, is_read);
+                            match tokio::time::timeout(timeout, forward).await {
+                                Ok(bytes) => bytes,
+                                Err(_) if is_read => {
+                                    encode(&try_again("the leader did not answer in time"), version)
+                                }
+                                Err(_) => encode(
+                                    &Reply::Error("ERR timeout: outcome unknown".into()),
+                                    version,
+                                ),
+                            }
                         }
+                        reply if answer_bytes(&reply) > max_answer => encode(
+                            &Reply::Error(format!(
+                                "ERR the answer would exceed {max_answer} bytes"
+                            )),
+                            version,
+                        ),
                         reply => encode(&render_reply(reply, render, &cursors), version),
                     };
-                    turn.send_replace(my_turn + 1);
                     drop(charge);
                     drop(slot);
-                    let _ = tx.send(bytes);
+                    place.settle(bytes);
                 });
             }
         }
@@ -257,6 +285,66 @@ pub async fn serve_redis<R, W>(
     drop(answers);
     let _ = writing.await;
     super::server::drain(&mut commands.into_inner()).await;
+}
+
+/// A command's place in the line of answers. Dropped (settled, or its task
+/// ended early), it lets the next command's answer go and makes sure this
+/// one is answered, so a connection never waits forever or falls out of
+/// step with its client.
+struct Turn {
+    line: Arc<watch::Sender<u64>>,
+    mine: u64,
+    answer: Option<oneshot::Sender<Bytes>>,
+    version: u8,
+}
+
+impl Turn {
+    /// Waits until every earlier command was settled.
+    async fn wait(&self) {
+        let mut line = self.line.subscribe();
+        let _ = line.wait_for(|t| *t >= self.mine).await;
+    }
+
+    /// Gives the answer.
+    fn settle(mut self, bytes: Bytes) {
+        if let Some(answer) = self.answer.take() {
+            let _ = answer.send(bytes);
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(answer) = self.answer.take() {
+            let error = Reply::Error("ERR internal error: outcome unknown".into());
+            let _ = answer.send(encode(&error, self.version));
+        }
+        let mine = self.mine;
+        self.line.send_if_modified(|t| {
+            let ours = *t == mine;
+            if ours {
+                *t += 1;
+            }
+            ours
+        });
+    }
+}
+
+/// About how many bytes a reply takes once encoded (values and keys, and
+/// a little for each item's framing).
+fn answer_bytes(reply: &ClientReply) -> usize {
+    let items = |lens: &mut dyn Iterator<Item = usize>| {
+        lens.map(|l| l.saturating_add(16))
+            .fold(0usize, usize::saturating_add)
+    };
+    match reply {
+        ClientReply::Value(v) => v.len(),
+        ClientReply::Values(vs) => items(&mut vs.iter().map(|v| v.as_ref().map_or(0, Bytes::len))),
+        ClientReply::Keys(keys) | ClientReply::Page { keys, .. } => {
+            items(&mut keys.iter().map(Bytes::len))
+        }
+        _ => 0,
+    }
 }
 
 /// Queues an answer that is ready now; false if the writer is gone.
@@ -275,47 +363,63 @@ fn encode(reply: &Reply, version: u8) -> Bytes {
 /// A connection to the leader for forwarding, opened when first needed.
 #[derive(Default)]
 struct Forwarder {
-    conn: Mutex<Option<(SocketAddr, TcpStream, BytesMut)>>,
+    /// The kept connection: the leader, the protocol version it was opened
+    /// with, the stream and what was read past the last answer.
+    conn: Mutex<Option<(SocketAddr, u8, TcpStream, BytesMut)>>,
     /// The cluster's Redis password, given to the leader before anything.
     password: Option<String>,
 }
 
 impl Forwarder {
-    /// Sends `args` to the leader at `leader` and returns its raw answer;
-    /// an error reply if the leader cannot be reached.
-    async fn forward(&self, leader: SocketAddr, args: &[Bytes], version: u8) -> Bytes {
-        let mut conn = self.conn.lock().await;
-        for attempt in 0..2 {
-            if conn.as_ref().is_none_or(|(addr, _, _)| *addr != leader) {
-                *conn = match Self::connect(leader, version, self.password.as_deref()).await {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        return encode(
-                            &try_again(&format!("leader {leader} unreachable: {e}")),
-                            version,
-                        )
-                    }
-                };
+    /// Sends `args` to the leader at `leader` and returns its raw answer,
+    /// or an error reply: `TRYAGAIN` when the command surely did not reach
+    /// it, `outcome unknown` for a write that may have. A read is sent
+    /// again once on a fresh connection; a write never (it could apply
+    /// twice). The connection is kept only after a whole answer was read,
+    /// so an answer can never be taken for a later command's.
+    async fn forward(
+        &self,
+        leader: SocketAddr,
+        args: &[Bytes],
+        version: u8,
+        is_read: bool,
+    ) -> Bytes {
+        let mut kept = self.conn.lock().await;
+        // A kept connection for this leader and protocol, unless the leader
+        // closed it meanwhile (then nothing is sent on it).
+        let mut conn = kept
+            .take()
+            .filter(|(addr, v, _, _)| *addr == leader && *v == version);
+        if let Some((_, _, stream, _)) = conn.as_mut() {
+            if !still_open(stream).await {
+                conn = None;
             }
-            let Some((_, stream, buf)) = conn.as_mut() else {
-                continue;
+        }
+        for _ in 0..if is_read { 2 } else { 1 } {
+            let (addr, v, mut stream, mut buf) = match conn.take() {
+                Some(c) => c,
+                None => match Self::connect(leader, version, self.password.as_deref()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let why = format!("leader {leader} unreachable: {e}");
+                        return encode(&try_again(&why), version);
+                    }
+                },
             };
             let mut out = Vec::new();
             encode_command(args, &mut out);
             let exchanged = async {
                 stream.write_all(&out).await?;
                 stream.flush().await?;
-                read_raw_reply(stream, buf, 64 << 20).await
+                read_raw_reply(&mut stream, &mut buf, 64 << 20).await
             };
-            match tokio::time::timeout(std::time::Duration::from_secs(10), exchanged).await {
-                Ok(Ok(raw)) => return raw,
-                // A kept connection the leader closed: one fresh try (the
-                // request may have reached it: say so on a second failure).
-                _ if attempt == 0 => *conn = None,
-                _ => break,
+            if let Ok(raw) = exchanged.await {
+                *kept = Some((addr, v, stream, buf));
+                return raw;
             }
+            // Sent, or partly: a write may have reached the leader, so it
+            // is not sent again; a read is, once, on a fresh connection.
         }
-        *conn = None;
         encode(
             &Reply::Error(format!(
                 "ERR outcome unknown: the connection to leader {leader} was lost"
@@ -328,7 +432,7 @@ impl Forwarder {
         leader: SocketAddr,
         version: u8,
         password: Option<&str>,
-    ) -> Result<(SocketAddr, TcpStream, BytesMut), RespError> {
+    ) -> Result<(SocketAddr, u8, TcpStream, BytesMut), RespError> {
         let mut stream = tokio::time::timeout(
             std::time::Duration::from_secs(2),
             TcpStream::connect(leader),
@@ -368,8 +472,30 @@ impl Forwarder {
         if version >= 3 {
             read_raw_reply(&mut stream, &mut buf, 1 << 20).await?;
         }
-        Ok((leader, stream, buf))
+        Ok((leader, version, stream, buf))
     }
+}
+
+/// Whether a kept connection is still open: a read does not complete at
+/// once (EOF, an error, or bytes the leader sent unasked all would).
+async fn still_open(stream: &mut TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(std::time::Duration::ZERO, stream.read(&mut byte))
+        .await
+        .is_err()
+}
+
+/// Longest glob SCAN MATCH and KEYS take (matching is linear in the
+/// pattern per key byte at worst, and runs in the node's core).
+const MAX_PATTERN_BYTES: usize = 256;
+
+/// Largest SCAN COUNT honoured (a call looks at up to ten times as many
+/// keys, in the node's core).
+const MAX_SCAN_COUNT: usize = 10_000;
+
+fn pattern_too_long() -> Reply {
+    Reply::Error(format!("ERR pattern longer than {MAX_PATTERN_BYTES} bytes"))
 }
 
 fn try_again(why: &str) -> Reply {
@@ -469,10 +595,10 @@ fn hello(rest: &[Bytes], s: &mut Session, shared: &RedisShared, node: &NodeHandl
     while let Some(opt) = args.next() {
         match opt.to_ascii_uppercase().as_slice() {
             b"AUTH" => {
-                let (Some(_user), Some(pass)) = (args.next(), args.next()) else {
+                let (Some(user), Some(pass)) = (args.next(), args.next()) else {
                     return syntax_error();
                 };
-                if let Reply::Error(e) = auth(std::slice::from_ref(pass), s, shared) {
+                if let Reply::Error(e) = auth(&[user.clone(), pass.clone()], s, shared) {
                     return Reply::Error(e);
                 }
             }
@@ -510,7 +636,14 @@ fn auth(rest: &[Bytes], s: &mut Session, shared: &RedisShared) -> Reply {
         return Reply::Error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?".into());
     };
     let given = match rest {
-        [pass] | [_, pass] => pass,
+        [pass] => pass,
+        // Redis 6 ACLs: this store has only the default user.
+        [user, pass] if user.as_ref() == b"default" => pass,
+        [_, _] => {
+            return Reply::Error(
+                "WRONGPASS invalid username-password pair or user is disabled.".into(),
+            )
+        }
         _ => return wrong_args("AUTH"),
     };
     if given.as_ref() == expected.as_bytes() {
@@ -697,13 +830,20 @@ fn data_command(name: &str, rest: &[Bytes], cursors: &ScanCursors) -> Action {
         ("STRLEN", [key]) => node(ClientOp::StrLen { key: key.clone() }, Render::Int),
         ("DBSIZE", []) => node(ClientOp::DbSize, Render::Int),
         ("SCAN", [cursor, opts @ ..]) => scan(cursor, opts, cursors),
+        ("KEYS", [pattern]) if pattern.len() > MAX_PATTERN_BYTES => local(pattern_too_long()),
         ("KEYS", [pattern]) => node(
             ClientOp::Keys {
                 pattern: pattern.clone(),
             },
             Render::Keys,
         ),
-        ("FLUSHDB" | "FLUSHALL", opts) if opts.len() <= 1 => node(ClientOp::Flush, Render::Ok),
+        ("FLUSHDB" | "FLUSHALL", []) => node(ClientOp::Flush, Render::Ok),
+        ("FLUSHDB" | "FLUSHALL", [mode])
+            if mode.eq_ignore_ascii_case(b"ASYNC") || mode.eq_ignore_ascii_case(b"SYNC") =>
+        {
+            node(ClientOp::Flush, Render::Ok)
+        }
+        ("FLUSHDB" | "FLUSHALL", _) => local(syntax_error()),
         ("CAS", [key, expected, new]) => node(
             ClientOp::Cas {
                 key: key.clone(),
@@ -720,7 +860,7 @@ fn data_command(name: &str, rest: &[Bytes], cursors: &ScanCursors) -> Action {
         (
             "GET" | "SET" | "SETNX" | "GETSET" | "MGET" | "MSET" | "MSETNX" | "DEL" | "UNLINK"
             | "EXISTS" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND" | "STRLEN" | "DBSIZE"
-            | "SCAN" | "KEYS" | "FLUSHDB" | "FLUSHALL" | "CAS",
+            | "SCAN" | "KEYS" | "CAS",
             _,
         ) => local(wrong_args(name)),
         _ => local(Reply::Error(format!(
@@ -789,9 +929,16 @@ fn scan(cursor: &Bytes, opts: &[Bytes], cursors: &ScanCursors) -> Action {
     let mut it = opts.iter();
     while let Some(opt) = it.next() {
         match (opt.to_ascii_uppercase().as_slice(), it.next()) {
+            (b"MATCH", Some(p)) if p.len() > MAX_PATTERN_BYTES => {
+                return Action::Local(pattern_too_long())
+            }
             (b"MATCH", Some(p)) => pattern = Some(p.clone()),
             (b"COUNT", Some(n)) => match int_arg(n) {
-                Some(n) if n > 0 => count = (n as usize).min(100_000),
+                Some(n) if n > 0 => {
+                    count = usize::try_from(n)
+                        .unwrap_or(MAX_SCAN_COUNT)
+                        .min(MAX_SCAN_COUNT)
+                }
                 _ => return Action::Local(not_integer()),
             },
             (b"TYPE", Some(t)) if t.eq_ignore_ascii_case(b"string") => {}
@@ -829,10 +976,7 @@ fn render_reply(reply: ClientReply, render: Render, cursors: &ScanCursors) -> Re
             Reply::text(next.map_or(0, |key| cursors.mint(key)).to_string()),
             Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
         ]),
-        (ClientReply::Keys(keys), _) => {
-            debug_assert!(keys.len() <= MAX_KEYS_ANSWERED, "KEYS answers are bounded");
-            Reply::Array(keys.into_iter().map(Reply::Bulk).collect())
-        }
+        (ClientReply::Keys(keys), _) => Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
         (ClientReply::Refused(why), _) => Reply::Error(format!("ERR {why}")),
         (ClientReply::NoLeader, _) => try_again("no leader elected yet; retry"),
         (ClientReply::Redirect(addr), _) => try_again(&format!(

@@ -374,7 +374,7 @@ fn raw_reply_len(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, R
         b'*' | b'%' | b'~' | b'>' | b'|' => {
             let n = number()?;
             let items = if tag == b'%' || tag == b'|' {
-                n.max(0) * 2
+                n.max(0).saturating_mul(2)
             } else {
                 n.max(0)
             };

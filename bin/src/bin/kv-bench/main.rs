@@ -132,6 +132,10 @@ fn main() -> Result<()> {
     if args.connections == 0 || args.inflight == 0 || args.load_batch == 0 {
         bail!("--connections, --inflight and --load-batch must be at least 1");
     }
+    let window = kv_engine::kv::sessions::RESULTS_PER_SESSION;
+    if !args.no_sessions && args.inflight > window {
+        bail!("--inflight above {window} needs --no-sessions (a session keeps the answers of {window} writes)");
+    }
     if args.preload && args.load.is_none() {
         args.load = Some(args.keys);
     }

@@ -260,6 +260,10 @@ async fn watch(
     Ok(())
 }
 
+/// How long after the end a connection goes on sending again the writes
+/// whose answer was lost.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// A request on its way: what it is, when it was first sent, and its
 /// number in the connection's session (0: none).
 type Pending = (BenchOp, Instant, u64);
@@ -340,6 +344,7 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
     let mut again: VecDeque<Pending> = VecDeque::new();
     let mut in_flight: HashMap<u64, Pending> = HashMap::new();
     let mut session = WriteSession::new(!args.no_sessions);
+    let mut stop_seen: Option<Instant> = None;
     let mut exhausted = false;
     let mut next_id = 1u64;
     'connect: loop {
@@ -384,9 +389,13 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
         let mut moving = false;
         loop {
             let stopping = shared.stop.load(Ordering::Relaxed);
+            // Once time is up, writes whose answer was lost are still sent
+            // again for a while, to settle them; then they count as unknown.
+            let settling =
+                stopping && stop_seen.get_or_insert_with(Instant::now).elapsed() < STOP_GRACE;
             while !moving && in_flight.len() < args.inflight {
                 let next = match again.pop_front() {
-                    Some(p) if !stopping || p.2 > 0 => p,
+                    Some(p) if !stopping || (p.2 > 0 && settling) => p,
                     Some(p) => {
                         again.push_front(p);
                         break;

@@ -242,6 +242,11 @@ fn binary_answer(result: Option<pb::response::Result>) -> Answer {
 }
 
 fn text_error(msg: &str) -> Answer {
+    // A write its session refused: nothing happened, and sending it again
+    // would be refused again.
+    if msg == kv_engine::kv::NO_SESSION || msg == kv_engine::kv::FORGOTTEN {
+        return Answer::Failed("refused");
+    }
     for (prefix, kind) in [
         ("no leader", Kind::NoLeader),
         ("not applied", Kind::NotApplied),
