@@ -21,12 +21,22 @@ pub struct Cluster {
     per_node: Vec<Vec<String>>,
 }
 
+/// A free loopback port, never one this test process was given before: a
+/// port the kernel just freed can come back from the next bind, and two
+/// members given one address refuse to start (seen in CI).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 impl Cluster {
