@@ -3,6 +3,7 @@
 //! | file | what |
 //! |---|---|
 //! | `core.rs` | the state machine, its inputs, term rules, `ready()` |
+//! | `display.rs` | a compact text form of messages and Readys, for tests |
 //! | `election.rs` | pre-vote, RequestVote, becoming leader |
 //! | `replication.rs` | the leader: appends, commit rule, heartbeats, snapshots out |
 //! | `follower.rs` | the follower: AppendEntries and InstallSnapshot receivers |
@@ -17,6 +18,7 @@
 
 mod config;
 mod core;
+mod display;
 mod election;
 mod follower;
 mod log;
@@ -31,6 +33,7 @@ mod validate;
 
 pub use self::config::{Config, ConfigError, ReadMode};
 pub use self::core::{RaftCore, Restored};
+pub use self::display::{EntriesDisplay, EntryDisplay, HardStateDisplay, MsgDisplay};
 pub use self::log::RaftLog;
 pub use self::ready::{
     ProposeError, Proposed, ReadState, Ready, Role, SnapshotChunkIn, SnapshotChunkOut,
