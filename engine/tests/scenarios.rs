@@ -26,4 +26,9 @@ scripts!(
     check_quorum_followers_ignore_votes_while_a_leader_is_heard,
     pre_vote_keeps_a_rejoining_node_from_disrupting,
     figure_8_old_terms_commit_only_under_the_current_term,
+    read_index_waits_for_the_new_leaders_first_commit,
+    lease_reads_need_no_round_while_the_lease_holds,
+    leader_transfer_sends_timeout_now_once_caught_up,
+    snapshot_to_a_slow_follower_after_compaction,
+    on_persisted_after_the_entry_was_overwritten,
 );

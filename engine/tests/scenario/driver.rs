@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use kv_engine::raft::{
     Config, EntriesDisplay, Found, HardStateDisplay, MsgDisplay, RaftCore, ReadMode, Ready,
-    Restored, SnapshotChunkIn, SnapshotChunkOut, SnapshotInfo,
+    Restored, Role, SnapshotChunkIn, SnapshotChunkOut, SnapshotInfo,
 };
 use kv_proto::raft::{Entry, HardState, Message, Snapshot, SnapshotMeta};
 
@@ -267,16 +267,18 @@ impl Driver {
         }
     }
 
-    /// Ticks `id` until it starts an election, seen as a change of role or
-    /// term (its Ready then holds the vote requests).
+    /// Ticks `id` until it starts an election (its Ready then holds the
+    /// vote requests): its role or term changes, or, if it was campaigning
+    /// already, it has something to send again. Process its Ready first.
     fn campaign(&mut self, id: u64) {
         let limit = 3 * self.configs[&id].election_ticks;
         let core = &self.node(id).core;
         let before = (core.role(), core.term());
+        let campaigning = matches!(before.0, Role::PreCandidate | Role::Candidate);
         for _ in 0..limit {
             self.node(id).core.tick();
             let core = &self.node(id).core;
-            if (core.role(), core.term()) != before {
+            if (core.role(), core.term()) != before || (campaigning && core.has_ready()) {
                 return;
             }
         }
@@ -345,7 +347,13 @@ impl Driver {
             persisted_messages: rd.persisted_messages,
             point,
         };
-        self.node(id).unsynced.push_back(write);
+        if write.hard.is_some()
+            || !write.entries.is_empty()
+            || write.snapshot.is_some()
+            || !write.persisted_messages.is_empty()
+        {
+            self.node(id).unsynced.push_back(write);
+        }
         if !self.async_storage {
             self.persist(id, usize::MAX, false);
         }
@@ -372,8 +380,12 @@ impl Driver {
         }
     }
 
+    /// Puts `m` in its recipient's inbox; a message to a node that is down
+    /// is lost.
     fn send(&mut self, m: Message) {
-        self.inbox.entry(m.to).or_default().push(m);
+        if self.nodes.get(&m.to).is_some_and(|n| n.up) {
+            self.inbox.entry(m.to).or_default().push(m);
+        }
     }
 
     fn send_chunk(&mut self, id: u64, c: SnapshotChunkOut) {
