@@ -31,4 +31,9 @@ scripts!(
     leader_transfer_sends_timeout_now_once_caught_up,
     snapshot_to_a_slow_follower_after_compaction,
     on_persisted_after_the_entry_was_overwritten,
+    rejected_appends_back_up_a_term_at_a_time,
+    inflight_window_pauses_replication,
+    a_leader_counts_itself_only_once_its_own_write_is_durable,
+    a_wiped_member_votes_again_only_once_repaired,
+    a_single_node_commits_on_its_own_fsync,
 );

@@ -147,8 +147,10 @@ impl Driver {
     /// - `deliver-msgs ID... [type=KIND] [from=X] [drop=true]`: steps the
     ///   messages waiting for each node into it (or drops them);
     /// - `stabilize [ID...]`: process, persist and deliver until quiet;
-    /// - `cut A B`, `isolate ID`, `heal`: links that lose what crosses them;
+    /// - `cut A B`, `isolate ID`, `heal`: links that lose what is sent over
+    ///   them, or waits to be delivered;
     /// - `crash ID` (unsynced writes and inbox lost), `restart ID`,
+    ///   `wipe ID` (crash, replace the disk with an empty one, restart),
     ///   `compact ID` (snapshot at the applied index);
     /// - `status [ID...]`, `log ID`.
     pub fn run(&mut self, line: &str) -> String {
@@ -173,6 +175,7 @@ impl Driver {
             "heal" => self.cut.clear(),
             "crash" => self.crash(args.id(0)),
             "restart" => self.restart(args.id(0)),
+            "wipe" => self.wipe(args.id(0)),
             "compact" => self.compact(args.id(0)),
             "status" => self.status_cmd(&args),
             "log" => self.show_log(args.id(0)),
@@ -380,10 +383,11 @@ impl Driver {
         }
     }
 
-    /// Puts `m` in its recipient's inbox; a message to a node that is down
-    /// is lost.
+    /// Puts `m` in its recipient's inbox; a message to a node that is down,
+    /// or over a cut link, is lost.
     fn send(&mut self, m: Message) {
-        if self.nodes.get(&m.to).is_some_and(|n| n.up) {
+        let up = self.nodes.get(&m.to).is_some_and(|n| n.up);
+        if up && !self.cut.contains(&(m.from, m.to)) {
             self.inbox.entry(m.to).or_default().push(m);
         }
     }
@@ -562,6 +566,12 @@ impl Driver {
         self.start(id, found);
         let line = self.status_line(id);
         self.say(format!("restarted {line}"));
+    }
+
+    fn wipe(&mut self, id: u64) {
+        self.crash(id);
+        self.node(id).disk = Disk::default();
+        self.restart(id);
     }
 
     /// Takes a snapshot at `id`'s applied index (its state machine's
