@@ -149,10 +149,14 @@ fn ack(from: u64, term: u64, match_index: u64) -> Message {
     msg(from, 1, term, Body::AppendEntriesResponse(r))
 }
 
-fn bodies(msgs: &[Message]) -> Vec<(u64, &Body)> {
-    msgs.iter()
-        .map(|m| (m.to, m.body.as_ref().unwrap()))
-        .collect()
+/// Asserts a Ready's whole output, one line per item in the compact form of
+/// `kv_engine::raft::display` (so nothing unexpected hides beside what a
+/// test looks at).
+#[track_caller]
+fn assert_ready(rd: &Ready, expected: &[&str]) {
+    let got = rd.to_string();
+    let got: Vec<&str> = got.lines().collect();
+    assert_eq!(got, expected, "the whole Ready");
 }
 
 /// §5.1: "If RPC request or response contains term T > currentTerm: set
@@ -184,18 +188,14 @@ fn any_node_adopts_a_higher_term_and_becomes_follower() {
 fn a_request_with_a_stale_term_is_rejected_with_the_current_term() {
     let mut c = core_with_log(1, 3, 5, &[1, 2]);
     c.step(append(2, 1, 4, (2, 2), vec![entry(3, 4)], 3));
-    let rd = c.ready();
     assert_eq!(c.log().last_index(), 2, "nothing appended");
-    let out: Vec<_> = rd.persisted_messages.iter().chain(&rd.messages).collect();
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].term, 5);
-    assert!(matches!(
-        out[0].body,
-        Some(Body::AppendEntriesResponse(AppendEntriesResponse {
-            success: false,
-            ..
-        }))
-    ));
+    assert_ready(
+        &c.ready(),
+        &[
+            "messages:",
+            "  1->2 MsgAppResp term=5 rejected=0 hint=0@0 round=0",
+        ],
+    );
     c.step(vote(2, 1, 4, true));
     assert_eq!(c.role(), Role::Follower, "a stale vote changes nothing");
 }
@@ -209,32 +209,16 @@ fn a_follower_that_times_out_becomes_candidate_and_asks_for_votes() {
     let mut c = core_with_log(1, 3, 2, &[1, 2]);
     tick_until(&mut c, Role::Candidate);
     assert_eq!((c.term(), c.vote()), (3, 1));
-    let rd = c.ready();
-    assert_eq!(
-        rd.hard_state,
-        Some(HardState {
-            term: 3,
-            vote: 1,
-            commit: 0,
-            ..Default::default()
-        })
-    );
-    assert!(
-        rd.messages.is_empty(),
-        "vote requests wait until the vote for self is durable"
-    );
-    let expected = RequestVote {
-        pre_vote: false,
-        last_log_index: 2,
-        last_log_term: 2,
-        transfer: false,
-    };
-    assert_eq!(
-        bodies(&rd.persisted_messages),
-        vec![
-            (2, &Body::RequestVote(expected)),
-            (3, &Body::RequestVote(expected))
-        ]
+    // The vote requests wait until the vote for self is durable.
+    assert_ready(
+        &c.ready(),
+        &[
+            "state: Candidate term=3 leader=none",
+            "hard state: term=3 vote=1 commit=0",
+            "after fsync:",
+            "  1->2 MsgVote term=3 last=2@2",
+            "  1->3 MsgVote term=3 last=2@2",
+        ],
     );
 }
 
@@ -346,23 +330,20 @@ fn a_candidate_with_a_majority_becomes_leader_and_appends_a_no_op() {
     assert_eq!(c.role(), Role::Candidate, "2 of 5 is no majority");
     c.step(vote(3, 1, 1, true));
     assert_eq!(c.role(), Role::Leader);
-    let rd = c.ready();
-    assert_eq!(
-        rd.entries
-            .iter()
-            .map(|e| (e.index, e.term, e.data.len()))
-            .collect::<Vec<_>>(),
-        vec![(1, 1, 0)]
+    // The appends go before the leader's own write is durable.
+    assert_ready(
+        &c.ready(),
+        &[
+            "state: Leader term=1 leader=1",
+            "entries:",
+            "  1@1 noop",
+            "messages:",
+            "  1->2 MsgApp term=1 log=0@0 commit=0 entries=[1@1 noop] round=0",
+            "  1->3 MsgApp term=1 log=0@0 commit=0 entries=[1@1 noop] round=0",
+            "  1->4 MsgApp term=1 log=0@0 commit=0 entries=[1@1 noop] round=0",
+            "  1->5 MsgApp term=1 log=0@0 commit=0 entries=[1@1 noop] round=0",
+        ],
     );
-    assert_eq!(
-        rd.messages.len(),
-        4,
-        "appends go before the leader's own write is durable"
-    );
-    assert!(rd
-        .messages
-        .iter()
-        .all(|m| matches!(m.body, Some(Body::AppendEntries(_)))));
 }
 
 /// §5.2: "If the AppendEntries RPC is from a leader whose term is at least
@@ -398,13 +379,14 @@ fn a_leader_sends_heartbeats_every_heartbeat_interval() {
     c.tick();
     assert!(c.ready().messages.is_empty(), "heartbeat_ticks is 2");
     c.tick();
-    let rd = c.ready();
-    let empty_appends = rd
-        .messages
-        .iter()
-        .filter(|m| matches!(&m.body, Some(Body::AppendEntries(ae)) if ae.entries.is_empty()))
-        .count();
-    assert_eq!(empty_appends, 2);
+    assert_ready(
+        &c.ready(),
+        &[
+            "messages:",
+            "  1->2 MsgApp term=1 log=1@1 commit=1 round=0",
+            "  1->3 MsgApp term=1 log=1@1 commit=1 round=0",
+        ],
+    );
 }
 
 /// §5.3: "If a follower does not find an entry in its log with the same
@@ -414,30 +396,26 @@ fn a_leader_sends_heartbeats_every_heartbeat_interval() {
 fn a_follower_refuses_an_append_that_does_not_match_and_hints_where_to_resume() {
     let mut c = core_with_log(1, 3, 3, &[1, 2, 2, 2]);
     c.step(append(2, 1, 3, (4, 3), vec![entry(5, 3)], 0));
-    let rd = c.ready();
-    assert!(
-        rd.persisted_messages.is_empty(),
-        "a rejection claims nothing durable: it goes at once"
-    );
-    let Some(Body::AppendEntriesResponse(r)) = &rd.messages[0].body else {
-        panic!()
-    };
-    assert!(!r.success);
-    assert_eq!(
-        (r.conflict_term, r.conflict_index, r.rejected_index),
-        (2, 2, 4)
+    // A rejection claims nothing durable: it goes at once. Term 2 starts
+    // at index 2 here.
+    assert_ready(
+        &c.ready(),
+        &[
+            "state: Follower term=3 leader=2",
+            "messages:",
+            "  1->2 MsgAppResp term=3 rejected=4 hint=2@2 round=0",
+        ],
     );
     assert_eq!(c.log().last_index(), 4, "nothing appended or truncated");
 
+    // A log too short asks from its end.
     c.step(append(2, 1, 3, (7, 3), vec![], 0));
-    let rd = c.ready();
-    let Some(Body::AppendEntriesResponse(r)) = &rd.messages[0].body else {
-        panic!()
-    };
-    assert_eq!(
-        (r.conflict_term, r.conflict_index),
-        (0, 5),
-        "a log too short asks from its end"
+    assert_ready(
+        &c.ready(),
+        &[
+            "messages:",
+            "  1->2 MsgAppResp term=3 rejected=7 hint=5@0 round=0",
+        ],
     );
 }
 
@@ -447,13 +425,15 @@ fn a_follower_refuses_an_append_that_does_not_match_and_hints_where_to_resume() 
 fn a_follower_truncates_a_conflicting_suffix_and_appends_the_leaders_entries() {
     let mut c = core_with_log(1, 3, 3, &[1, 1, 2, 2]);
     c.step(append(2, 1, 3, (2, 1), vec![entry(3, 3)], 0));
-    let rd = c.ready();
-    assert_eq!(
-        rd.entries
-            .iter()
-            .map(|e| (e.index, e.term))
-            .collect::<Vec<_>>(),
-        vec![(3, 3)]
+    assert_ready(
+        &c.ready(),
+        &[
+            "state: Follower term=3 leader=2",
+            "entries:",
+            "  3@3 \"e3\"",
+            "after fsync:",
+            "  1->2 MsgAppResp term=3 match=3 round=0",
+        ],
     );
     assert_eq!(c.log().last_index(), 3);
     assert_eq!(c.log().term(3), Some(3));
@@ -505,9 +485,17 @@ fn a_leader_commits_entries_of_earlier_terms_only_through_one_of_its_own() {
 fn a_leader_counts_itself_toward_a_commit_only_once_its_write_is_durable() {
     let mut c = leader(3);
     let p = c.propose(Bytes::from_static(b"x")).unwrap();
-    let rd = c.ready();
-    assert_eq!(rd.entries.len(), 1);
-    assert_eq!(rd.messages.len(), 2, "sent before the local fsync");
+    // Sent before the local fsync.
+    assert_ready(
+        &c.ready(),
+        &[
+            "entries:",
+            "  2@1 \"x\"",
+            "messages:",
+            "  1->2 MsgApp term=1 log=1@1 commit=1 entries=[2@1 \"x\"] round=0",
+            "  1->3 MsgApp term=1 log=1@1 commit=1 entries=[2@1 \"x\"] round=0",
+        ],
+    );
     c.step(ack(2, 1, p.index));
     assert_eq!(
         c.log().committed(),
@@ -516,7 +504,14 @@ fn a_leader_counts_itself_toward_a_commit_only_once_its_write_is_durable() {
     );
     c.on_persisted(p.index, p.term);
     assert_eq!(c.log().committed(), p.index);
-    assert_eq!(c.ready().committed_entries.len(), 1);
+    assert_ready(
+        &c.ready(),
+        &[
+            "hard state: term=1 vote=1 commit=2",
+            "committed:",
+            "  2@1 \"x\"",
+        ],
+    );
 }
 
 /// DESIGN, the Ready contract: acknowledgements wait for durability.
@@ -524,13 +519,17 @@ fn a_leader_counts_itself_toward_a_commit_only_once_its_write_is_durable() {
 fn a_followers_acknowledgement_waits_for_its_write_to_be_durable() {
     let mut c = core(2, 3);
     c.step(append(1, 2, 1, (0, 0), vec![entry(1, 1)], 0));
-    let rd = c.ready();
-    assert!(rd.messages.is_empty());
-    assert_eq!(rd.entries.len(), 1);
-    let Some(Body::AppendEntriesResponse(r)) = &rd.persisted_messages[0].body else {
-        panic!()
-    };
-    assert_eq!((r.success, r.match_index), (true, 1));
+    assert_ready(
+        &c.ready(),
+        &[
+            "state: Follower term=1 leader=1",
+            "hard state: term=1 vote=0 commit=0",
+            "entries:",
+            "  1@1 \"e1\"",
+            "after fsync:",
+            "  2->1 MsgAppResp term=1 match=1 round=0",
+        ],
+    );
 }
 
 /// §5.1: "The leader handles all client requests (if a client contacts a
