@@ -111,6 +111,14 @@ impl Progress {
     /// `max_inflight` appends and fewer than `max_bytes` payload bytes are
     /// in flight.
     pub fn can_send(&self, max_inflight: usize, max_bytes: u64) -> bool {
+        debug_assert!(
+            self.inflight.len() <= max_inflight,
+            "the window never holds more than it allows"
+        );
+        debug_assert!(
+            self.state == ReplicationState::Replicate || self.inflight.is_empty(),
+            "only pipelined replication has appends in flight"
+        );
         match self.state {
             ReplicationState::Probe => !self.probe_sent,
             ReplicationState::Replicate => {
@@ -128,6 +136,12 @@ impl Progress {
             ReplicationState::Replicate if had_entries => {
                 debug_assert!(last_index >= self.next_index, "appends go forward");
                 self.next_index = last_index + 1;
+                debug_assert!(
+                    self.inflight
+                        .back()
+                        .is_none_or(|&(last, _)| last < last_index),
+                    "appends in flight end at increasing indexes"
+                );
                 self.inflight.push_back((last_index, bytes));
                 self.inflight_bytes += bytes;
             }
@@ -154,6 +168,11 @@ impl Progress {
             self.next_index > self.match_index,
             "next index lies past the match"
         );
+        debug_assert_eq!(
+            self.inflight_bytes,
+            self.inflight.iter().map(|&(_, b)| b).sum::<u64>(),
+            "the window's byte count matches what is in it"
+        );
         // A heartbeat at an old match index does not answer the probe.
         if self.state == ReplicationState::Probe && index + 1 >= self.next_index {
             self.become_replicate();
@@ -167,6 +186,10 @@ impl Progress {
         self.probe_sent = false;
         self.next_index = self.next_index.max(self.match_index + 1);
         self.transfer = None;
+        debug_assert!(
+            self.next_index > self.match_index,
+            "next lies past the match"
+        );
     }
 
     /// Switches to probing from `next_index` (never at or below the match).
@@ -178,10 +201,19 @@ impl Progress {
         self.stalled_heartbeats = 0;
         self.transfer = None;
         self.next_index = next_index.max(self.match_index + 1);
+        debug_assert!(self.inflight.is_empty(), "a probe has nothing in flight");
+        debug_assert!(
+            self.next_index > self.match_index,
+            "next lies past the match"
+        );
     }
 
     /// Starts sending `snapshot` from its first byte.
     pub fn become_snapshot(&mut self, info: SnapshotInfo) {
+        debug_assert!(
+            info.meta.index >= self.match_index,
+            "a snapshot goes only to a follower that lacks what it covers"
+        );
         self.state = ReplicationState::Snapshot;
         self.probe_sent = false;
         self.inflight.clear();

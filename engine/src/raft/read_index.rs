@@ -41,6 +41,12 @@ impl ReadIndex {
             self.awaiting_commit.push(id);
             return;
         }
+        debug_assert!(
+            self.pending
+                .back()
+                .is_none_or(|r| r.round <= self.round + 1 && r.index <= committed),
+            "reads queue in round and commit-index order"
+        );
         self.pending.push_back(PendingRead {
             id,
             index: committed,
@@ -56,6 +62,10 @@ impl ReadIndex {
 
     /// The leader committed its first entry of the term at `committed`.
     pub fn on_term_commit(&mut self, committed: u64) {
+        debug_assert!(
+            self.pending.iter().all(|r| r.index <= committed),
+            "no read waits at an index the term has not committed"
+        );
         for id in std::mem::take(&mut self.awaiting_commit) {
             self.request(id, committed, true);
         }
@@ -70,6 +80,10 @@ impl ReadIndex {
     pub fn start_round(&mut self) -> u64 {
         self.round += 1;
         self.round_wanted = false;
+        debug_assert!(
+            self.pending.iter().all(|r| r.round <= self.round),
+            "every waiting read is covered by a round sent or this one"
+        );
         self.round
     }
 
@@ -97,6 +111,10 @@ impl ReadIndex {
         self.failed.extend(self.pending.drain(..).map(|r| r.id));
         self.failed.append(&mut self.awaiting_commit);
         self.round_wanted = false;
+        debug_assert!(
+            self.pending.is_empty() && self.awaiting_commit.is_empty(),
+            "a deposed leader keeps no read waiting"
+        );
     }
 
     /// True if confirmed or failed reads wait to be handed out.

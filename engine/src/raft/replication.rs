@@ -298,6 +298,10 @@ impl RaftCore {
             }
         }
         let next = next.min(r.rejected_index).max(1);
+        debug_assert!(
+            next <= r.rejected_index.max(1),
+            "a rejection never moves the probe forward"
+        );
         tracing::debug!(
             node = self.cfg.id,
             term = self.term,
@@ -324,10 +328,17 @@ impl RaftCore {
         if index <= self.log.committed() || self.log.term(index) != Some(self.term) {
             return;
         }
+        debug_assert_eq!(self.role, Role::Leader, "only a leader counts replicas");
+        debug_assert!(
+            index <= self.log.last_index(),
+            "a majority cannot hold more than the leader's log"
+        );
         let first_in_term = self.log.term(self.log.committed()) != Some(self.term);
         let newly = self.log.bytes_between(self.log.committed() + 1, index);
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(newly);
+        let before = self.log.committed();
         self.log.commit_to(index);
+        assert!(self.log.committed() > before, "the commit index only grows");
         if first_in_term {
             self.reads.on_term_commit(index);
             if self.peers.is_empty() {
