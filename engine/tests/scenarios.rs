@@ -3,6 +3,7 @@
 //! how to rewrite the expected output after an intended change.
 
 mod scenario;
+mod support;
 
 macro_rules! scripts {
     ($($name:ident),* $(,)?) => {

@@ -6,46 +6,12 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use kv_engine::raft::{
-    Config, EntriesDisplay, Found, HardStateDisplay, MsgDisplay, RaftCore, ReadMode, Ready,
-    Restored, Role, SnapshotChunkIn, SnapshotChunkOut, SnapshotInfo,
+    Config, EntriesDisplay, Found, HardStateDisplay, MsgDisplay, RaftCore, ReadMode, Ready, Role,
+    SnapshotChunkIn, SnapshotChunkOut, SnapshotInfo,
 };
 use kv_proto::raft::{Entry, HardState, Message, Snapshot, SnapshotMeta};
 
-/// What a node has durably stored.
-#[derive(Debug, Clone, Default)]
-struct Disk {
-    hard: HardState,
-    snapshot: Option<Snapshot>,
-    entries: Vec<Entry>,
-}
-
-impl Disk {
-    fn first_index(&self) -> u64 {
-        self.snapshot
-            .as_ref()
-            .and_then(|s| s.meta)
-            .map_or(1, |m| m.index + 1)
-    }
-
-    fn write(&mut self, w: &Write) {
-        if let Some(snap) = &w.snapshot {
-            self.snapshot = Some(snap.clone());
-            self.entries.clear();
-        }
-        if let Some(first) = w.entries.first() {
-            let keep = first.index.saturating_sub(self.first_index()) as usize;
-            self.entries.truncate(keep);
-            self.entries.extend(w.entries.iter().cloned());
-        }
-        if let Some(hs) = w.hard {
-            self.hard = hs;
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.hard == HardState::default() && self.snapshot.is_none() && self.entries.is_empty()
-    }
-}
+use crate::support::Disk;
 
 /// One Ready's write, waiting for its fsync.
 #[derive(Debug, Clone)]
@@ -229,16 +195,7 @@ impl Driver {
             .get(&id)
             .map(|n| n.disk.clone())
             .unwrap_or_default();
-        let restored = Restored {
-            hard_state: disk.hard,
-            snapshot: disk.snapshot.as_ref().map(|s| SnapshotInfo {
-                meta: s.meta.unwrap_or_default(),
-                size: s.data.len() as u64,
-            }),
-            entries: disk.entries.clone(),
-            found,
-            nonce: id,
-        };
+        let restored = disk.restored(found, id);
         let core = RaftCore::new(cfg, restored).unwrap_or_else(|e| panic!("n{id}: {e}"));
         let (applied, state) = disk.snapshot.as_ref().map_or((0, String::new()), |s| {
             let index = s.meta.unwrap_or_default().index;
@@ -392,15 +349,10 @@ impl Driver {
         }
     }
 
+    /// Reads the chunk from the node's snapshot on disk and sends it, or
+    /// tells the core that snapshot is gone.
     fn send_chunk(&mut self, id: u64, c: SnapshotChunkOut) {
-        let data = self.nodes[&id]
-            .disk
-            .snapshot
-            .as_ref()
-            .filter(|s| s.meta == Some(c.meta))
-            .and_then(|s| s.data.get(c.offset as usize..(c.offset + c.len) as usize))
-            .map(Bytes::copy_from_slice);
-        match data {
+        match self.nodes[&id].disk.snapshot_chunk(&c) {
             Some(data) => self.send(c.message(data)),
             None => self.node(id).core.snapshot_send_failed(c.to),
         }
@@ -443,7 +395,9 @@ impl Driver {
             let Some(w) = self.node(id).unsynced.pop_front() else {
                 return;
             };
-            self.node(id).disk.write(&w);
+            self.node(id)
+                .disk
+                .write(w.hard, &w.entries, w.snapshot.as_ref());
             if print {
                 let point = w
                     .point
@@ -586,8 +540,7 @@ impl Driver {
             meta,
             size: data.len() as u64,
         };
-        node.disk.entries.retain(|e| e.index > index);
-        node.disk.snapshot = Some(Snapshot {
+        node.disk.compact(Snapshot {
             meta: Some(meta),
             data,
         });

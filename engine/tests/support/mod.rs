@@ -49,23 +49,54 @@ impl Disk {
             + 1
     }
 
-    fn write(&mut self, w: &PendingWrite) {
-        self.written |= w.hard.is_some() || w.snapshot.is_some() || !w.entries.is_empty();
-        if let Some(snap) = &w.snapshot {
+    /// Stores one Ready's write: a snapshot replaces the whole log, entries
+    /// replace whatever is stored from the first one's index on.
+    pub fn write(
+        &mut self,
+        hard: Option<HardState>,
+        entries: &[Entry],
+        snapshot: Option<&Snapshot>,
+    ) {
+        self.written |= hard.is_some() || snapshot.is_some() || !entries.is_empty();
+        if let Some(snap) = snapshot {
             self.snapshot = Some(snap.clone());
             self.entries.clear();
         }
-        if let Some(first) = w.entries.first() {
+        if let Some(first) = entries.first() {
             let keep = first.index.saturating_sub(self.first_index()) as usize;
             self.entries.truncate(keep);
-            self.entries.extend(w.entries.iter().cloned());
+            self.entries.extend(entries.iter().cloned());
         }
-        if let Some(hs) = w.hard {
+        if let Some(hs) = hard {
             self.hard = hs;
         }
     }
 
-    fn compact(&mut self, snapshot: Snapshot) {
+    /// The bytes a chunk to send asks for, if this disk holds that snapshot.
+    pub fn snapshot_chunk(&self, c: &SnapshotChunkOut) -> Option<Bytes> {
+        self.snapshot
+            .as_ref()
+            .filter(|s| s.meta == Some(c.meta))
+            .and_then(|s| s.data.get(c.offset as usize..(c.offset + c.len) as usize))
+            .map(Bytes::copy_from_slice)
+    }
+
+    /// What storage hands the core at start from this disk.
+    pub fn restored(&self, found: Found, nonce: u64) -> Restored {
+        Restored {
+            hard_state: self.hard,
+            snapshot: self.snapshot.as_ref().map(|s| SnapshotInfo {
+                meta: s.meta.unwrap_or_default(),
+                size: s.data.len() as u64,
+            }),
+            entries: self.entries.clone(),
+            found,
+            nonce,
+        }
+    }
+
+    /// Saves `snapshot` and drops the entries it covers.
+    pub fn compact(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.map_or(0, |m| m.index);
         let drop = (index + 1).saturating_sub(self.first_index()) as usize;
         self.entries.drain(..drop.min(self.entries.len()));
@@ -364,14 +395,7 @@ impl Cluster {
     /// Reads the chunk from the node's snapshot on disk and sends it, or
     /// tells the core that snapshot is gone.
     fn send_chunk(&mut self, id: u64, c: SnapshotChunkOut) {
-        let data = self.nodes[&id]
-            .disk
-            .snapshot
-            .as_ref()
-            .filter(|s| s.meta == Some(c.meta))
-            .and_then(|s| s.data.get(c.offset as usize..(c.offset + c.len) as usize))
-            .map(Bytes::copy_from_slice);
-        match data {
+        match self.nodes[&id].disk.snapshot_chunk(&c) {
             Some(data) => self.send(c.message(data)),
             None => self.node(id).core.snapshot_send_failed(c.to),
         }
@@ -421,7 +445,9 @@ impl Cluster {
             return Ok(());
         }
         while let Some(w) = self.node(id).pending.pop_front() {
-            self.node(id).disk.write(&w);
+            self.node(id)
+                .disk
+                .write(w.hard, &w.entries, w.snapshot.as_ref());
             for m in w.persisted_messages {
                 self.send(m);
             }
@@ -719,16 +745,7 @@ impl Cluster {
         self.log(|| format!("n{id} restarted ({found:?})"));
         let cfg = self.configs[&id].clone();
         let disk = self.nodes[&id].disk.clone();
-        let restored = Restored {
-            hard_state: disk.hard,
-            snapshot: disk.snapshot.as_ref().map(|s| SnapshotInfo {
-                meta: s.meta.unwrap_or_default(),
-                size: s.data.len() as u64,
-            }),
-            entries: disk.entries.clone(),
-            found,
-            nonce: self.rng.random(),
-        };
+        let restored = disk.restored(found, self.rng.random());
         let core =
             RaftCore::new(cfg, restored).map_err(|e| Violation(format!("restart failed: {e}")))?;
         let mut node = Node::new(core, disk);
