@@ -8,7 +8,8 @@ use std::collections::VecDeque;
 
 use kv_proto::raft::Entry;
 
-/// The in-memory log of one node.
+/// The in-memory log of one node. The core owns it: outside this crate it
+/// can only be read (`RaftCore::log`); every change goes through the core.
 #[derive(Debug, Clone)]
 pub struct RaftLog {
     /// Index of the last entry covered by the latest snapshot (0 = none).
@@ -30,7 +31,7 @@ pub struct RaftLog {
 impl RaftLog {
     /// A log restored from storage: a snapshot boundary, the durable entries
     /// after it, and the persisted commit index.
-    pub fn restore(
+    pub(crate) fn restore(
         snapshot_index: u64,
         snapshot_term: u64,
         entries: Vec<Entry>,
@@ -116,7 +117,7 @@ impl RaftLog {
 
     /// Clones entries from `from` on, stopping at `max_count` entries or once
     /// `max_bytes` of payload is reached (always at least one entry).
-    pub fn slice(&self, from: u64, max_count: usize, max_bytes: usize) -> Vec<Entry> {
+    pub(crate) fn slice(&self, from: u64, max_count: usize, max_bytes: usize) -> Vec<Entry> {
         if from <= self.snapshot_index || from > self.last_index() {
             return Vec::new();
         }
@@ -134,7 +135,7 @@ impl RaftLog {
     }
 
     /// Payload bytes of the entries held at indexes `from..=to`.
-    pub fn bytes_between(&self, from: u64, to: u64) -> u64 {
+    pub(crate) fn bytes_between(&self, from: u64, to: u64) -> u64 {
         let from = from.max(self.snapshot_index + 1);
         let to = to.min(self.last_index());
         if from > to {
@@ -150,7 +151,7 @@ impl RaftLog {
     }
 
     /// Appends one entry at the end (leader path).
-    pub fn push(&mut self, entry: Entry) {
+    pub(crate) fn push(&mut self, entry: Entry) {
         assert_eq!(
             entry.index,
             self.last_index() + 1,
@@ -167,7 +168,7 @@ impl RaftLog {
     /// at `entries[0].index - 1`: skips the ones we already hold, truncates
     /// our suffix at the first conflict (§5.3), and appends the rest.
     /// Returns the index of the first entry that was truncated, if any.
-    pub fn merge(&mut self, entries: Vec<Entry>) -> Option<u64> {
+    pub(crate) fn merge(&mut self, entries: Vec<Entry>) -> Option<u64> {
         let mut truncated_at = None;
         let mut new_from = entries.len();
         for (i, entry) in entries.iter().enumerate() {
@@ -208,7 +209,7 @@ impl RaftLog {
     }
 
     /// Moves the commit index forward to `index`. The commit index never moves back.
-    pub fn commit_to(&mut self, index: u64) {
+    pub(crate) fn commit_to(&mut self, index: u64) {
         if index > self.committed {
             assert!(
                 index <= self.last_index(),
@@ -222,7 +223,7 @@ impl RaftLog {
     /// Where a follower's log disagrees with a leader's `prev_log_index`: the
     /// term held there (0 if none) and the first index of that term (or
     /// `last_index + 1` when the log is too short). Used for fast backtracking.
-    pub fn conflict_hint(&self, prev_index: u64) -> (u64, u64) {
+    pub(crate) fn conflict_hint(&self, prev_index: u64) -> (u64, u64) {
         if prev_index > self.last_index() {
             return (self.last_index() + 1, 0);
         }
@@ -255,7 +256,7 @@ impl RaftLog {
     }
 
     /// Hands out the entries not yet given to storage.
-    pub fn take_unstable(&mut self) -> Vec<Entry> {
+    pub(crate) fn take_unstable(&mut self) -> Vec<Entry> {
         debug_assert!(
             self.unstable_from > self.snapshot_index,
             "unstable entries never start inside the snapshot"
@@ -270,13 +271,13 @@ impl RaftLog {
     }
 
     /// True if some entries wait to be handed to storage.
-    pub fn has_unstable(&self) -> bool {
+    pub(crate) fn has_unstable(&self) -> bool {
         self.unstable_from <= self.last_index()
     }
 
     /// Hands out committed, durable entries not yet applied, up to `max_bytes`
     /// of payload (at least one).
-    pub fn take_committed(&mut self, max_bytes: usize) -> Vec<Entry> {
+    pub(crate) fn take_committed(&mut self, max_bytes: usize) -> Vec<Entry> {
         let upto = self.committed.min(self.persisted);
         if upto <= self.applied {
             return Vec::new();
@@ -288,14 +289,14 @@ impl RaftLog {
     }
 
     /// True if committed, durable entries wait to be applied.
-    pub fn has_committed(&self) -> bool {
+    pub(crate) fn has_committed(&self) -> bool {
         self.committed.min(self.persisted) > self.applied
     }
 
     /// Storage reports that everything up to `(index, term)` is durable.
     /// Ignored if that entry has since been overwritten (Log Matching makes
     /// the term check enough) or was never handed out.
-    pub fn on_persisted(&mut self, index: u64, term: u64) {
+    pub(crate) fn on_persisted(&mut self, index: u64, term: u64) {
         if index <= self.persisted || index >= self.unstable_from {
             return;
         }
@@ -306,7 +307,7 @@ impl RaftLog {
 
     /// Drops entries up to and including `index`, which a local snapshot now
     /// covers. `index` must be applied.
-    pub fn compact(&mut self, index: u64) {
+    pub(crate) fn compact(&mut self, index: u64) {
         if index <= self.snapshot_index {
             return;
         }
@@ -324,7 +325,7 @@ impl RaftLog {
     /// Replaces the whole log with a snapshot received from the leader. The
     /// snapshot is committed by definition; it becomes durable when storage
     /// reports `(index, term)` persisted.
-    pub fn install_snapshot(&mut self, index: u64, term: u64) {
+    pub(crate) fn install_snapshot(&mut self, index: u64, term: u64) {
         assert!(
             index > self.committed,
             "a snapshot older than the commit index is never installed"
