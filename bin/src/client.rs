@@ -697,7 +697,7 @@ pub fn from_binary(resp: pb::Response) -> Response {
         Some(R::Pong(_)) => Response::Pong,
         Some(R::Redirect(r)) => Response::Redirect(r.leader),
         Some(R::Error(e)) => Response::Err(e.message),
-        Some(R::Status(s)) => Response::Status(kv_net::node::status::proto_fields(&s)),
+        Some(R::Status(s)) => Response::Status(kv_net::status::proto_fields(&s)),
         Some(R::Int(i)) => Response::Int(i.value),
         Some(R::Session(s)) => Response::Session(s.id),
         None => Response::Err("empty response".into()),

@@ -16,10 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::api::NodeHandle;
 use crate::log_limit::LogLimiter;
 use crate::metrics::Metrics;
-use crate::node::status::NodeStatus;
-use crate::node::NodeHandle;
+use crate::status::NodeStatus;
 use crate::transport::TransportProbe;
 
 /// Longest request head accepted.

@@ -3,8 +3,12 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | `node` | the node: core task, storage task, wiring |
-//! | `client` | the text protocol and the client listener |
+//! | `server` | a running server: the node started with its listeners |
+//! | `node` | the node: core task, storage task, snapshot task, supervisor |
+//! | `api` | what clients ask of a node and what it answers |
+//! | `client` | the client protocols (text, binary, Redis) and their listener |
+//! | `limits` | the limits of the client listener and the text protocol |
+//! | `status` | the node's status board (STATUS, `/status`, metrics) |
 //! | `transport` | peer connections (framed protobuf), fault injection |
 //! | `frame` | length-prefixed frames |
 //! | `storage` | WAL segments, recovery, the data dir's identity and lock |
@@ -13,14 +17,18 @@
 //! | `log_limit` | rate limits for warnings outsiders can trigger |
 //! | `tls` | mutual TLS for the peer and client ports (real sockets only) |
 
+pub mod api;
 pub mod client;
 pub mod frame;
 pub mod fs;
 pub mod http;
+pub mod limits;
 pub mod log_limit;
 pub mod metrics;
 pub mod node;
+pub mod server;
 pub mod snapshots;
+pub mod status;
 pub mod storage;
 #[cfg(not(madsim))]
 pub mod tls;

@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::node::status::NodeStatus;
+use crate::status::NodeStatus;
 use crate::transport::TransportStats;
 
 /// One label: a client operation (`get`, `set`, ...).

@@ -11,7 +11,8 @@ use std::time::Duration;
 use kv_engine::raft::ReadMode;
 use kv_net::fs::MemFs;
 use kv_net::node::events::Events;
-use kv_net::node::{Member, Node, NodeConfig};
+use kv_net::node::{Member, NodeConfig};
+use kv_net::server::Node;
 use kv_net::transport::{AppendFilter, LinkSwitches, NetFaults};
 use madsim::runtime::{Handle, NodeHandle};
 

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 /// What a client asked for: the node's own operation type.
-pub use kv_net::node::ClientOp as Input;
+pub use kv_net::api::ClientOp as Input;
 
 /// What a client was told.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -7,7 +7,7 @@
 //! | `linearizability` | Wing-Gong-Lowe checker, per key | always |
 //! | `invariants` | Raft safety from node events | always |
 //! | `swarm` | each seed's own mix of faults and intensities | always |
-//! | `cluster` | madsim nodes running `kv_net::node::Node` | `--cfg madsim` |
+//! | `cluster` | madsim nodes running `kv_net::server::Node` | `--cfg madsim` |
 //! | `workload` | clients on the real text protocol | `--cfg madsim` |
 //! | `scenario` | one run: faults, heal, checks | `--cfg madsim` |
 //! | `disk_faults` | page cache, bit rot, replaced disks, EIO, ENOSPC on a minority | `--cfg madsim` |

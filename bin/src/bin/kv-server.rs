@@ -16,7 +16,8 @@ use kv_bin::logging::LogFormat;
 use kv_bin::members::parse_members;
 use kv_engine::raft::ReadMode;
 use kv_net::fs::StdFs;
-use kv_net::node::{Member, Node, NodeConfig};
+use kv_net::node::{Member, NodeConfig};
+use kv_net::server::Node;
 use kv_net::tls::{NodeTls, TlsFiles};
 
 /// One node of a Raft-replicated key-value store.

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::budget::ConnectionBudget;
 use super::ClientLimits;
+use crate::api::{ClientOp, ClientReply, FailKind, NodeHandle, SessionTag};
 use crate::frame::{encode_frame, FrameError, FrameReader};
-use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle, SessionTag};
 
 /// The first bytes of a binary connection (a NUL never starts a text request).
 pub const MAGIC: [u8; 4] = [0, b'K', b'V', b'B'];

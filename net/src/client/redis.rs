@@ -9,7 +9,7 @@
 //! Commands: PING ECHO HELLO AUTH CLIENT COMMAND SELECT QUIT INFO CONFIG
 //! (GET only, empty), GET SET (NX XX GET) SETNX GETSET MGET MSET MSETNX
 //! DEL EXISTS INCR INCRBY DECR DECRBY APPEND STRLEN DBSIZE SCAN (MATCH
-//! COUNT) KEYS (at most `crate::node::MAX_KEYS_ANSWERED`) FLUSHDB FLUSHALL, and
+//! COUNT) KEYS (at most `crate::api::MAX_KEYS_ANSWERED`) FLUSHDB FLUSHALL, and
 //! `CAS key expected new` (`:1` if swapped, `:0` if not). Expiry (EX, PX,
 //! EXPIRE, TTL, ...) is refused: a TTL needs time carried in the log, and
 //! this store keeps none. Transactions and other data types answer
@@ -28,7 +28,7 @@ use super::budget::ConnectionBudget;
 use super::resp::{encode_command, read_raw_reply, Reply, RespError, RespLimits, RespReader};
 use super::scan_cursors::ScanCursors;
 use super::ClientLimits;
-use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle, SetCondition};
+use crate::api::{ClientOp, ClientReply, FailKind, NodeHandle, SetCondition};
 
 /// The Redis version this server says it is compatible with.
 pub const REDIS_VERSION: &str = "7.0.0";

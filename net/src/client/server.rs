@@ -13,8 +13,8 @@ use super::budget::{ConnectionBudget, MemoryBudget};
 use super::redis::RedisShared;
 use super::text::{encode_response, parse_tagged, LineError, LineReader, Request, Response};
 use super::ClientLimits;
+use crate::api::{ClientOp, ClientReply, FailKind, NodeHandle, SessionTag};
 use crate::log_limit::LogLimiter;
-use crate::node::{ClientOp, ClientReply, FailKind, NodeHandle, SessionTag};
 
 /// A bound client listener, ready to `run`.
 pub struct ClientServer {

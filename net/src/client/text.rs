@@ -32,27 +32,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::budget::{Charge, ConnectionBudget};
-
-/// Size limits of the text protocol.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TextLimits {
-    /// Longest line accepted (without its newline).
-    pub max_line_bytes: usize,
-    /// Longest key accepted.
-    pub max_key_bytes: usize,
-    /// Longest value accepted.
-    pub max_value_bytes: usize,
-}
-
-impl Default for TextLimits {
-    fn default() -> Self {
-        TextLimits {
-            max_line_bytes: 1 << 20,
-            max_key_bytes: 1024,
-            max_value_bytes: 512 * 1024,
-        }
-    }
-}
+pub use crate::limits::TextLimits;
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,8 +10,7 @@ use kv_engine::raft::{Config as RaftConfig, ReadMode};
 use kv_engine::storage::meta::DataDirMeta;
 
 use super::events::Events;
-use crate::client::text::TextLimits;
-use crate::client::ClientLimits;
+use crate::limits::{ClientLimits, TextLimits};
 use crate::storage::StorageOptions;
 use crate::transport::{NetFaults, TransportConfig};
 

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::fs::FileSystem;
 use crate::metrics::Metrics;
 use crate::node::sim_disk::SimDisk;
-use crate::node::status::StatusBoard;
+use crate::status::StatusBoard;
 use crate::storage::{Storage, StorageError};
 
 /// The most Ready writes merged into one append.

@@ -18,14 +18,12 @@ use tokio::sync::{mpsc, watch};
 
 use super::core_task::CoreTask;
 use super::events::NodeEvent;
-use super::status::StatusBoard;
-use super::{
-    snapshot_task, storage_task, ClientOp, ClientReply, ClientRequest, FailKind, NodeConfig,
-    NodeError,
-};
+use super::{snapshot_task, storage_task, NodeConfig, NodeError};
+use crate::api::{ClientOp, ClientReply, ClientRequest, FailKind};
 use crate::fs::FileSystem;
 use crate::metrics::Metrics;
 use crate::node::sim_disk::SimDisk;
+use crate::status::StatusBoard;
 use crate::storage::{Recovered, Storage, StorageError};
 use crate::transport::PeerTransport;
 

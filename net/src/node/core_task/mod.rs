@@ -26,11 +26,12 @@ use self::requests::{ReadQuery, Work};
 use self::snapshots::SnapshotPlan;
 use super::events::{durable_promise, fnv1a, term_runs, Events, NodeEvent};
 use super::snapshot_task::{SnapshotDone, SnapshotTasks};
-use super::status::StatusBoard;
 use super::storage_task::{StorageDone, StorageJob, WriteJob};
 use super::supervisor::{Ended, Inputs};
-use super::{ClientOp, ClientReply, ClientRequest, FailKind, NodeConfig, NodeError};
+use super::{NodeConfig, NodeError};
+use crate::api::{ClientOp, ClientReply, ClientRequest, FailKind};
 use crate::metrics::{Metrics, ReasonLabel};
+use crate::status::StatusBoard;
 use crate::transport::PeerTransport;
 
 /// How many queued inputs of one kind are taken before the Ready is drained:

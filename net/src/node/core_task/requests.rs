@@ -9,7 +9,7 @@ use kv_proto::command::{
     OpenSession, Pair, Set, SetIf,
 };
 
-use crate::node::{ClientOp, ClientReply, SessionTag, SetCondition, MAX_KEYS_ANSWERED};
+use crate::api::{ClientOp, ClientReply, SessionTag, SetCondition, MAX_KEYS_ANSWERED};
 
 /// KEYS is refused on a store holding more keys than this (a walk of
 /// 200,000 keys takes the core some milliseconds; SCAN pages instead).

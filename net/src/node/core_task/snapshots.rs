@@ -9,10 +9,11 @@ use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
 use super::CoreTask;
+use crate::api::{ClientReply, FailKind};
 use crate::node::events::NodeEvent;
 use crate::node::snapshot_task::SnapshotDone;
 use crate::node::supervisor::Ended;
-use crate::node::{ClientReply, FailKind, NodeConfig};
+use crate::node::NodeConfig;
 
 /// When the next snapshot is due: after enough entries or enough bytes of
 /// them since the last, each threshold stretched by a per-node random share
