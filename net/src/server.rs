@@ -65,23 +65,7 @@ impl Node {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shutdown = Stopper(Arc::new(shutdown));
 
-        let client_server = ClientServer::bind(
-            cfg.client_addr(),
-            cfg.client_limits(),
-            handle.clone(),
-            shutdown_rx.clone(),
-        )
-        .await
-        .map_err(|source| NodeError::Listen {
-            addr: cfg.client_addr(),
-            source,
-        })?;
-        #[cfg(not(madsim))]
-        let client_server =
-            client_server.with_tls(cfg.tls.as_ref().map(|t| t.client_acceptor.clone()));
-        let client_addr = client_server.local_addr();
-        tokio::spawn(client_server.run());
-
+        let client_addr = start_client_listener(&cfg, handle.clone(), shutdown_rx.clone()).await?;
         let http_addr = match cfg.http_addr {
             Some(addr) => {
                 let state = HttpState {
@@ -90,12 +74,7 @@ impl Node {
                     transport: transport.probe(),
                     quorum_window: cfg.tick * (cfg.election_ticks as u32) * 2,
                 };
-                let server = HttpServer::bind(addr, state, shutdown_rx.clone())
-                    .await
-                    .map_err(|source| NodeError::Listen { addr, source })?;
-                let bound = server.local_addr();
-                tokio::spawn(server.run());
-                bound
+                start_http(addr, state, shutdown_rx.clone()).await?
             }
             None => None,
         };
@@ -163,4 +142,40 @@ impl Node {
         self.shutdown();
         self.wait().await
     }
+}
+
+/// Binds the client port (with TLS if configured) and starts serving it;
+/// returns the address bound.
+async fn start_client_listener(
+    cfg: &NodeConfig,
+    handle: NodeHandle,
+    shutdown: watch::Receiver<bool>,
+) -> Result<SocketAddr, NodeError> {
+    let client_server =
+        ClientServer::bind(cfg.client_addr(), cfg.client_limits(), handle, shutdown)
+            .await
+            .map_err(|source| NodeError::Listen {
+                addr: cfg.client_addr(),
+                source,
+            })?;
+    #[cfg(not(madsim))]
+    let client_server = client_server.with_tls(cfg.tls.as_ref().map(|t| t.client_acceptor.clone()));
+    let client_addr = client_server.local_addr();
+    tokio::spawn(client_server.run());
+    Ok(client_addr)
+}
+
+/// Binds the HTTP endpoint (`/metrics`, `/health`, `/status`) and starts
+/// serving it; returns the address bound.
+async fn start_http(
+    addr: SocketAddr,
+    state: HttpState,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<SocketAddr>, NodeError> {
+    let server = HttpServer::bind(addr, state, shutdown)
+        .await
+        .map_err(|source| NodeError::Listen { addr, source })?;
+    let bound = server.local_addr();
+    tokio::spawn(server.run());
+    Ok(bound)
 }

@@ -111,6 +111,10 @@ impl Batch {
     }
 }
 
+/// What a storage call gives back: the storage, how it went, and the
+/// completions to report if it went well.
+type Outcome<F> = (Storage<F>, Result<(), StorageError>, Vec<StorageDone>);
+
 async fn run<F: FileSystem + Send + 'static>(
     mut storage: Storage<F>,
     mut jobs: mpsc::Receiver<StorageJob>,
@@ -137,81 +141,10 @@ async fn run<F: FileSystem + Send + 'static>(
         let syncs = matches!(job, StorageJob::Write(_));
         (storage, result, completions) = match job {
             StorageJob::Write(first) if first.snapshot.is_none() => {
-                let mut batch = Batch::default();
-                batch.merge(first);
-                // Group commit: take whatever else is queued right now.
-                while batch.done.len() < MERGE_MAX {
-                    match jobs.try_recv() {
-                        Ok(StorageJob::Write(w)) if w.snapshot.is_none() => batch.merge(w),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                debug_assert!(!batch.is_empty());
-                // Entries and anything in the hard state but its commit
-                // index must be durable before anything that depends on them
-                // leaves. A commit index alone need not be: a crash that
-                // loses it only makes the node relearn it from the leader.
-                // Skipping those fsyncs halves the disk work of a lone
-                // client's write.
-                let without_commit = |h: HardState| HardState { commit: 0, ..h };
-                let must_sync = !batch.entries.is_empty()
-                    || batch
-                        .hard_state
-                        .is_some_and(|h| Some(without_commit(h)) != synced_hard);
-                if let Some(h) = batch.hard_state {
-                    if must_sync {
-                        synced_hard = Some(without_commit(h));
-                    }
-                }
-                if must_sync && disk.fsync_is_instant() {
-                    // One trip to the blocking pool for write and fsync.
-                    let done = batch.done;
-                    let (hs, entries) = (batch.hard_state, batch.entries);
-                    blocking(storage, move |s| (s.append(hs.as_ref(), &entries), done)).await
-                } else {
-                    let bytes: u64 = batch.entries.iter().map(|e| e.data.len() as u64).sum();
-                    let (storage, written, done) = blocking(storage, move |s| {
-                        match s.write(batch.hard_state.as_ref(), &batch.entries) {
-                            Ok(wrote) => (Ok(()), (wrote, batch.done)),
-                            Err(e) => (Err(e), (false, batch.done)),
-                        }
-                    })
-                    .await;
-                    match written {
-                        Err(e) => (storage, Err(e), done.1),
-                        Ok(()) if !done.0 || !must_sync => (storage, Ok(()), done.1),
-                        Ok(()) => {
-                            // The write is in the page cache, not yet durable: a
-                            // simulated crash here loses it (or tears it).
-                            disk.fsync(bytes).await;
-                            blocking(storage, move |s| (s.sync(), done.1)).await
-                        }
-                    }
-                }
+                let batch = gather_batch(first, &mut jobs, &mut next);
+                write_batch(storage, batch, &mut synced_hard, &disk).await
             }
-            StorageJob::Write(job) => {
-                // A snapshot from the leader replaces the log, then the
-                // Ready's own entries and hard state follow it.
-                blocking(storage, move |s| {
-                    let mut r = Ok(());
-                    if let Some(meta) = job.snapshot {
-                        r = s.install_snapshot(meta, job.hard_state.as_ref());
-                    }
-                    if r.is_ok() && (job.hard_state.is_some() || !job.entries.is_empty()) {
-                        r = s.append(job.hard_state.as_ref(), &job.entries);
-                    }
-                    let done = StorageDone::Written {
-                        persisted_messages: job.persisted_messages,
-                        point: job.point,
-                    };
-                    (r, vec![done])
-                })
-                .await
-            }
+            StorageJob::Write(job) => install_snapshot(storage, job).await,
             StorageJob::Compact(meta) => {
                 blocking(storage, move |s| {
                     (s.compact(meta), vec![StorageDone::Compacted])
@@ -237,6 +170,100 @@ async fn run<F: FileSystem + Send + 'static>(
             }
         }
     }
+}
+
+/// Group commit: `first` and whatever other plain writes are queued right
+/// now, up to `MERGE_MAX`, as one batch; a job of another kind is kept in
+/// `next` for the following round.
+fn gather_batch(
+    first: WriteJob,
+    jobs: &mut mpsc::Receiver<StorageJob>,
+    next: &mut Option<StorageJob>,
+) -> Batch {
+    let mut batch = Batch::default();
+    batch.merge(first);
+    while batch.done.len() < MERGE_MAX {
+        match jobs.try_recv() {
+            Ok(StorageJob::Write(w)) if w.snapshot.is_none() => batch.merge(w),
+            Ok(other) => {
+                *next = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    debug_assert!(!batch.is_empty(), "a batch holds at least its first write");
+    batch
+}
+
+/// Writes a batch with one fsync, or none when only the commit index
+/// changed: entries and anything in the hard state but its commit index
+/// must be durable before anything that depends on them leaves, but a
+/// commit index lost in a crash is only relearned from the leader. Skipping
+/// those fsyncs halves the disk work of a lone client's write.
+async fn write_batch<F: FileSystem + Send + 'static>(
+    storage: Storage<F>,
+    batch: Batch,
+    synced_hard: &mut Option<HardState>,
+    disk: &SimDisk,
+) -> Outcome<F> {
+    let without_commit = |h: HardState| HardState { commit: 0, ..h };
+    let must_sync = !batch.entries.is_empty()
+        || batch
+            .hard_state
+            .is_some_and(|h| Some(without_commit(h)) != *synced_hard);
+    if let Some(h) = batch.hard_state {
+        if must_sync {
+            *synced_hard = Some(without_commit(h));
+        }
+    }
+    if must_sync && disk.fsync_is_instant() {
+        // One trip to the blocking pool for write and fsync.
+        let done = batch.done;
+        let (hs, entries) = (batch.hard_state, batch.entries);
+        return blocking(storage, move |s| (s.append(hs.as_ref(), &entries), done)).await;
+    }
+    let bytes: u64 = batch.entries.iter().map(|e| e.data.len() as u64).sum();
+    let (storage, written, (wrote, done)) = blocking(storage, move |s| {
+        match s.write(batch.hard_state.as_ref(), &batch.entries) {
+            Ok(wrote) => (Ok(()), (wrote, batch.done)),
+            Err(e) => (Err(e), (false, batch.done)),
+        }
+    })
+    .await;
+    match written {
+        Err(e) => (storage, Err(e), done),
+        Ok(()) if !wrote || !must_sync => (storage, Ok(()), done),
+        Ok(()) => {
+            // The write is in the page cache, not yet durable: a simulated
+            // crash here loses it (or tears it).
+            disk.fsync(bytes).await;
+            blocking(storage, move |s| (s.sync(), done)).await
+        }
+    }
+}
+
+/// A snapshot from the leader replaces the log, then the Ready's own
+/// entries and hard state follow it.
+async fn install_snapshot<F: FileSystem + Send + 'static>(
+    storage: Storage<F>,
+    job: WriteJob,
+) -> Outcome<F> {
+    blocking(storage, move |s| {
+        let mut r = Ok(());
+        if let Some(meta) = job.snapshot {
+            r = s.install_snapshot(meta, job.hard_state.as_ref());
+        }
+        if r.is_ok() && (job.hard_state.is_some() || !job.entries.is_empty()) {
+            r = s.append(job.hard_state.as_ref(), &job.entries);
+        }
+        let done = StorageDone::Written {
+            persisted_messages: job.persisted_messages,
+            point: job.point,
+        };
+        (r, vec![done])
+    })
+    .await
 }
 
 /// Runs a storage call off the async threads and hands the storage back.

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_engine::kv::{encode_command, KvStore};
-use kv_engine::raft::{ProposeError, RaftCore, Ready, Role};
+use kv_engine::raft::{
+    ProposeError, RaftCore, ReadState, Ready, Role, SnapshotChunkIn, SnapshotChunkOut, SoftState,
+};
 use kv_proto::raft::{Entry, Message};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -347,44 +349,13 @@ impl<'a> CoreTask<'a> {
         Ok(())
     }
 
+    /// Handles one Ready in the order the core's contract asks (see
+    /// `kv_engine::raft::Ready`): report state changes, send what may go at
+    /// once, hand snapshot chunks on, queue the write (its messages leave
+    /// once it is durable), apply, serve reads.
     async fn handle_ready(&mut self, rd: Ready) -> Result<(), Ended> {
         if let Some(ss) = rd.soft_state {
-            tracing::info!(node = self.id, term = ss.term, role = ?ss.role, leader = ?ss.leader, standing = ?ss.standing, "role change");
-            let node = self.id;
-            self.metrics.leader_seen(ss.leader.unwrap_or(0));
-            if ss.role == Role::Candidate {
-                self.metrics.elections.inc();
-            }
-            self.events.emit(|| NodeEvent::Role {
-                node,
-                term: ss.term,
-                role: ss.role,
-                leader: ss.leader,
-                standing: ss.standing,
-            });
-            if ss.role == Role::Leader {
-                let log = self.core.log();
-                self.events.emit(|| NodeEvent::BecameLeader {
-                    node,
-                    term: ss.term,
-                    first_index: log.first_index(),
-                    last_index: log.last_index(),
-                    term_runs: term_runs(log),
-                });
-            }
-            if ss.role != Role::Leader {
-                let leader = ss.leader;
-                // Whoever asked for the transfer may ask who leads next.
-                self.publish_status();
-                for waiting in std::mem::take(&mut self.transfers) {
-                    let _ = waiting.send(ClientReply::Ok);
-                }
-                tracing::debug!(node, ?leader, "no longer leading");
-                // Writes appended under a lost leadership may or may not commit.
-                for (_, w) in std::mem::take(&mut self.writes) {
-                    let _ = w.reply.send(ClientReply::Failed(FailKind::Unknown));
-                }
-            }
+            self.on_soft_state(ss);
         }
         if let Some(hs) = rd.hard_state {
             let node = self.id;
@@ -398,9 +369,80 @@ impl<'a> CoreTask<'a> {
         for m in rd.messages {
             self.send_peer(m);
         }
-        for chunk in rd.snapshot_chunks_out {
-            // Never wait on the reader: a full queue means a slow disk, and
-            // the core resends an unanswered chunk request later anyway.
+        self.hand_on_snapshot_chunks(rd.snapshot_chunks_out, rd.snapshot_chunks_in)
+            .await?;
+        if must_persist || !rd.persisted_messages.is_empty() {
+            let job = WriteJob {
+                hard_state: rd.hard_state,
+                entries: rd.entries,
+                snapshot: rd.snapshot,
+                persisted_messages: rd.persisted_messages,
+                point,
+            };
+            if self.storage.send(StorageJob::Write(job)).await.is_err() {
+                return Err(stopped("storage task"));
+            }
+        }
+        self.apply_committed(rd.committed_entries);
+        self.serve_reads(rd.read_states, rd.failed_reads);
+        self.maybe_snapshot();
+        if let Some(meta) = self.plan.compact_due.take() {
+            if self.storage.send(StorageJob::Compact(meta)).await.is_err() {
+                return Err(stopped("storage task"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The role, term or leader changed: tell metrics and events, and when
+    /// leadership is lost, answer what waited on it.
+    fn on_soft_state(&mut self, ss: SoftState) {
+        tracing::info!(node = self.id, term = ss.term, role = ?ss.role, leader = ?ss.leader, standing = ?ss.standing, "role change");
+        let node = self.id;
+        self.metrics.leader_seen(ss.leader.unwrap_or(0));
+        if ss.role == Role::Candidate {
+            self.metrics.elections.inc();
+        }
+        self.events.emit(|| NodeEvent::Role {
+            node,
+            term: ss.term,
+            role: ss.role,
+            leader: ss.leader,
+            standing: ss.standing,
+        });
+        if ss.role == Role::Leader {
+            let log = self.core.log();
+            self.events.emit(|| NodeEvent::BecameLeader {
+                node,
+                term: ss.term,
+                first_index: log.first_index(),
+                last_index: log.last_index(),
+                term_runs: term_runs(log),
+            });
+            return;
+        }
+        let leader = ss.leader;
+        // Whoever asked for the transfer may ask who leads next.
+        self.publish_status();
+        for waiting in std::mem::take(&mut self.transfers) {
+            let _ = waiting.send(ClientReply::Ok);
+        }
+        tracing::debug!(node, ?leader, "no longer leading");
+        // Writes appended under a lost leadership may or may not commit.
+        for (_, w) in std::mem::take(&mut self.writes) {
+            let _ = w.reply.send(ClientReply::Failed(FailKind::Unknown));
+        }
+    }
+
+    /// Chunks to send go to the snapshot reader, never waiting on it (a
+    /// full queue means a slow disk, and the core asks again later);
+    /// chunks received go to the snapshot writer, in order.
+    async fn hand_on_snapshot_chunks(
+        &mut self,
+        out: Vec<SnapshotChunkOut>,
+        received: Vec<SnapshotChunkIn>,
+    ) -> Result<(), Ended> {
+        for chunk in out {
             match self.snapshots.send.try_send(chunk) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(c)) => {
@@ -415,35 +457,35 @@ impl<'a> CoreTask<'a> {
                 }
             }
         }
-        for chunk in rd.snapshot_chunks_in {
+        for chunk in received {
             if self.snapshots.receive.send(chunk).await.is_err() {
                 return Err(stopped("snapshot receiver"));
             }
         }
-        if must_persist || !rd.persisted_messages.is_empty() {
-            let job = WriteJob {
-                hard_state: rd.hard_state,
-                entries: rd.entries,
-                snapshot: rd.snapshot,
-                persisted_messages: rd.persisted_messages,
-                point,
-            };
-            if self.storage.send(StorageJob::Write(job)).await.is_err() {
-                return Err(stopped("storage task"));
-            }
+        Ok(())
+    }
+
+    /// Applies committed entries in order, timing the batch.
+    fn apply_committed(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
         }
-        if !rd.committed_entries.is_empty() {
-            let started = Instant::now();
-            let count = rd.committed_entries.len() as u64;
-            for entry in rd.committed_entries {
-                self.apply(entry);
-            }
-            self.metrics.entries_applied.inc_by(count);
-            self.metrics
-                .apply_seconds
-                .observe(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let count = entries.len() as u64;
+        for entry in entries {
+            self.apply(entry);
         }
-        for rs in rd.read_states {
+        self.metrics.entries_applied.inc_by(count);
+        self.metrics
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Serves the reads a quorum confirmed once the state machine has
+    /// applied up to their index (later, as entries apply, if not yet), and
+    /// fails the reads leadership was lost for (a retry is safe).
+    fn serve_reads(&mut self, confirmed: Vec<ReadState>, failed: Vec<u64>) {
+        for rs in confirmed {
             if let Some(read) = self.reads.remove(&rs.id) {
                 if rs.index <= self.applied {
                     self.answer_read(read);
@@ -452,18 +494,11 @@ impl<'a> CoreTask<'a> {
                 }
             }
         }
-        for id in rd.failed_reads {
+        for id in failed {
             if let Some(read) = self.reads.remove(&id) {
                 let _ = read.reply.send(ClientReply::Failed(FailKind::NotApplied));
             }
         }
-        self.maybe_snapshot();
-        if let Some(meta) = self.plan.compact_due.take() {
-            if self.storage.send(StorageJob::Compact(meta)).await.is_err() {
-                return Err(stopped("storage task"));
-            }
-        }
-        Ok(())
     }
 
     /// An operator asks this leader to hand leadership over.
