@@ -8,7 +8,9 @@
 
 use std::fmt;
 
-use kv_proto::raft::{message::Body, Entry, HardState, Message, SnapshotMeta};
+use kv_proto::raft::{
+    message::Body, AppendEntries, AppendEntriesResponse, Entry, HardState, Message, SnapshotMeta,
+};
 
 use super::ready::{Ready, SoftState};
 
@@ -71,14 +73,9 @@ impl fmt::Display for MsgDisplay<'_> {
         match body {
             Body::RequestVote(v) => {
                 let kind = if v.pre_vote { "MsgPreVote" } else { "MsgVote" };
-                write!(
-                    f,
-                    "{kind} term={} last={}@{}",
-                    m.term, v.last_log_index, v.last_log_term
-                )?;
-                if v.transfer {
-                    f.write_str(" transfer")?;
-                }
+                let (i, t) = (v.last_log_index, v.last_log_term);
+                write!(f, "{kind} term={} last={i}@{t}", m.term)?;
+                flags(f, &[(v.transfer, "transfer")])
             }
             Body::RequestVoteResponse(r) => {
                 let kind = if r.pre_vote {
@@ -87,79 +84,86 @@ impl fmt::Display for MsgDisplay<'_> {
                     "MsgVoteResp"
                 };
                 let answer = if r.granted { "granted" } else { "rejected" };
-                write!(f, "{kind} term={} {answer}", m.term)?;
+                write!(f, "{kind} term={} {answer}", m.term)
             }
-            Body::AppendEntries(a) => {
-                write!(
-                    f,
-                    "MsgApp term={} log={}@{} commit={}",
-                    m.term, a.prev_log_index, a.prev_log_term, a.leader_commit
-                )?;
-                if !a.entries.is_empty() {
-                    write!(f, " entries={}", EntriesDisplay(&a.entries))?;
-                }
-                write!(f, " round={}", a.round)?;
-            }
-            Body::AppendEntriesResponse(r) => {
-                write!(f, "MsgAppResp term={}", m.term)?;
-                if r.success {
-                    write!(f, " match={}", r.match_index)?;
-                } else {
-                    write!(
-                        f,
-                        " rejected={} hint={}@{}",
-                        r.rejected_index, r.conflict_index, r.conflict_term
-                    )?;
-                }
-                write!(f, " round={}", r.round)?;
-                if r.recovering {
-                    f.write_str(" recovering")?;
-                }
-            }
+            Body::AppendEntries(a) => append(f, m.term, a),
+            Body::AppendEntriesResponse(r) => append_response(f, m.term, r),
             Body::InstallSnapshot(s) => {
+                let (snap, len) = (meta(s.meta), s.data.len());
                 write!(
                     f,
-                    "MsgSnap term={} snap={} offset={} len={}",
-                    m.term,
-                    meta(s.meta),
-                    s.offset,
-                    s.data.len()
+                    "MsgSnap term={} snap={snap} offset={} len={len}",
+                    m.term, s.offset
                 )?;
-                if s.done {
-                    f.write_str(" done")?;
-                }
-                write!(f, " round={}", s.round)?;
+                flags(f, &[(s.done, "done")])?;
+                write!(f, " round={}", s.round)
             }
             Body::InstallSnapshotResponse(r) => {
+                let snap = meta(r.meta);
                 write!(
                     f,
-                    "MsgSnapResp term={} snap={} next={}",
-                    m.term,
-                    meta(r.meta),
-                    r.next_offset
+                    "MsgSnapResp term={} snap={snap} next={}",
+                    m.term, r.next_offset
                 )?;
-                for (flag, name) in [
-                    (r.done, "done"),
-                    (r.reject, "reject"),
-                    (r.recovering, "recovering"),
-                ] {
-                    if flag {
-                        write!(f, " {name}")?;
-                    }
-                }
-                write!(f, " round={}", r.round)?;
+                flags(
+                    f,
+                    &[
+                        (r.done, "done"),
+                        (r.reject, "reject"),
+                        (r.recovering, "recovering"),
+                    ],
+                )?;
+                write!(f, " round={}", r.round)
             }
-            Body::StatusQuery(q) => write!(f, "MsgStatusQuery term={} nonce={}", m.term, q.nonce)?,
+            Body::StatusQuery(q) => write!(f, "MsgStatusQuery term={} nonce={}", m.term, q.nonce),
             Body::StatusReply(r) => write!(
                 f,
                 "MsgStatusReply term={} nonce={} fresh={} recovering={}",
                 m.term, r.nonce, r.fresh, r.recovering
-            )?,
-            Body::RepairRequest(r) => write!(f, "MsgRepair term={} floor={}", m.term, r.floor)?,
-            Body::TimeoutNow(_) => write!(f, "MsgTimeoutNow term={}", m.term)?,
+            ),
+            Body::RepairRequest(r) => write!(f, "MsgRepair term={} floor={}", m.term, r.floor),
+            Body::TimeoutNow(_) => write!(f, "MsgTimeoutNow term={}", m.term),
         }
-        Ok(())
     }
+}
+
+/// Writes ` name` for each flag that is set.
+fn flags(f: &mut fmt::Formatter<'_>, set: &[(bool, &str)]) -> fmt::Result {
+    for &(on, name) in set {
+        if on {
+            write!(f, " {name}")?;
+        }
+    }
+    Ok(())
+}
+
+fn append(f: &mut fmt::Formatter<'_>, term: u64, a: &AppendEntries) -> fmt::Result {
+    let (i, t) = (a.prev_log_index, a.prev_log_term);
+    write!(
+        f,
+        "MsgApp term={term} log={i}@{t} commit={}",
+        a.leader_commit
+    )?;
+    if !a.entries.is_empty() {
+        write!(f, " entries={}", EntriesDisplay(&a.entries))?;
+    }
+    write!(f, " round={}", a.round)
+}
+
+fn append_response(
+    f: &mut fmt::Formatter<'_>,
+    term: u64,
+    r: &AppendEntriesResponse,
+) -> fmt::Result {
+    write!(f, "MsgAppResp term={term}")?;
+    if r.success {
+        write!(f, " match={}", r.match_index)?;
+    } else {
+        let (i, t) = (r.conflict_index, r.conflict_term);
+        write!(f, " rejected={} hint={i}@{t}", r.rejected_index)?;
+    }
+    write!(f, " round={}", r.round)?;
+    flags(f, &[(r.recovering, "recovering")])
 }
 
 /// Shows a hard state as `term=T vote=V commit=C` (and the recovery fields
@@ -264,7 +268,6 @@ impl fmt::Display for Ready {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use kv_proto::raft::AppendEntries;
 
     #[test]
     fn an_append_shows_its_log_position_and_entries_on_one_line() {
