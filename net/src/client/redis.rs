@@ -18,17 +18,18 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Mutex, OwnedSemaphorePermit, Semaphore};
 
 use super::budget::ConnectionBudget;
 use super::resp::{encode_command, read_raw_reply, Reply, RespError, RespLimits, RespReader};
 use super::scan_cursors::ScanCursors;
 use super::ClientLimits;
-use crate::api::{ClientOp, ClientReply, FailKind, NodeHandle, SetCondition};
+use crate::api::{ClientOp, ClientReply, FailKind, NodeHandle, SetCondition, Submitted};
 
 /// The Redis version this server says it is compatible with.
 pub const REDIS_VERSION: &str = "7.0.0";
@@ -75,6 +76,21 @@ struct Session {
     cursors: Arc<ScanCursors>,
 }
 
+impl Session {
+    /// A new connection: RESP2, its own id, authenticated if no password
+    /// is set.
+    fn new(shared: &RedisShared) -> Self {
+        Session {
+            version: 2,
+            name: None,
+            id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+            authed: shared.password.is_none(),
+            forwarded: false,
+            cursors: Arc::new(ScanCursors::default()),
+        }
+    }
+}
+
 /// How a node reply becomes a Redis reply, per command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Render {
@@ -112,7 +128,7 @@ enum Action {
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_redis<R, W>(
     reader: R,
-    mut writer: W,
+    writer: W,
     limits: &ClientLimits,
     node: &NodeHandle,
     budget: &ConnectionBudget,
@@ -130,60 +146,15 @@ pub async fn serve_redis<R, W>(
         max_inline_bytes: limits.text.max_line_bytes,
     };
     let mut commands = RespReader::new(reader, resp_limits, initial);
-    let mut session = Session {
-        version: 2,
-        name: None,
-        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
-        authed: shared.password.is_none(),
-        forwarded: false,
-        cursors: Arc::new(ScanCursors::default()),
-    };
+    let mut session = Session::new(&shared);
     let pipeline = limits.max_pipeline.max(1);
-    let (answers, mut in_order) = mpsc::channel::<oneshot::Receiver<Bytes>>(pipeline);
-    let write_timeout = limits.write_timeout;
-    let writing = tokio::spawn(async move {
-        let mut buf = Vec::with_capacity(16 * 1024);
-        while let Some(next) = in_order.recv().await {
-            buf.clear();
-            buf.extend_from_slice(&next.await.unwrap_or_default());
-            // Whatever else is answered already goes in the same write.
-            while buf.len() < 256 * 1024 {
-                let Ok(mut more) = in_order.try_recv() else {
-                    break;
-                };
-                match more.try_recv() {
-                    Ok(bytes) => buf.extend_from_slice(&bytes),
-                    Err(_) => {
-                        let w = writer.write_all(&buf);
-                        if !matches!(tokio::time::timeout(write_timeout, w).await, Ok(Ok(()))) {
-                            return;
-                        }
-                        buf.clear();
-                        buf.extend_from_slice(&more.await.unwrap_or_default());
-                    }
-                }
-            }
-            let write = async {
-                writer.write_all(&buf).await?;
-                writer.flush().await
-            };
-            if !matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(()))) {
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-    let slots = Arc::new(Semaphore::new(pipeline));
-    let pipeline_permits = u32::try_from(pipeline).unwrap_or(u32::MAX);
+    let (answers, in_order) = mpsc::channel::<oneshot::Receiver<Bytes>>(pipeline);
+    let writing = tokio::spawn(write_answers(writer, in_order, limits.write_timeout));
+    let mut line = Line::new(pipeline);
     let forwarder = Arc::new(Forwarder {
         conn: Mutex::new(None),
         password: shared.password.clone(),
     });
-    // Whether the commands in flight are reads (None: none yet).
-    let mut run_of_reads: Option<bool> = None;
-    // The next command's place in line, and whose turn it is to settle.
-    let mut next_turn = 0u64;
-    let turn = Arc::new(watch::Sender::new(0u64));
     loop {
         let next = tokio::select! {
             biased;
@@ -213,68 +184,23 @@ pub async fn serve_redis<R, W>(
                 break;
             }
             Action::Node(op, render) => {
-                // Redis runs a connection's commands in order. Reads and
-                // writes go different ways through the node (ReadIndex or
-                // the log), so where a run of one turns into the other,
-                // everything before is answered first; within a run the
-                // node keeps the order in which they are submitted.
                 let is_read = op.is_read();
-                if run_of_reads.is_some_and(|r| r != is_read)
-                    && slots.acquire_many(pipeline_permits).await.is_err()
-                {
-                    break;
-                }
-                run_of_reads = Some(is_read);
-                let Ok(slot) = slots.clone().acquire_owned().await else {
+                let Some((slot, place)) = line.enter(is_read, &answers, session.version).await
+                else {
                     break;
                 };
-                let (tx, rx) = oneshot::channel();
-                if answers.send(rx).await.is_err() {
-                    break;
-                }
                 let submitted = node.submit(op).await;
-                let place = Turn {
-                    line: turn.clone(),
-                    mine: next_turn,
-                    answer: Some(tx),
-                    version: session.version,
+                let context = AnswerContext {
+                    forwarder: forwarder.clone(),
+                    cursors: session.cursors.clone(),
+                    forwarded: session.forwarded,
+                    timeout: limits.request_timeout,
+                    max_answer: limits.max_answer_bytes,
                 };
-                next_turn += 1;
-                let forwarder = forwarder.clone();
-                let cursors = session.cursors.clone();
-                let forwarded = session.forwarded;
-                let (timeout, max_answer) = (limits.request_timeout, limits.max_answer_bytes);
                 tokio::spawn(async move {
-                    let version = place.version;
-                    let reply = match tokio::time::timeout(timeout, submitted.reply()).await {
-                        Ok(r) => r,
-                        Err(_) => ClientReply::Failed(FailKind::Timeout),
-                    };
-                    // Answers are settled in submission order, so commands
-                    // a follower forwards reach the leader in that order.
-                    place.wait().await;
-                    let bytes = match reply {
-                        ClientReply::Redirect(leader) if !forwarded => {
-                            let forward = forwarder.forward(leader, &args, version, is_read);
-                            match tokio::time::timeout(timeout, forward).await {
-                                Ok(bytes) => bytes,
-                                Err(_) if is_read => {
-                                    encode(&try_again("the leader did not answer in time"), version)
-                                }
-                                Err(_) => encode(
-                                    &Reply::Error("ERR timeout: outcome unknown".into()),
-                                    version,
-                                ),
-                            }
-                        }
-                        reply if answer_bytes(&reply) > max_answer => encode(
-                            &Reply::Error(format!(
-                                "ERR the answer would exceed {max_answer} bytes"
-                            )),
-                            version,
-                        ),
-                        reply => encode(&render_reply(reply, render, &cursors), version),
-                    };
+                    let bytes = context
+                        .answer(submitted, &place, &args, render, is_read)
+                        .await;
                     drop(charge);
                     drop(slot);
                     place.settle(bytes);
@@ -285,6 +211,161 @@ pub async fn serve_redis<R, W>(
     drop(answers);
     let _ = writing.await;
     super::server::drain(&mut commands.into_inner()).await;
+}
+
+/// The commands of one connection that went to the node, in line.
+///
+/// Redis runs a connection's commands in order. Reads and writes go
+/// different ways through the node (ReadIndex or the log), so where a run
+/// of one turns into the other, everything before is answered first;
+/// within a run the node keeps the order in which they are submitted, and
+/// answers settle in that order (`Turn`).
+struct Line {
+    /// One permit per command in flight (the pipeline's depth).
+    slots: Arc<Semaphore>,
+    depth: u32,
+    /// Whether the commands in flight are reads (None: none yet).
+    run_of_reads: Option<bool>,
+    /// The next command's place in line, and whose turn it is to settle.
+    next_turn: u64,
+    turn: Arc<watch::Sender<u64>>,
+}
+
+impl Line {
+    fn new(pipeline: usize) -> Self {
+        Line {
+            slots: Arc::new(Semaphore::new(pipeline)),
+            depth: u32::try_from(pipeline).unwrap_or(u32::MAX),
+            run_of_reads: None,
+            next_turn: 0,
+            turn: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// Takes the next place in line for a command (waiting for everything
+    /// before it to be answered if it starts a run of the other kind) and
+    /// reserves its answer's place in `answers`. None: the connection is
+    /// closing.
+    async fn enter(
+        &mut self,
+        is_read: bool,
+        answers: &mpsc::Sender<oneshot::Receiver<Bytes>>,
+        version: u8,
+    ) -> Option<(OwnedSemaphorePermit, Turn)> {
+        if self.run_of_reads.is_some_and(|r| r != is_read) {
+            // All permits free means nothing is in flight.
+            drop(self.slots.acquire_many(self.depth).await.ok()?);
+        }
+        self.run_of_reads = Some(is_read);
+        let slot = self.slots.clone().acquire_owned().await.ok()?;
+        let (tx, rx) = oneshot::channel();
+        answers.send(rx).await.ok()?;
+        let place = Turn {
+            line: self.turn.clone(),
+            mine: self.next_turn,
+            answer: Some(tx),
+            version,
+        };
+        self.next_turn += 1;
+        Some((slot, place))
+    }
+}
+
+/// Writes the answers in the order the commands came, each as soon as it
+/// is ready; answers ready together go out in one write. Stops when the
+/// client does not take them within `write_timeout`.
+async fn write_answers<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut in_order: mpsc::Receiver<oneshot::Receiver<Bytes>>,
+    write_timeout: Duration,
+) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while let Some(next) = in_order.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&next.await.unwrap_or_default());
+        // Whatever else is answered already goes in the same write.
+        while buf.len() < 256 * 1024 {
+            let Ok(mut more) = in_order.try_recv() else {
+                break;
+            };
+            match more.try_recv() {
+                Ok(bytes) => buf.extend_from_slice(&bytes),
+                Err(_) => {
+                    let w = writer.write_all(&buf);
+                    if !matches!(tokio::time::timeout(write_timeout, w).await, Ok(Ok(()))) {
+                        return;
+                    }
+                    buf.clear();
+                    buf.extend_from_slice(&more.await.unwrap_or_default());
+                }
+            }
+        }
+        let write = async {
+            writer.write_all(&buf).await?;
+            writer.flush().await
+        };
+        if !matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(()))) {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// What turning a node's reply into a command's answer needs.
+struct AnswerContext {
+    forwarder: Arc<Forwarder>,
+    cursors: Arc<ScanCursors>,
+    /// The connection comes from a follower forwarding: never forward on.
+    forwarded: bool,
+    timeout: Duration,
+    max_answer: usize,
+}
+
+impl AnswerContext {
+    /// Waits for the node's reply (within the request timeout), then for
+    /// this command's turn, and encodes the answer: a redirect from a
+    /// follower is forwarded to the leader (a write at most once), an
+    /// answer past the size limit is refused.
+    async fn answer(
+        &self,
+        submitted: Submitted,
+        place: &Turn,
+        args: &[Bytes],
+        render: Render,
+        is_read: bool,
+    ) -> Bytes {
+        let version = place.version;
+        let reply = match tokio::time::timeout(self.timeout, submitted.reply()).await {
+            Ok(r) => r,
+            Err(_) => ClientReply::Failed(FailKind::Timeout),
+        };
+        // Answers are settled in submission order, so commands a follower
+        // forwards reach the leader in that order.
+        place.wait().await;
+        match reply {
+            ClientReply::Redirect(leader) if !self.forwarded => {
+                let forward = self.forwarder.forward(leader, args, version, is_read);
+                match tokio::time::timeout(self.timeout, forward).await {
+                    Ok(bytes) => bytes,
+                    Err(_) if is_read => {
+                        encode(&try_again("the leader did not answer in time"), version)
+                    }
+                    Err(_) => encode(
+                        &Reply::Error("ERR timeout: outcome unknown".into()),
+                        version,
+                    ),
+                }
+            }
+            reply if answer_bytes(&reply) > self.max_answer => encode(
+                &Reply::Error(format!(
+                    "ERR the answer would exceed {} bytes",
+                    self.max_answer
+                )),
+                version,
+            ),
+            reply => encode(&render_reply(reply, render, &self.cursors), version),
+        }
+    }
 }
 
 /// A command's place in the line of answers. Dropped (settled, or its task
