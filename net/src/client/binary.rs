@@ -13,7 +13,7 @@ use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::budget::ConnectionBudget;
+use super::budget::{Charge, ConnectionBudget};
 use super::ClientLimits;
 use crate::api::{ClientOp, ClientReply, FailKind, NodeHandle, SessionTag};
 use crate::frame::{encode_frame, FrameError, FrameReader};
@@ -287,31 +287,11 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 return None;
             }
         };
-        let req = match pb::Request::decode(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                // Framing is intact, so the connection stays usable.
-                let msg = format!("undecodable request: {e}");
-                if !answer_now(error(0, pb::error::Kind::BadRequest, msg)) {
-                    return None;
-                }
-                continue;
-            }
-        };
-        let op = match request_to_op(&req, limits) {
-            Ok(Some(op)) => op,
-            Ok(None) => {
-                let pong = pb::Response {
-                    id: req.id,
-                    result: Some(Res::Pong(pb::Pong {})),
-                };
-                if !answer_now(pong) {
-                    return None;
-                }
-                continue;
-            }
-            Err(e) => {
-                if !answer_now(error(req.id, pb::error::Kind::BadRequest, e.to_string())) {
+        let (req, op) = match decode_request(payload, limits) {
+            Ok(decoded) => decoded,
+            // Framing is intact, so the connection stays usable.
+            Err(answer) => {
+                if !answer_now(*answer) {
                     return None;
                 }
                 continue;
@@ -321,29 +301,79 @@ async fn read_requests<R: AsyncRead + Unpin>(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return None;
         };
+        let call = Call {
+            req,
+            op,
+            charge,
+            slot,
+        };
         let (node, answers, queue) = (node.clone(), answers.clone(), queue.clone());
-        let timeout = limits.request_timeout;
-        tokio::spawn(async move {
-            let session = (req.session != 0).then_some(SessionTag {
-                session: req.session,
-                seq: req.seq,
-                acked_below: req.acked_below,
-            });
-            let reply = match tokio::time::timeout(timeout, node.call_in(op, session)).await {
-                Ok(r) => r,
-                Err(_) => ClientReply::Failed(FailKind::Timeout),
-            };
-            drop(charge);
-            let response = reply_to_response(req.id, reply);
-            let bytes = answer_bytes(&response);
-            if queue.add(bytes) {
-                let _ = answers.send(Answer {
-                    response,
-                    bytes,
-                    _slot: Some(slot),
-                });
-            }
+        tokio::spawn(call.run(node, answers, queue, limits.request_timeout));
+    }
+}
+
+/// Decodes a request into what the node is to do, or into the answer to
+/// give at once: a PONG, or why the request is refused.
+fn decode_request(
+    payload: Bytes,
+    limits: &ClientLimits,
+) -> Result<(pb::Request, ClientOp), Box<pb::Response>> {
+    let req = pb::Request::decode(payload).map_err(|e| {
+        let msg = format!("undecodable request: {e}");
+        Box::new(error(0, pb::error::Kind::BadRequest, msg))
+    })?;
+    match request_to_op(&req, limits) {
+        Ok(Some(op)) => Ok((req, op)),
+        Ok(None) => Err(Box::new(pb::Response {
+            id: req.id,
+            result: Some(Res::Pong(pb::Pong {})),
+        })),
+        Err(e) => Err(Box::new(error(
+            req.id,
+            pb::error::Kind::BadRequest,
+            e.to_string(),
+        ))),
+    }
+}
+
+/// A request on its way to the node, holding its share of the budget and
+/// its pipeline slot until answered.
+struct Call {
+    req: pb::Request,
+    op: ClientOp,
+    charge: Charge,
+    slot: OwnedSemaphorePermit,
+}
+
+impl Call {
+    /// Asks the node (within `timeout`) and queues the answer.
+    async fn run(
+        self,
+        node: NodeHandle,
+        answers: mpsc::UnboundedSender<Answer>,
+        queue: Arc<AnswerQueue>,
+        timeout: Duration,
+    ) {
+        let req = self.req;
+        let session = (req.session != 0).then_some(SessionTag {
+            session: req.session,
+            seq: req.seq,
+            acked_below: req.acked_below,
         });
+        let reply = match tokio::time::timeout(timeout, node.call_in(self.op, session)).await {
+            Ok(r) => r,
+            Err(_) => ClientReply::Failed(FailKind::Timeout),
+        };
+        drop(self.charge);
+        let response = reply_to_response(req.id, reply);
+        let bytes = answer_bytes(&response);
+        if queue.add(bytes) {
+            let _ = answers.send(Answer {
+                response,
+                bytes,
+                _slot: Some(self.slot),
+            });
+        }
     }
 }
 
