@@ -552,6 +552,32 @@ fn a_proposal_on_a_follower_is_refused_naming_the_leader() {
     );
 }
 
+/// Flow control: a leader refuses proposals while too many entries wait
+/// to commit, and takes them again once some commit.
+#[test]
+fn proposals_beyond_the_uncommitted_bound_wait_for_a_commit() {
+    let mut cfg = config(1, 3);
+    cfg.max_uncommitted_entries = 2;
+    let mut c = RaftCore::new(cfg, Restored::default()).unwrap();
+    tick_until(&mut c, Role::Candidate);
+    let _ = ready_and_persist(&mut c);
+    c.step(vote(2, 1, 1, true));
+    let _ = ready_and_persist(&mut c);
+    c.step(ack(2, 1, 1));
+    let _ = ready_and_persist(&mut c);
+    assert_eq!(c.log().committed(), 1);
+    c.propose(Bytes::from_static(b"a")).unwrap();
+    c.propose(Bytes::from_static(b"b")).unwrap();
+    assert_eq!(
+        c.propose(Bytes::from_static(b"c")),
+        Err(ProposeError::Overloaded)
+    );
+    let _ = ready_and_persist(&mut c);
+    c.step(ack(2, 1, 2));
+    assert_eq!(c.log().committed(), 2);
+    assert!(c.propose(Bytes::from_static(b"c")).is_ok());
+}
+
 /// Batching: many proposals between two Readies travel in one append.
 #[test]
 fn many_proposals_are_sent_in_one_append_per_follower() {

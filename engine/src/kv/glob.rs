@@ -101,6 +101,7 @@ mod tests {
             ("h[a-b]llo", "hbllo"),
             ("user:*:name", "user:42:name"),
             ("a\\*b", "a*b"),
+            ("a\\", "a\\"),
             ("*a*b*c*", "xxaxxbxxcxx"),
         ];
         let no = [
@@ -109,6 +110,7 @@ mod tests {
             ("h[^e]llo", "hello"),
             ("user:*:name", "user:42:age"),
             ("a\\*b", "axb"),
+            ("a\\", "ab"),
             ("abc", "abcd"),
         ];
         for (p, t) in yes {

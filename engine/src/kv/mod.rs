@@ -850,6 +850,21 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_chunk_stops_as_soon_as_it_holds_the_bytes_asked_for() {
+        let mut kv = KvStore::new();
+        for k in ["a", "b", "c"] {
+            kv.apply(&set(k, "v"));
+        }
+        let mut one = Vec::new();
+        encode_pair(b"a", b"v", &mut one);
+        let captured = kv.capture();
+        let mut enc = captured.encoder();
+        let mut chunk = Vec::new();
+        assert!(enc.next_chunk(&mut chunk, 2 * one.len()));
+        assert_eq!(chunk.len(), 2 * one.len(), "two records fill it exactly");
+    }
+
+    #[test]
     fn the_digest_of_given_contents_never_changes() {
         // Replicas compare digests, possibly across versions: the function
         // is part of the format. (Any change to its mixing shows here.)

@@ -336,6 +336,26 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_is_kept_up_to_the_value_limit_and_refused_past_it() {
+        let mut s = Sessions::default();
+        assert!(s.is_empty());
+        s.open(1);
+        assert!(!s.is_empty());
+        let at_limit = Bytes::from(vec![b'v'; MAX_KEPT_VALUE_BYTES]);
+        let past_it = Bytes::from(vec![b'v'; MAX_KEPT_VALUE_BYTES + 1]);
+        s.record(1, 1, &CommandResult::Old(Some(at_limit.clone())), 2);
+        s.record(1, 2, &CommandResult::Old(Some(past_it)), 3);
+        assert_eq!(
+            s.check(1, 1, 0),
+            Seen::Repeat(CommandResult::Old(Some(at_limit)))
+        );
+        assert!(matches!(
+            s.check(1, 2, 0),
+            Seen::Repeat(CommandResult::Refused(_))
+        ));
+    }
+
+    #[test]
     fn sessions_round_trip_through_records_with_the_same_digest() {
         let mut s = Sessions::default();
         s.open(3);

@@ -153,3 +153,21 @@ pub enum ConfigError {
     #[error("lease reads need check_quorum and an election timeout longer than the drift allowed")]
     Lease,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_must_tick_and_come_more_often_than_elections() {
+        let timing = |heartbeat, election| {
+            let mut c = Config::new(1, vec![1, 2, 3]);
+            c.heartbeat_ticks = heartbeat;
+            c.election_ticks = election;
+            c.validate()
+        };
+        assert!(matches!(timing(0, 10), Err(ConfigError::Timing)));
+        assert!(matches!(timing(10, 10), Err(ConfigError::Timing)));
+        assert!(timing(2, 10).is_ok());
+    }
+}
