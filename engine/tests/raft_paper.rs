@@ -140,6 +140,19 @@ fn leader(n: u64) -> RaftCore {
     c
 }
 
+/// Node 1 with `cfg`, elected leader of term 1 by node 2's vote, its no-op
+/// acknowledged by node 2 (a majority of 2 or 3 nodes).
+fn elected_with(cfg: Config) -> RaftCore {
+    let mut c = RaftCore::new(cfg, Restored::default()).unwrap();
+    tick_until(&mut c, Role::Candidate);
+    let _ = ready_and_persist(&mut c);
+    c.step(vote(2, 1, 1, true));
+    let _ = ready_and_persist(&mut c);
+    c.step(ack(2, 1, 1));
+    let _ = ready_and_persist(&mut c);
+    c
+}
+
 fn ack(from: u64, term: u64, match_index: u64) -> Message {
     let r = AppendEntriesResponse {
         success: true,
@@ -558,13 +571,7 @@ fn a_proposal_on_a_follower_is_refused_naming_the_leader() {
 fn proposals_beyond_the_uncommitted_bound_wait_for_a_commit() {
     let mut cfg = config(1, 3);
     cfg.max_uncommitted_entries = 2;
-    let mut c = RaftCore::new(cfg, Restored::default()).unwrap();
-    tick_until(&mut c, Role::Candidate);
-    let _ = ready_and_persist(&mut c);
-    c.step(vote(2, 1, 1, true));
-    let _ = ready_and_persist(&mut c);
-    c.step(ack(2, 1, 1));
-    let _ = ready_and_persist(&mut c);
+    let mut c = elected_with(cfg);
     assert_eq!(c.log().committed(), 1);
     c.propose(Bytes::from_static(b"a")).unwrap();
     c.propose(Bytes::from_static(b"b")).unwrap();
@@ -601,13 +608,7 @@ fn many_proposals_are_sent_in_one_append_per_follower() {
 fn the_in_flight_window_bounds_pipelined_appends() {
     let mut cfg = config(1, 2);
     cfg.max_inflight_appends = 3;
-    let mut c = RaftCore::new(cfg, Restored::default()).unwrap();
-    tick_until(&mut c, Role::Candidate);
-    let _ = ready_and_persist(&mut c);
-    c.step(vote(2, 1, 1, true));
-    let _ = ready_and_persist(&mut c);
-    c.step(ack(2, 1, 1)); // probe answered: replicate mode
-    let _ = ready_and_persist(&mut c);
+    let mut c = elected_with(cfg); // its probe answered: replicate mode
     let mut sent = 0;
     for i in 0..10 {
         c.propose(Bytes::from(format!("p{i}"))).unwrap();
@@ -842,13 +843,7 @@ fn a_follower_receiving_the_previous_snapshot_catches_up_by_appends() {
 fn proposals_are_refused_while_too_many_bytes_wait_to_be_committed() {
     let mut cfg = config(1, 3);
     cfg.max_uncommitted_bytes = 100;
-    let mut c = RaftCore::new(cfg, Restored::default()).unwrap();
-    tick_until(&mut c, Role::Candidate);
-    let _ = ready_and_persist(&mut c);
-    c.step(vote(2, 1, 1, true));
-    let _ = ready_and_persist(&mut c);
-    c.step(ack(2, 1, 1));
-    let _ = ready_and_persist(&mut c);
+    let mut c = elected_with(cfg);
     let big = Bytes::from(vec![b'x'; 300]);
     assert!(c.propose(big).is_ok(), "alone, a large entry gets in");
     assert_eq!(

@@ -12,6 +12,7 @@ use kv_engine::raft::{
     Config, Found, RaftCore, Ready, Restored, Role, SnapshotChunkIn, SnapshotChunkOut,
     SnapshotInfo, Standing,
 };
+use kv_engine::storage::batch::{SyncRule, WriteBatch};
 use kv_proto::raft::{message::Body, Entry, HardState, Message, Snapshot, SnapshotMeta};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -113,11 +114,20 @@ struct PendingWrite {
     point: Option<(u64, u64)>,
 }
 
+/// What a write reports once done: the messages that waited for it and the
+/// point to tell the core.
+type Completion = (Vec<Message>, Option<(u64, u64)>);
+
 /// One simulated node: a core, its disk, its applied state.
 pub struct Node {
     pub core: RaftCore,
     pub disk: Disk,
     pending: VecDeque<PendingWrite>,
+    /// When a write needs an fsync (as the runtime's storage task decides).
+    sync_rule: SyncRule,
+    /// A hard state written without an fsync (only its commit index
+    /// changed): lost in a crash, made durable by the next fsync.
+    unsynced_hard: Option<HardState>,
     pub up: bool,
     /// Highest applied index and the hash chain over applied entries.
     pub applied: u64,
@@ -438,25 +448,56 @@ impl Cluster {
         Ok(())
     }
 
-    /// Makes everything written so far on `id` durable, then sends the
-    /// messages that waited for it and reports back.
+    /// Completes everything written so far on `id` as the runtime's storage
+    /// task does: writes merged into one batch (a snapshot's write on its
+    /// own), fsynced unless only the commit index changed; then the
+    /// messages that waited for them go and the core hears of it.
     pub fn sync(&mut self, id: u64) -> Result<(), Violation> {
         if !self.nodes[&id].up {
             return Ok(());
         }
+        let mut batch = WriteBatch::default();
         while let Some(w) = self.node(id).pending.pop_front() {
-            self.node(id)
-                .disk
-                .write(w.hard, &w.entries, w.snapshot.as_ref());
-            for m in w.persisted_messages {
+            let done = (w.persisted_messages, w.point);
+            if w.snapshot.is_none() {
+                batch.merge(w.hard, w.entries, done);
+                continue;
+            }
+            self.write_batch(id, std::mem::take(&mut batch));
+            let node = self.node(id);
+            node.flush_unsynced();
+            node.disk.write(w.hard, &w.entries, w.snapshot.as_ref());
+            self.complete(id, vec![done]);
+        }
+        self.write_batch(id, batch);
+        self.maybe_compact(id);
+        self.drain(id)
+    }
+
+    fn write_batch(&mut self, id: u64, batch: WriteBatch<Completion>) {
+        if batch.is_empty() {
+            return;
+        }
+        let node = self.node(id);
+        if node.sync_rule.must_sync(&batch) {
+            node.flush_unsynced();
+            node.disk.write(batch.hard_state, &batch.entries, None);
+        } else if batch.hard_state.is_some() {
+            node.unsynced_hard = batch.hard_state;
+        }
+        self.complete(id, batch.done);
+    }
+
+    /// Sends the messages that waited for these writes and tells the core.
+    fn complete(&mut self, id: u64, done: Vec<Completion>) {
+        for (messages, point) in done {
+            for m in messages {
                 self.send(m);
             }
-            if let Some((index, term)) = w.point {
+            if let Some((index, term)) = point {
                 self.node(id).core.on_persisted(index, term);
             }
         }
-        self.maybe_compact(id);
-        self.drain(id)
     }
 
     fn maybe_compact(&mut self, id: u64) {
@@ -683,6 +724,7 @@ impl Cluster {
         let node = self.node(id);
         node.up = false;
         node.pending.clear();
+        node.unsynced_hard = None;
     }
 
     /// Restarts `id` from its disk, which storage finds intact (or empty).
@@ -872,11 +914,20 @@ impl Cluster {
 }
 
 impl Node {
+    /// An fsync makes an earlier unsynced hard state durable too.
+    fn flush_unsynced(&mut self) {
+        if let Some(hs) = self.unsynced_hard.take() {
+            self.disk.write(Some(hs), &[], None);
+        }
+    }
+
     fn new(core: RaftCore, disk: Disk) -> Self {
         Node {
             core,
             disk,
             pending: VecDeque::new(),
+            sync_rule: SyncRule::default(),
+            unsynced_hard: None,
             up: true,
             applied: 0,
             chain: 0,

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use kv_engine::storage::batch::{SyncRule, WriteBatch};
 use kv_proto::raft::{Entry, HardState, Message, SnapshotMeta};
 use tokio::sync::mpsc;
 
@@ -76,39 +77,16 @@ pub(crate) fn spawn<F: FileSystem + Send + 'static>(
     (job_tx, done_rx, join)
 }
 
-/// Entries and hard state of several merged Readies.
-#[derive(Default)]
-struct Batch {
-    hard_state: Option<HardState>,
-    entries: Vec<Entry>,
-    done: Vec<StorageDone>,
-}
+/// Entries and hard state of several merged Readies (group commit).
+type Batch = WriteBatch<StorageDone>;
 
-impl Batch {
-    /// Adds a Ready's writes; a later Ready's entries replace the batch's
-    /// entries from their first index on (a truncation inside the batch).
-    fn merge(&mut self, job: WriteJob) {
-        if let Some(first) = job.entries.first() {
-            let keep = self
-                .entries
-                .iter()
-                .take_while(|e| e.index < first.index)
-                .count();
-            self.entries.truncate(keep);
-        }
-        self.entries.extend(job.entries);
-        if job.hard_state.is_some() {
-            self.hard_state = job.hard_state;
-        }
-        self.done.push(StorageDone::Written {
-            persisted_messages: job.persisted_messages,
-            point: job.point,
-        });
-    }
-
-    fn is_empty(&self) -> bool {
-        self.done.is_empty()
-    }
+/// Adds a Ready's writes to the batch.
+fn merge(batch: &mut Batch, job: WriteJob) {
+    let done = StorageDone::Written {
+        persisted_messages: job.persisted_messages,
+        point: job.point,
+    };
+    batch.merge(job.hard_state, job.entries, done);
 }
 
 /// What a storage call gives back: the storage, how it went, and the
@@ -125,9 +103,7 @@ async fn run<F: FileSystem + Send + 'static>(
 ) {
     board.update(|s| s.wal_bytes = storage.wal_bytes());
     let mut next: Option<StorageJob> = None;
-    // The hard state as of the last fsync, but its commit index (None: no
-    // fsync yet in this life, so the first hard state is always synced).
-    let mut synced_hard: Option<HardState> = None;
+    let mut sync_rule = SyncRule::default();
     loop {
         let job = match next.take() {
             Some(job) => job,
@@ -142,7 +118,8 @@ async fn run<F: FileSystem + Send + 'static>(
         (storage, result, completions) = match job {
             StorageJob::Write(first) if first.snapshot.is_none() => {
                 let batch = gather_batch(first, &mut jobs, &mut next);
-                write_batch(storage, batch, &mut synced_hard, &disk).await
+                let must_sync = sync_rule.must_sync(&batch);
+                write_batch(storage, batch, must_sync, &disk).await
             }
             StorageJob::Write(job) => install_snapshot(storage, job).await,
             StorageJob::Compact(meta) => {
@@ -181,10 +158,10 @@ fn gather_batch(
     next: &mut Option<StorageJob>,
 ) -> Batch {
     let mut batch = Batch::default();
-    batch.merge(first);
+    merge(&mut batch, first);
     while batch.done.len() < MERGE_MAX {
         match jobs.try_recv() {
-            Ok(StorageJob::Write(w)) if w.snapshot.is_none() => batch.merge(w),
+            Ok(StorageJob::Write(w)) if w.snapshot.is_none() => merge(&mut batch, w),
             Ok(other) => {
                 *next = Some(other);
                 break;
@@ -196,27 +173,14 @@ fn gather_batch(
     batch
 }
 
-/// Writes a batch with one fsync, or none when only the commit index
-/// changed: entries and anything in the hard state but its commit index
-/// must be durable before anything that depends on them leaves, but a
-/// commit index lost in a crash is only relearned from the leader. Skipping
-/// those fsyncs halves the disk work of a lone client's write.
+/// Writes a batch with one fsync, or none when `SyncRule` says none is
+/// needed (only the commit index changed).
 async fn write_batch<F: FileSystem + Send + 'static>(
     storage: Storage<F>,
     batch: Batch,
-    synced_hard: &mut Option<HardState>,
+    must_sync: bool,
     disk: &SimDisk,
 ) -> Outcome<F> {
-    let without_commit = |h: HardState| HardState { commit: 0, ..h };
-    let must_sync = !batch.entries.is_empty()
-        || batch
-            .hard_state
-            .is_some_and(|h| Some(without_commit(h)) != *synced_hard);
-    if let Some(h) = batch.hard_state {
-        if must_sync {
-            *synced_hard = Some(without_commit(h));
-        }
-    }
     if must_sync && disk.fsync_is_instant() {
         // One trip to the blocking pool for write and fsync.
         let done = batch.done;
