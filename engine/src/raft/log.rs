@@ -363,6 +363,42 @@ mod tests {
         RaftLog::restore(0, 0, entries, 0)
     }
 
+    fn log_of_three_byte_entries(n: u64) -> RaftLog {
+        let entries = (1..=n)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                data: bytes::Bytes::from_static(b"abc"),
+            })
+            .collect();
+        RaftLog::restore(0, 0, entries, 0)
+    }
+
+    #[test]
+    fn a_slice_stops_before_the_entry_that_would_pass_the_byte_limit() {
+        let log = log_of_three_byte_entries(5);
+        let indexes = |v: Vec<Entry>| v.iter().map(|e| e.index).collect::<Vec<_>>();
+        assert_eq!(indexes(log.slice(1, 10, 7)), vec![1, 2], "9 bytes > 7");
+        assert_eq!(indexes(log.slice(2, 10, 6)), vec![2, 3], "6 bytes fit 6");
+        assert_eq!(indexes(log.slice(4, 10, 1)), vec![4], "one entry at least");
+        assert_eq!(indexes(log.slice(1, 2, 100)), vec![1, 2], "the count limit");
+    }
+
+    #[test]
+    fn bytes_between_counts_only_the_entries_in_the_range() {
+        let log = log_of_three_byte_entries(5);
+        assert_eq!(log.bytes_between(2, 3), 6);
+        assert_eq!(log.bytes_between(5, 9), 3, "capped at the last index");
+        assert_eq!(log.bytes_between(4, 3), 0);
+    }
+
+    #[test]
+    fn the_conflict_hint_at_the_last_index_names_its_term() {
+        let log = log_with(&[1, 2, 2]);
+        assert_eq!(log.conflict_hint(3), (2, 2), "term 2 starts at index 2");
+        assert_eq!(log.conflict_hint(4), (4, 0), "past the end: from the end");
+    }
+
     #[test]
     fn merge_skips_matching_entries_and_truncates_at_first_conflict() {
         let mut log = log_with(&[1, 1, 2, 2]);
