@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use kv_engine::raft::{Config, ProposeError, RaftCore, ReadMode, Ready, Restored, Role};
 use kv_proto::raft::{
-    message::Body, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
+    message::Body, AppendEntries, AppendEntriesResponse, Message, RequestVote, RequestVoteResponse,
 };
 
 fn config(id: u64, n: u64, mode: ReadMode) -> Config {
@@ -209,6 +209,73 @@ fn a_leader_that_sent_timeout_now_serves_no_lease_reads() {
         c.ready().read_states.is_empty(),
         "no lease read after TimeoutNow"
     );
+}
+
+/// For health checks: a leader tells how many ticks ago a majority (itself
+/// included) last answered; anyone else cannot say.
+#[test]
+fn a_leader_reports_how_long_ago_a_majority_answered() {
+    let mut c = leader(3, ReadMode::Index);
+    assert_eq!(c.quorum_contact_age(), Some(0));
+    for _ in 0..3 {
+        c.tick();
+    }
+    assert_eq!(c.quorum_contact_age(), Some(3));
+    c.step(ack(2, 1, 1, 0));
+    assert_eq!(c.quorum_contact_age(), Some(0));
+    let follower = RaftCore::new(config(2, 3, ReadMode::Index), Restored::default()).unwrap();
+    assert_eq!(follower.quorum_contact_age(), None);
+}
+
+/// Giving up lease reads lasts one term: a leader that handed over and is
+/// elected again later earns a lease of its own and serves lease reads.
+#[test]
+fn a_leader_elected_again_after_handing_over_serves_lease_reads_again() {
+    let mut c = leader(3, ReadMode::Lease);
+    c.transfer_leadership(Some(2)).unwrap();
+    assert_eq!(timeout_now_to(&ready_and_persist(&mut c)), vec![2]);
+    // Node 2 wins term 2 and is heard from; then it goes away.
+    let heartbeat = AppendEntries {
+        prev_log_index: 1,
+        prev_log_term: 1,
+        leader_commit: 1,
+        ..Default::default()
+    };
+    c.step(msg(2, 1, 2, Body::AppendEntries(heartbeat)));
+    let _ = ready_and_persist(&mut c);
+    assert_eq!(c.role(), Role::Follower);
+    while c.role() != Role::Candidate {
+        c.tick();
+    }
+    let _ = ready_and_persist(&mut c);
+    let granted = RequestVoteResponse {
+        pre_vote: false,
+        granted: true,
+    };
+    c.step(msg(3, 1, 3, Body::RequestVoteResponse(granted)));
+    assert_eq!((c.role(), c.term()), (Role::Leader, 3));
+    let _ = ready_and_persist(&mut c);
+    c.step(ack(3, 3, 2, 0));
+    let _ = ready_and_persist(&mut c);
+    assert_eq!(c.log().committed(), 2, "the new term's no-op is committed");
+    for _ in 0..c.config().heartbeat_ticks {
+        c.tick();
+    }
+    let round = c
+        .ready()
+        .messages
+        .iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::AppendEntries(ae)) => Some(ae.round),
+            _ => None,
+        })
+        .max()
+        .unwrap();
+    c.step(ack(3, 3, 2, round));
+    let _ = c.ready();
+    c.read_index(9).unwrap();
+    let served: Vec<u64> = c.ready().read_states.iter().map(|r| r.id).collect();
+    assert_eq!(served, vec![9], "served at once, on the new lease");
 }
 
 /// Thesis §6.4.1 rests on voters ignoring elections while they hear from a

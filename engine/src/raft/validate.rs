@@ -179,7 +179,7 @@ impl Refusals {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use kv_proto::raft::{Entry, RequestVote, SnapshotMeta};
+    use kv_proto::raft::{AppendEntriesResponse, Entry, RequestVote, SnapshotMeta};
 
     use super::*;
 
@@ -236,6 +236,44 @@ mod tests {
             check_shape(&append((u64::MAX, 2), &[])),
             Err(Refusal::Overflow)
         );
+    }
+
+    #[test]
+    fn an_answer_at_the_largest_index_is_accepted_and_past_it_refused() {
+        let answer = |match_index| Message {
+            from: 2,
+            to: 1,
+            term: 5,
+            body: Some(Body::AppendEntriesResponse(AppendEntriesResponse {
+                success: true,
+                match_index,
+                ..Default::default()
+            })),
+        };
+        assert_eq!(check_shape(&answer(MAX_TERM_OR_INDEX)), Ok(()));
+        assert_eq!(
+            check_shape(&answer(MAX_TERM_OR_INDEX + 1)),
+            Err(Refusal::Overflow)
+        );
+    }
+
+    #[test]
+    fn every_kind_of_refusal_has_a_name_of_its_own() {
+        let kinds = [
+            Refusal::Misaddressed,
+            Refusal::Empty,
+            Refusal::Overflow,
+            Refusal::GappedEntries,
+            Refusal::EntryTermOutOfOrder,
+            Refusal::VoteTermOutOfOrder,
+            Refusal::SecondLeader,
+            Refusal::MatchBeyondLog,
+            Refusal::BadSnapshotMeta,
+            Refusal::SnapshotChunkTooLarge,
+        ];
+        let names: std::collections::BTreeSet<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), kinds.len(), "names are distinct");
+        assert!(!names.contains(""), "and never empty");
     }
 
     #[test]

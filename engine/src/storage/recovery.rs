@@ -550,8 +550,20 @@ mod tests {
         let hs = r.recovering_hard_state();
         assert!(hs.recovering);
         assert_eq!(hs.term, 2, "the highest term it kept");
+        assert_eq!(hs.vote, 3, "its vote in that term is kept");
         assert!(hs.commit <= r.log.last_index());
         assert_eq!(r.next_segment_seq(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_file_must_hold_the_index_it_is_named_for() {
+        let meta = SnapshotMeta { index: 7, term: 2 };
+        assert_eq!(
+            check_snapshot_file(7, Ok(meta), 10),
+            Ok(SnapshotInfo { meta, size: 10 })
+        );
+        assert!(check_snapshot_file(8, Ok(meta), 10).is_err());
+        assert!(check_snapshot_file(7, Err("torn".into()), 10).is_err());
     }
 
     #[test]
