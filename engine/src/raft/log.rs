@@ -397,6 +397,12 @@ mod tests {
         let log = log_with(&[1, 2, 2]);
         assert_eq!(log.conflict_hint(3), (2, 2), "term 2 starts at index 2");
         assert_eq!(log.conflict_hint(4), (4, 0), "past the end: from the end");
+        let compacted = RaftLog::restore(2, 2, vec![entry(3, 2), entry(4, 2)], 0);
+        assert_eq!(
+            compacted.conflict_hint(4),
+            (3, 2),
+            "the first index held, not one the snapshot covers"
+        );
     }
 
     #[test]
