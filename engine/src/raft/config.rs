@@ -159,6 +159,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn voters_are_distinct_and_none_is_zero() {
+        let voters = |v: Vec<u64>| Config::new(1, v).validate();
+        assert!(matches!(voters(vec![1, 2, 2]), Err(ConfigError::BadVoters)));
+        assert!(matches!(voters(vec![1, 0, 2]), Err(ConfigError::BadVoters)));
+        assert!(voters(vec![1, 2, 3]).is_ok());
+    }
+
+    #[test]
     fn heartbeats_must_tick_and_come_more_often_than_elections() {
         let timing = |heartbeat, election| {
             let mut c = Config::new(1, vec![1, 2, 3]);
