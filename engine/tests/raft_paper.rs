@@ -585,6 +585,20 @@ fn proposals_beyond_the_uncommitted_bound_wait_for_a_commit() {
     assert!(c.propose(Bytes::from_static(b"c")).is_ok());
 }
 
+/// Peer input is checked, never asserted: a malformed message changes
+/// nothing and is counted by kind.
+#[test]
+fn a_malformed_append_is_refused_and_counted() {
+    let mut c = core_with_log(1, 3, 2, &[1, 2]);
+    c.step(append(2, 1, 2, (2, 2), vec![entry(4, 2)], 0));
+    assert_eq!(c.log().last_index(), 2, "nothing appended");
+    let counted: Vec<_> = c.refusals().iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    assert_eq!(
+        counted,
+        vec![("entries not contiguous after prev_log_index", 1)]
+    );
+}
+
 /// Batching: many proposals between two Readies travel in one append.
 #[test]
 fn many_proposals_are_sent_in_one_append_per_follower() {

@@ -37,6 +37,7 @@ scripts!(
     a_leader_counts_itself_only_once_its_own_write_is_durable,
     a_wiped_member_votes_again_only_once_repaired,
     a_single_node_commits_on_its_own_fsync,
+    a_cluster_of_empty_disks_finds_out_it_is_new,
     a_rejected_append_sends_the_leader_back_to_probing,
     a_lagging_follower_learns_the_commit_index_from_heartbeats,
 );

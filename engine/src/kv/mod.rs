@@ -1105,6 +1105,18 @@ mod tests {
     }
 
     #[test]
+    fn open_sessions_are_part_of_the_digest() {
+        let mut with = KvStore::new();
+        let mut without = KvStore::new();
+        for kv in [&mut with, &mut without] {
+            kv.apply(&set("k", "v"));
+        }
+        with.apply_at(&op(Op::OpenSession(Default::default())), 7);
+        assert_eq!(with.sessions().len(), 1);
+        assert_ne!(with.digest(), without.digest());
+    }
+
+    #[test]
     fn a_write_in_a_session_is_applied_once_however_often_it_arrives() {
         let mut kv = KvStore::new();
         let CommandResult::Session(id) = kv.apply_at(&op(Op::OpenSession(Default::default())), 7)

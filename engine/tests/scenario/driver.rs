@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use kv_engine::raft::{
     Config, EntriesDisplay, Found, HardStateDisplay, MsgDisplay, RaftCore, ReadMode, Ready, Role,
-    SnapshotChunkIn, SnapshotChunkOut, SnapshotInfo,
+    SnapshotChunkIn, SnapshotChunkOut, SnapshotInfo, Standing,
 };
 use kv_proto::raft::{Entry, HardState, Message, Snapshot, SnapshotMeta};
 
@@ -99,8 +99,10 @@ impl Driver {
     /// Runs one command and returns what it printed. The commands:
     ///
     /// - `add-nodes N [pre-vote=B] [check-quorum=B] [read-mode=index|lease]
-    ///   [async-storage=B] [max-append=N] [max-inflight=N] [chunk=N]`:
-    ///   nodes 1..=N of a new cluster (election 10 ticks, heartbeat 2);
+    ///   [async-storage=B] [max-append=N] [max-inflight=N] [chunk=N]
+    ///   [fresh=B]`: nodes 1..=N of a new cluster (election 10 ticks,
+    ///   heartbeat 2), known to be new, or with `fresh=true` started on
+    ///   empty disks as the runtime finds them (they must find out);
     /// - `tick ID [N]`, `tick-heartbeat ID...`, `tick-election ID...` (twice
     ///   the election timeout, so a randomized timeout surely passes),
     ///   `campaign ID` (ticks until it campaigns);
@@ -182,7 +184,12 @@ impl Driver {
                 _ => ReadMode::Index,
             };
             self.configs.insert(id, cfg);
-            self.start(id, Found::Intact);
+            let found = if args.opt("fresh", false) {
+                Found::Empty
+            } else {
+                Found::Intact
+            };
+            self.start(id, found);
         }
         self.say(format!("{n} nodes"));
     }
@@ -559,8 +566,12 @@ impl Driver {
         let c = &n.core;
         let log = c.log();
         let leader = c.leader().map_or("none".into(), |l| l.to_string());
+        let standing = match c.standing() {
+            Standing::Voter => String::new(),
+            other => format!(" {other:?}"),
+        };
         format!(
-            "n{id}: {:?} term={} leader={leader} vote={} last={}@{} commit={} applied={} persisted={} snapshot={}",
+            "n{id}: {:?}{standing} term={} leader={leader} vote={} last={}@{} commit={} applied={} persisted={} snapshot={}",
             c.role(),
             c.term(),
             c.vote(),
