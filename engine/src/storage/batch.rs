@@ -120,6 +120,7 @@ mod tests {
         assert_eq!(got, vec![(1, 1), (2, 2)]);
         assert_eq!(b.hard_state, Some(hs(2, 2, 1)), "the latest hard state");
         assert_eq!(b.done, vec!["a", "b"], "completions in Ready order");
+        assert!(!b.is_empty() && WriteBatch::<()>::default().is_empty());
     }
 
     #[test]
