@@ -192,6 +192,24 @@ fn a_member_with_empty_storage_in_an_existing_cluster_recovers_with_a_floor_abov
     );
 }
 
+/// Damage is never forgotten: a damaged member stays recovering even when
+/// every other member says its storage is empty (a majority lost its data:
+/// nobody may make up a new cluster over what this one acknowledged).
+#[test]
+fn a_damaged_member_stays_recovering_when_every_other_member_is_empty() {
+    let hs = HardState {
+        term: 3,
+        ..Default::default()
+    };
+    let mut c = start(config(1, 3), Found::Damaged, hs, vec![entry(1, 3)]);
+    assert_eq!(c.standing(), Standing::Recovering);
+    let _ = c.ready();
+    c.step(reply(2, 1, 0, NONCE, true));
+    c.step(reply(3, 1, 0, NONCE, true));
+    assert_eq!(c.standing(), Standing::Recovering);
+    assert_eq!(c.repair_floor(), 4, "above every term it knows of");
+}
+
 #[test]
 fn a_status_reply_meant_for_an_earlier_start_is_ignored() {
     let mut c = start(config(1, 3), Found::Empty, HardState::default(), Vec::new());
