@@ -556,6 +556,20 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_says_whether_it_met_damage() {
+        let mut clean = WalScan::new(None);
+        clean.feed(1, &segment(hs(1, 1, 0), 1, 3, 1), true);
+        assert!(!clean.is_damaged());
+        let mut first = segment(hs(1, 1, 0), 1, 4, 1);
+        let at = first.len() / 2;
+        first[at] ^= 0x40;
+        let mut damaged = WalScan::new(None);
+        damaged.feed(1, &first, false);
+        damaged.feed(2, &segment(hs(1, 1, 0), 5, 5, 1), true);
+        assert!(damaged.is_damaged());
+    }
+
+    #[test]
     fn a_snapshot_file_must_hold_the_index_it_is_named_for() {
         let meta = SnapshotMeta { index: 7, term: 2 };
         assert_eq!(
