@@ -741,6 +741,39 @@ fn snapshot_chunks_are_reassembled_and_installed_and_a_gap_changes_nothing() {
         .any(|m| matches!(&m.body, Some(Body::InstallSnapshotResponse(r)) if r.done)));
 }
 
+/// §7: a snapshot complete and being installed when a new leader sends it
+/// again is answered, once installed, to the leader that sent it last.
+#[test]
+fn an_installed_snapshot_is_acknowledged_to_the_leader_that_sent_it_last() {
+    let mut c = core_with_log(2, 3, 1, &[1, 1]);
+    let meta = SnapshotMeta { index: 10, term: 2 };
+    let whole = |from: u64, term: u64, round: u64| {
+        let is = InstallSnapshot {
+            meta: Some(meta),
+            offset: 0,
+            data: Bytes::from_static(b"abc"),
+            done: true,
+            round,
+        };
+        msg(from, 2, term, Body::InstallSnapshot(is))
+    };
+    c.step(whole(1, 2, 4));
+    let _ = c.ready();
+    c.step(whole(3, 3, 7));
+    let _ = c.ready();
+    assert!(c.on_snapshot_received(SnapshotInfo { meta, size: 3 }));
+    let done: Vec<_> = c
+        .ready()
+        .persisted_messages
+        .iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::InstallSnapshotResponse(r)) if r.done => Some((m.to, m.term, r.round)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done, vec![(3, 3, 7)]);
+}
+
 /// Thesis §6.2: "a leader steps down if an election timeout elapses without
 /// a successful round of heartbeats to a majority of its cluster".
 #[test]
