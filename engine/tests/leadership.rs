@@ -68,6 +68,23 @@ fn leader(n: u64, mode: ReadMode) -> RaftCore {
     c
 }
 
+/// Ticks a leader to its next heartbeat and returns the read round the
+/// heartbeats carry.
+fn heartbeat_round(c: &mut RaftCore) -> u64 {
+    for _ in 0..c.config().heartbeat_ticks {
+        c.tick();
+    }
+    c.ready()
+        .messages
+        .iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::AppendEntries(ae)) => Some(ae.round),
+            _ => None,
+        })
+        .max()
+        .unwrap()
+}
+
 fn timeout_now_to(rd: &Ready) -> Vec<u64> {
     rd.messages
         .iter()
@@ -159,19 +176,7 @@ fn a_lease_read_is_served_at_once_while_a_majority_answered_a_recent_round() {
 #[test]
 fn a_lease_read_waits_for_a_round_once_the_lease_has_lapsed() {
     let mut c = leader(3, ReadMode::Lease);
-    for _ in 0..c.config().heartbeat_ticks {
-        c.tick();
-    }
-    let round = c
-        .ready()
-        .messages
-        .iter()
-        .filter_map(|m| match &m.body {
-            Some(Body::AppendEntries(ae)) => Some(ae.round),
-            _ => None,
-        })
-        .max()
-        .unwrap();
+    let round = heartbeat_round(&mut c);
     c.step(ack(2, 1, 1, round));
     // Silence from everyone for a lease (check-quorum still counts node 2's
     // answer within this election timeout).
@@ -188,19 +193,7 @@ fn a_lease_read_waits_for_a_round_once_the_lease_has_lapsed() {
 #[test]
 fn a_leader_that_sent_timeout_now_serves_no_lease_reads() {
     let mut c = leader(3, ReadMode::Lease);
-    for _ in 0..c.config().heartbeat_ticks {
-        c.tick();
-    }
-    let round = c
-        .ready()
-        .messages
-        .iter()
-        .filter_map(|m| match &m.body {
-            Some(Body::AppendEntries(ae)) => Some(ae.round),
-            _ => None,
-        })
-        .max()
-        .unwrap();
+    let round = heartbeat_round(&mut c);
     c.step(ack(2, 1, 1, round));
     c.transfer_leadership(Some(2)).unwrap();
     assert_eq!(timeout_now_to(&c.ready()), vec![2]);
@@ -258,19 +251,7 @@ fn a_leader_elected_again_after_handing_over_serves_lease_reads_again() {
     c.step(ack(3, 3, 2, 0));
     let _ = ready_and_persist(&mut c);
     assert_eq!(c.log().committed(), 2, "the new term's no-op is committed");
-    for _ in 0..c.config().heartbeat_ticks {
-        c.tick();
-    }
-    let round = c
-        .ready()
-        .messages
-        .iter()
-        .filter_map(|m| match &m.body {
-            Some(Body::AppendEntries(ae)) => Some(ae.round),
-            _ => None,
-        })
-        .max()
-        .unwrap();
+    let round = heartbeat_round(&mut c);
     c.step(ack(3, 3, 2, round));
     let _ = c.ready();
     c.read_index(9).unwrap();
@@ -317,19 +298,7 @@ fn under_lease_reads_a_member_that_just_started_grants_no_vote_for_an_election_t
 #[test]
 fn a_leader_that_stalled_wakes_with_its_lease_run_out() {
     let mut c = leader(3, ReadMode::Lease);
-    for _ in 0..c.config().heartbeat_ticks {
-        c.tick();
-    }
-    let round = c
-        .ready()
-        .messages
-        .iter()
-        .filter_map(|m| match &m.body {
-            Some(Body::AppendEntries(ae)) => Some(ae.round),
-            _ => None,
-        })
-        .max()
-        .unwrap();
+    let round = heartbeat_round(&mut c);
     c.step(ack(2, 1, 1, round));
     c.missed_ticks(c.config().lease_ticks());
     c.read_index(10).unwrap();
