@@ -968,6 +968,8 @@ async fn write_all_flush<S: AsyncWrite + Unpin>(stream: &mut S, buf: &[u8]) -> s
 }
 
 #[cfg(test)]
+// Test code: its inputs are fixed here, not from a peer, disk or user; an
+// unwrap that fails is how a test reports.
 mod tests {
     use kv_proto::raft::{message::Body, AppendEntries};
     use tokio::io::AsyncReadExt;

@@ -395,6 +395,8 @@ fn raw_reply_len(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, R
 }
 
 #[cfg(test)]
+// Test code: its inputs are fixed here, not from a peer, disk or user; an
+// unwrap that fails is how a test reports.
 mod tests {
     use super::*;
 
