@@ -65,6 +65,12 @@ struct Args {
     #[arg(long, env = "KV_CLUSTER_ID", default_value_t = 1)]
     cluster_id: u64,
 
+    /// Threads that run the node's tasks (default: one per core). When
+    /// several nodes share a machine, give each its share of the cores:
+    /// fewer threads mean fewer wake-ups passed between them per request.
+    #[arg(long, env = "KV_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
+
     /// Length of one Raft tick, in milliseconds.
     #[arg(long, env = "KV_TICK_MS", default_value_t = 10)]
     tick_ms: u64,
@@ -322,7 +328,11 @@ fn run(args: &Args) -> Result<ExitCode> {
         None => {}
     }
     kv_bin::logging::init(args.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        builder.worker_threads(usize::from(threads));
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the async runtime")?;
