@@ -363,3 +363,28 @@ fn a_flood_of_connections_big_values_and_unread_pipelines_stays_within_its_memor
     // The node serves normally once the flood is over.
     assert_eq!(c.request("GET small"), "VALUE 1");
 }
+
+/// Session ids are drawn at random by the proposing node: a client that
+/// tries the ids the log's indexes would give cannot write in (and spoil
+/// the exactly-once answers of) another client's session.
+#[test]
+fn a_client_cannot_write_in_a_session_it_did_not_open() {
+    let c = Cluster::start("guess", 3, &[]);
+    let owner: u64 = c
+        .request("SESSION")
+        .strip_prefix("SESSION ")
+        .and_then(|id| id.parse().ok())
+        .unwrap();
+    // The log holds a few dozen entries at most: every index it has used,
+    // and then some, tried as a session id. (A random id falls in this
+    // range once in 2^56 runs.)
+    for guess in 1..=200u64 {
+        let answer = c.request(&format!("@{guess}/1/0 INCR hits"));
+        assert_eq!(
+            answer, "ERR session expired or unknown: open a new one",
+            "id {guess}"
+        );
+    }
+    assert_eq!(c.request(&format!("@{owner}/1/0 INCR hits")), "INT 1");
+    assert_eq!(c.request("GET hits"), "VALUE 1", "no guessed write applied");
+}

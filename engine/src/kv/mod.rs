@@ -194,8 +194,8 @@ impl KvStore {
     /// Applies one command, the entry at log `index`: a write in a session
     /// it has seen is answered its first result, not applied again.
     pub fn apply_at(&mut self, cmd: &Command, index: u64) -> CommandResult {
-        if let Some(Op::OpenSession(_)) = cmd.op {
-            return self.sessions.open(index);
+        if let Some(Op::OpenSession(open)) = &cmd.op {
+            return self.sessions.open(index, open.id);
         }
         if cmd.session == 0 {
             return self.apply_op(cmd);
@@ -1119,11 +1119,11 @@ mod tests {
     #[test]
     fn a_write_in_a_session_is_applied_once_however_often_it_arrives() {
         let mut kv = KvStore::new();
-        let CommandResult::Session(id) = kv.apply_at(&op(Op::OpenSession(Default::default())), 7)
-        else {
+        let open = Op::OpenSession(kv_proto::command::OpenSession { id: 0x5e55 });
+        let CommandResult::Session(id) = kv.apply_at(&op(open), 7) else {
             panic!("a session opens");
         };
-        assert_eq!(id, 7, "a session is named after its entry");
+        assert_eq!(id, 0x5e55, "a session has the id its proposer drew");
         let first = kv.apply_at(&in_session(incr("n", 1), id, 1), 8);
         assert_eq!(first, CommandResult::Int(1));
         // The same write again (a retry after a lost answer), on any replica.

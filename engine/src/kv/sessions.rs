@@ -1,7 +1,8 @@
 //! Client sessions (Raft thesis §6.3): exactly-once writes.
 //!
-//! A client opens a session (a log entry; its id is that entry's index)
-//! and numbers its writes. The state machine remembers, per session, the
+//! A client opens a session (a log entry; its id is a random number the
+//! proposing node drew, so clients cannot guess each other's) and numbers
+//! its writes. The state machine remembers, per session, the
 //! result of each recent write; a write seen before is not applied again,
 //! its first result is answered instead. Everything here changes only
 //! through the log, never by a clock: a session expires when it has not
@@ -70,9 +71,10 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Opens a session at log `index` (its id), closing expired ones and,
-    /// if full, the least recently used.
-    pub fn open(&mut self, index: u64) -> CommandResult {
+    /// Opens a session at log `index` under the id its proposer drew
+    /// (`proposed`), closing expired ones and, if full, the least recently
+    /// used. The result names the id the session got (see `free_id`).
+    pub fn open(&mut self, index: u64, proposed: u64) -> CommandResult {
         let expired: Vec<u64> = self
             .open
             .iter()
@@ -92,14 +94,29 @@ impl Sessions {
                 self.close(id);
             }
         }
+        let id = self.free_id(proposed, index);
         let session = Session {
             last_used: index,
             ..Session::default()
         };
-        self.digest = self.digest.wrapping_add(hash(index, &session));
-        self.open.insert(index, session);
+        self.digest = self.digest.wrapping_add(hash(id, &session));
+        self.open.insert(id, session);
         debug_assert!(self.open.len() <= MAX_SESSIONS, "sessions stay bounded");
-        CommandResult::Session(index)
+        CommandResult::Session(id)
+    }
+
+    /// The id a new session gets: the one its proposer drew or, if that is
+    /// 0 (no session) or open already, the first free one of a sequence
+    /// derived from it and the entry's index, the same on every replica.
+    /// Ends: at most `MAX_SESSIONS` ids are taken.
+    fn free_id(&self, proposed: u64, index: u64) -> u64 {
+        let mut id = proposed;
+        let mut salt = index;
+        while id == 0 || self.open.contains_key(&id) {
+            salt = salt.wrapping_add(1);
+            id = splitmix64(id ^ salt);
+        }
+        id
     }
 
     fn close(&mut self, id: u64) {
@@ -220,6 +237,15 @@ fn keepable(result: &CommandResult) -> CommandResult {
     }
 }
 
+/// A 64-bit mixer (splitmix64's finaliser): nearby inputs give unrelated
+/// outputs.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// A session's contribution to the digest.
 fn hash(id: u64, s: &Session) -> u64 {
     let newest = s.results.keys().next_back().copied().unwrap_or(0);
@@ -307,7 +333,7 @@ mod tests {
     #[test]
     fn a_repeated_write_gets_its_first_result_and_a_forgotten_one_is_refused() {
         let mut s = Sessions::default();
-        assert_eq!(s.open(5), CommandResult::Session(5));
+        assert_eq!(s.open(4, 5), CommandResult::Session(5));
         assert_eq!(s.check(5, 1, 0), Seen::New);
         s.record(5, 1, &CommandResult::Int(1), 6);
         assert_eq!(s.check(5, 1, 0), Seen::Repeat(CommandResult::Int(1)));
@@ -321,11 +347,11 @@ mod tests {
     fn sessions_are_bounded_and_the_least_recently_used_gives_way() {
         let mut s = Sessions::default();
         for i in 1..=MAX_SESSIONS as u64 {
-            s.open(i);
+            s.open(i, i);
         }
         s.check(1, 1, 0);
         s.record(1, 1, &CommandResult::Ok, 20_000);
-        s.open(20_001);
+        s.open(20_001, 20_001);
         assert_eq!(s.len(), MAX_SESSIONS);
         assert_eq!(
             s.check(2, 1, 0),
@@ -339,7 +365,7 @@ mod tests {
     fn an_answer_is_kept_up_to_the_value_limit_and_refused_past_it() {
         let mut s = Sessions::default();
         assert!(s.is_empty());
-        s.open(1);
+        s.open(1, 1);
         assert!(!s.is_empty());
         let at_limit = Bytes::from(vec![b'v'; MAX_KEPT_VALUE_BYTES]);
         let past_it = Bytes::from(vec![b'v'; MAX_KEPT_VALUE_BYTES + 1]);
@@ -358,7 +384,7 @@ mod tests {
     #[test]
     fn sessions_round_trip_through_records_with_the_same_digest() {
         let mut s = Sessions::default();
-        s.open(3);
+        s.open(3, 3);
         s.record(3, 1, &CommandResult::Old(Some(Bytes::from("x"))), 4);
         s.record(3, 2, &CommandResult::Refused("no".into()), 5);
         let mut back = Sessions::default();
@@ -367,5 +393,30 @@ mod tests {
         }
         assert_eq!(back, s);
         assert_eq!(back.digest(), s.digest());
+    }
+
+    #[test]
+    fn a_session_gets_the_id_its_proposer_drew_or_a_free_one_derived_the_same_everywhere() {
+        let mut a = Sessions::default();
+        let mut b = Sessions::default();
+        for s in [&mut a, &mut b] {
+            assert_eq!(s.open(7, 0xdead_beef), CommandResult::Session(0xdead_beef));
+        }
+        // The same id again (a collision), and none at all: each replica
+        // picks the same other id, never 0 and never one already open.
+        let (CommandResult::Session(x), CommandResult::Session(y)) =
+            (a.open(8, 0xdead_beef), b.open(8, 0xdead_beef))
+        else {
+            panic!("sessions open");
+        };
+        assert_eq!(x, y, "derived alike on every replica");
+        assert_ne!(x, 0xdead_beef);
+        let CommandResult::Session(z) = a.open(9, 0) else {
+            panic!("a session opens");
+        };
+        assert!(z != 0 && z != x && z != 0xdead_beef);
+        assert_eq!(a.len(), 3);
+        // A write naming an id nobody drew is refused.
+        assert_eq!(a.check(9, 1, 0), Seen::NoSession, "the index is not the id");
     }
 }

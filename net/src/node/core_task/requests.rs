@@ -97,7 +97,8 @@ pub(super) fn work_of(op: ClientOp, session: Option<SessionTag>) -> Work {
         ClientOp::DelMany { keys } => Op::DelMany(DelMany { keys }),
         ClientOp::MSetNx { pairs: p } => Op::Msetnx(MSetNx { pairs: pairs(p) }),
         ClientOp::Flush => Op::Flush(Flush {}),
-        ClientOp::OpenSession => Op::OpenSession(OpenSession {}),
+        // Drawn at random so that no client can guess another's session.
+        ClientOp::OpenSession => Op::OpenSession(OpenSession { id: rand::random() }),
     };
     let tag = session.unwrap_or(SessionTag {
         session: 0,
