@@ -60,6 +60,15 @@ fn strings_as_redis_answers_them(conn: &mut Connection, p: &str) {
     assert_eq!(q::<Option<String>>(conn, &["GET", &k("a")]).unwrap(), None);
     assert_eq!(q::<String>(conn, &["SET", &k("a"), "1"]).unwrap(), "OK");
     assert_eq!(q::<String>(conn, &["GET", &k("a")]).unwrap(), "1");
+    // Keys are held to --max-key-bytes (1024 by default), as on the other
+    // protocols; nothing is written.
+    let long = "k".repeat(1025);
+    for args in [vec!["SET", &long, "1"], vec!["MGET", "a", &long]] {
+        let e = err(conn, &args);
+        assert!(e.contains("key too long (1025 > 1024 bytes)"), "{e}");
+    }
+    let at_limit = "k".repeat(1024);
+    assert_eq!(q::<String>(conn, &["SET", &at_limit, "1"]).unwrap(), "OK");
     // SET NX on a present key does nothing (null); XX on an absent one too.
     assert_eq!(
         q::<Option<String>>(conn, &["SET", &k("a"), "2", "NX"]).unwrap(),

@@ -172,7 +172,10 @@ pub async fn serve_redis<R, W>(
         };
         let bytes: usize = args.iter().map(|a| a.len() + ARG_OVERHEAD_BYTES).sum();
         let charge = budget.charge(bytes).await;
-        let action = command(&args, &mut session, &shared, node);
+        let action = refuse_long_keys(
+            command(&args, &mut session, &shared, node),
+            limits.text.max_key_bytes,
+        );
         match action {
             Action::Local(reply) => {
                 if !queue(&answers, encode(&reply, session.version)).await {
@@ -612,6 +615,19 @@ fn int_arg(arg: &[u8]) -> Option<i64> {
 
 /// Decides what a command asks for (and changes the connection's state
 /// for the commands that are about the connection itself).
+/// A command naming a key longer than `--max-key-bytes` is refused, as on
+/// the other protocols.
+fn refuse_long_keys(action: Action, max: usize) -> Action {
+    if let Action::Node(op, _) = &action {
+        let longest = op.keys().iter().map(|k| k.len()).max().unwrap_or(0);
+        if longest > max {
+            let why = format!("ERR key too long ({longest} > {max} bytes)");
+            return Action::Local(Reply::Error(why));
+        }
+    }
+    action
+}
+
 fn command(args: &[Bytes], s: &mut Session, shared: &RedisShared, node: &NodeHandle) -> Action {
     let Some((name, rest)) = args.split_first() else {
         return Action::Local(Reply::Error("ERR empty command".into()));
