@@ -290,14 +290,19 @@ fn a_leader_counts_a_recovering_follower_toward_no_commit() {
 #[test]
 fn a_recovering_follower_that_lacks_what_it_acknowledged_is_probed_from_scratch() {
     let mut c = leader_of_three();
-    c.step(ack(2, 1, 1, true));
-    c.step(ack(3, 1, 1, false));
+    c.propose(Bytes::from_static(b"x")).unwrap();
+    let rd = c.ready();
+    persist(&mut c, &rd);
+    c.step(ack(2, 1, 2, true));
+    c.step(ack(3, 1, 2, false));
     let _ = c.ready();
-    // Follower 2 loses its state again: it rejects the heartbeat at its match.
+    // Follower 2 loses its state again: it rejects the heartbeat at its
+    // match (2), above index 1, so that "at or below its match" is what
+    // tells this from an ordinary stale rejection.
     let reject = AppendEntriesResponse {
         success: false,
         conflict_index: 1,
-        rejected_index: 1,
+        rejected_index: 2,
         recovering: true,
         ..Default::default()
     };
@@ -320,6 +325,23 @@ fn a_recovering_follower_that_lacks_what_it_acknowledged_is_probed_from_scratch(
         Some(&0),
         "its heartbeat no longer assumes index 1: {to_two:?}"
     );
+}
+
+#[test]
+fn a_recovering_member_asks_for_no_election_once_its_leader_is_at_its_floor() {
+    let mut c = recovering(1, 3, 4, 5);
+    // The leader of term 5 (the floor) catches it up, but has not yet
+    // committed an entry of its own term: not repaired, and nothing to ask
+    // for; that leader's first commit will repair it.
+    c.step(append(2, 1, 5, (0, 0), vec![entry(1, 4), entry(2, 4)], 2));
+    let rd = c.ready();
+    persist(&mut c, &rd);
+    assert_eq!(c.standing(), Standing::Recovering);
+    for _ in 0..c.config().election_ticks {
+        c.tick();
+    }
+    let rd = c.ready();
+    assert_eq!(bodies(&rd.messages), vec![], "no RepairRequest");
 }
 
 #[test]
