@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use kv_net::client::binary::MAGIC;
+use kv_net::client::retry::{text_verdict, Endpoints, Verdict};
 use kv_net::client::text::{encode_request, encode_response, parse_response, Request, Response};
 use kv_net::frame::encode_frame;
 use kv_proto::client as pb;
@@ -32,8 +33,8 @@ const MAX_REDIRECTS: usize = 8;
 
 /// A connection to the cluster that follows the leader.
 pub struct Client {
-    addrs: Vec<SocketAddr>,
-    current: usize,
+    /// The nodes, and the one to talk to (the leader, once found).
+    endpoints: Endpoints,
     conn: Option<(SocketAddr, BufReader<Stream>)>,
     timeout: Duration,
     protocol: Protocol,
@@ -187,9 +188,9 @@ impl Client {
     /// A client speaking `protocol`.
     pub fn with_protocol(addrs: &[String], timeout: Duration, protocol: Protocol) -> Result<Self> {
         let resolved = resolve_addrs(addrs)?;
+        let endpoints = Endpoints::new(resolved, 0).context("no node address given")?;
         Ok(Client {
-            addrs: resolved,
-            current: 0,
+            endpoints,
             conn: None,
             timeout,
             protocol,
@@ -221,12 +222,14 @@ impl Client {
     pub fn current_addr(&self) -> SocketAddr {
         self.conn
             .as_ref()
-            .map_or(self.addrs[self.current], |(a, _)| *a)
+            .map_or(self.endpoints.current(), |(a, _)| *a)
     }
 
     /// Sends one request and returns the final answer: REDIRECTs are
-    /// followed, `ERR no leader` and unreachable servers retried until the
-    /// timeout. With sessions on, a write whose answer was lost is retried
+    /// followed; what surely did not happen (no leader, not applied,
+    /// overloaded, a node whose disk failed) and unreachable servers are
+    /// retried until the timeout, by the rule every client of the store
+    /// follows (`kv_net::client::retry`). With sessions on, a write whose answer was lost is retried
     /// too (see [`Client::with_sessions`]).
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         if !(self.sessions && is_write(req)) {
@@ -299,26 +302,23 @@ impl Client {
                     self.switch_to(&to);
                     continue;
                 }
-                Ok(Response::Err(msg)) if msg == "no leader" || msg.starts_with("not applied") => {
-                    last = format!("ERR {msg}");
-                }
-                // The server could not tell whether it applied the write
-                // (leadership lost, a timeout): the session can.
-                Ok(Response::Err(msg))
-                    if tag.is_some()
-                        && (msg.starts_with("outcome unknown") || msg.starts_with("timeout")) =>
-                {
-                    last = format!("ERR {msg} (sent again in its session)");
-                    lost = Some(self.current_addr());
-                }
-                Ok(Response::Err(msg)) if msg == kv_engine::kv::NO_SESSION => {
-                    if let Some(addr) = lost {
-                        // The session is gone and with it what became of
-                        // the first attempt.
-                        return Err(ClientError::Lost { addr });
+                Ok(Response::Err(msg)) => match text_verdict(&msg) {
+                    Verdict::Retry { elsewhere, .. } => {
+                        last = format!("ERR {msg}");
+                        if elsewhere {
+                            self.next_node();
+                        }
                     }
-                    return Ok(Response::Err(msg));
-                }
+                    // The server could not tell whether it applied the
+                    // write (leadership lost, a timeout): the session can.
+                    Verdict::Unknown(_) if tag.is_some() => {
+                        last = format!("ERR {msg} (sent again in its session)");
+                        lost = Some(self.current_addr());
+                    }
+                    Verdict::Unknown(_) | Verdict::Final => {
+                        return self.final_error(msg, lost);
+                    }
+                },
                 Ok(resp) => return Ok(resp),
                 Err(Attempt::Unreachable(e)) => {
                     last = e;
@@ -344,15 +344,26 @@ impl Client {
         }
     }
 
+    /// An error answer that ends the request. If its session is gone after
+    /// an earlier attempt's answer was lost, what became of that attempt
+    /// is unknown.
+    fn final_error(&self, msg: String, lost: Option<SocketAddr>) -> Result<Response, ClientError> {
+        match lost {
+            Some(addr) if msg == kv_engine::kv::NO_SESSION => Err(ClientError::Lost { addr }),
+            _ => Ok(Response::Err(msg)),
+        }
+    }
+
     /// Drops the connection and tries the next node next.
     fn next_node(&mut self) {
         self.conn = None;
-        self.current = (self.current + 1) % self.addrs.len();
+        self.endpoints.rotate();
     }
 
     fn unreachable(&self, last: String) -> ClientError {
         let addrs = self
-            .addrs
+            .endpoints
+            .all()
             .iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
@@ -366,15 +377,7 @@ impl Client {
 
     fn switch_to(&mut self, to: &str) {
         self.conn = None;
-        if let Ok(Some(addr)) = to.to_socket_addrs().map(|mut a| a.next()) {
-            match self.addrs.iter().position(|a| *a == addr) {
-                Some(i) => self.current = i,
-                None => {
-                    self.addrs.push(addr);
-                    self.current = self.addrs.len() - 1;
-                }
-            }
-        }
+        self.endpoints.redirect(to);
     }
 
     fn exchange(
@@ -392,7 +395,7 @@ impl Client {
             self.conn = None;
         }
         if self.conn.is_none() {
-            let addr = self.addrs[self.current];
+            let addr = self.endpoints.current();
             let stream = Stream::open(addr, remaining, self.tls.as_ref())?;
             let mut reader = BufReader::new(stream);
             if self.protocol == Protocol::Binary && reader.get_mut().write_all(&MAGIC).is_err() {
@@ -837,6 +840,53 @@ fn parse_amount(word: &[u8]) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake node on loopback that answers every request line with
+    /// `answer`, counting the requests.
+    fn fake_node(answer: String) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = conn.write_all(format!("{answer}\n").as_bytes());
+                    line.clear();
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    #[test]
+    fn a_node_that_cannot_serve_sends_the_client_to_another_and_a_bad_request_ends_it() {
+        let failed = kv_net::api::FailKind::Unavailable.message();
+        let (broken, _) = fake_node(format!("ERR {failed}"));
+        let (healthy, _) = fake_node("OK".into());
+        let mut client = Client::new(&[broken, healthy], Duration::from_secs(5)).unwrap();
+        let set = Request::Set {
+            key: b"k".to_vec().into(),
+            value: b"v".to_vec().into(),
+        };
+        assert_eq!(client.call(&set).unwrap(), Response::Ok);
+
+        let (refusing, seen) = fake_node("ERR key too long (5 > 4 bytes)".into());
+        let mut client = Client::new(&[refusing], Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            client.call(&set).unwrap(),
+            Response::Err("key too long (5 > 4 bytes)".into())
+        );
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "not sent again"
+        );
+    }
 
     #[test]
     fn prompt_lines_split_like_redis_cli() {

@@ -285,6 +285,31 @@ pub enum FailKind {
     Unavailable,
 }
 
+impl FailKind {
+    /// Every kind.
+    pub const ALL: [FailKind; 6] = [
+        FailKind::NotApplied,
+        FailKind::Unknown,
+        FailKind::Overloaded,
+        FailKind::Timeout,
+        FailKind::ShuttingDown,
+        FailKind::Unavailable,
+    ];
+
+    /// What a client is told (both protocols; its first words say whether
+    /// a retry is safe, see `client::retry`).
+    pub fn message(self) -> &'static str {
+        match self {
+            FailKind::NotApplied => "not applied: leader changed, safe to retry",
+            FailKind::Unknown => "outcome unknown: leadership lost",
+            FailKind::Overloaded => "overloaded, retry later",
+            FailKind::Timeout => "timeout: outcome unknown",
+            FailKind::ShuttingDown => "shutting down: outcome unknown",
+            FailKind::Unavailable => "unavailable: this node's disk failed; retry on another node",
+        }
+    }
+}
+
 /// A client operation with the channel its reply goes to.
 #[derive(Debug)]
 pub struct ClientRequest {

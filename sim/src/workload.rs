@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kv_net::client::retry::{text_verdict, Endpoints, Verdict};
 use kv_net::client::text::{parse_response, Response};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -52,8 +53,8 @@ pub const COUNTERS: u64 = 3;
 /// A client: its id, the cluster's client addresses, and its history recorder.
 pub struct Client {
     id: u64,
-    addrs: Vec<SocketAddr>,
-    current: usize,
+    /// The nodes, and the one this client talks to now.
+    endpoints: Endpoints,
     conn: Option<Conn>,
     rng: ChaCha8Rng,
     cfg: WorkloadConfig,
@@ -75,11 +76,11 @@ impl Client {
         history: Arc<HistoryRecorder>,
     ) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(seed ^ (id << 32));
-        let current = (id as usize) % addrs.len().max(1);
+        // The harness builds every cluster with nodes.
+        let endpoints = Endpoints::new(addrs, id as usize).expect("a simulated cluster has nodes");
         Client {
             id,
-            addrs,
-            current,
+            endpoints,
             conn: None,
             rng,
             cfg,
@@ -124,9 +125,7 @@ impl Client {
                     return;
                 }
                 Attempt::Answer(Response::Redirect(addr)) => {
-                    if let Some(i) = self.addrs.iter().position(|a| a.to_string() == addr) {
-                        self.current = i;
-                    }
+                    self.endpoints.redirect(&addr);
                     self.conn = None;
                 }
                 _ => {
@@ -140,8 +139,9 @@ impl Client {
     /// Runs `input` once, starting at node index `at`, and records it in
     /// the history like any operation (the nemesis's own probes).
     pub async fn once_at(&mut self, at: usize, input: Input) -> Option<Output> {
-        if at != self.current {
-            self.current = at.min(self.addrs.len().saturating_sub(1));
+        let before = self.endpoints.current();
+        self.endpoints.go_to(at);
+        if self.endpoints.current() != before {
             self.conn = None;
         }
         let op = self.history.invoke(self.id, input.clone());
@@ -300,25 +300,30 @@ impl Client {
                     Response::Fail(current) => return Some(Output::CasFailed(current)),
                     Response::Int(n) => return Some(Output::Int(n)),
                     Response::Redirect(addr) => {
-                        if let Some(i) = self.addrs.iter().position(|a| a.to_string() == addr) {
-                            self.current = i;
-                        }
+                        self.endpoints.redirect(&addr);
                         self.conn = None;
                     }
-                    Response::Err(msg) if is_safe_retry(&msg) => {
-                        self.rotate();
-                        sleep(Duration::from_millis(50)).await;
-                    }
-                    // Outcome unknown (timeout, leadership lost, shutting
-                    // down): in a session, ask again elsewhere.
-                    Response::Err(msg) if in_session && is_outcome_unknown(&msg) => {
-                        self.rotate();
-                        sleep(Duration::from_millis(50)).await;
-                    }
-                    Response::Err(_)
-                    | Response::Pong
-                    | Response::Status(_)
-                    | Response::Session(_) => {
+                    Response::Err(msg) => match text_verdict(&msg) {
+                        // Surely not done: again, elsewhere if this node
+                        // cannot serve.
+                        Verdict::Retry { elsewhere, .. } => {
+                            if elsewhere {
+                                self.rotate();
+                            }
+                            sleep(Duration::from_millis(50)).await;
+                        }
+                        // Outcome unknown (timeout, leadership lost,
+                        // shutting down): in a session, ask again elsewhere.
+                        Verdict::Unknown(_) if in_session => {
+                            self.rotate();
+                            sleep(Duration::from_millis(50)).await;
+                        }
+                        Verdict::Unknown(_) | Verdict::Final => {
+                            self.conn = None;
+                            return None;
+                        }
+                    },
+                    Response::Pong | Response::Status(_) | Response::Session(_) => {
                         self.conn = None;
                         return None;
                     }
@@ -345,24 +350,25 @@ impl Client {
     /// redirects it), so requests also reach a deposed leader that still
     /// believes it leads.
     fn maybe_wander(&mut self) {
-        if self.addrs.is_empty() || !self.rng.random_bool(0.25) {
+        if !self.rng.random_bool(0.25) {
             return;
         }
-        let next = self.rng.random_range(0..self.addrs.len());
-        if next != self.current {
-            self.current = next;
+        let before = self.endpoints.current();
+        let next = self.rng.random_range(0..self.endpoints.all().len());
+        self.endpoints.go_to(next);
+        if self.endpoints.current() != before {
             self.conn = None;
         }
     }
 
     fn rotate(&mut self) {
         self.conn = None;
-        self.current = (self.current + 1) % self.addrs.len();
+        self.endpoints.rotate();
     }
 
     async fn attempt(&mut self, line: &[u8]) -> Attempt {
         if self.conn.is_none() {
-            let addr = self.addrs[self.current];
+            let addr = self.endpoints.current();
             match timeout(self.cfg.request_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     self.conn = Some(Conn {
@@ -397,18 +403,4 @@ impl Client {
             }
         }
     }
-}
-
-/// Errors after which the operation may or may not have happened.
-fn is_outcome_unknown(msg: &str) -> bool {
-    ["outcome unknown", "timeout", "shutting down"]
-        .iter()
-        .any(|p| msg.starts_with(p))
-}
-
-/// Errors after which the operation surely did not happen.
-fn is_safe_retry(msg: &str) -> bool {
-    ["no leader", "not applied", "overloaded", "unavailable"]
-        .iter()
-        .any(|p| msg.starts_with(p))
 }

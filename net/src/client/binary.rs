@@ -109,9 +109,6 @@ fn error(id: u64, kind: pb::error::Kind, message: impl Into<String>) -> pb::Resp
     }
 }
 
-/// What a node whose disk failed says (in both protocols).
-pub const UNAVAILABLE_MESSAGE: &str = "unavailable: this node's disk failed; retry on another node";
-
 /// The binary rendering of a node's reply.
 pub fn reply_to_response(id: u64, reply: ClientReply) -> pb::Response {
     use pb::error::Kind;
@@ -125,18 +122,13 @@ pub fn reply_to_response(id: u64, reply: ClientReply) -> pb::Response {
         }),
         ClientReply::NoLeader => return error(id, Kind::NoLeader, "no leader"),
         ClientReply::Failed(kind) => {
-            let (k, msg) = match kind {
-                FailKind::NotApplied => (
-                    Kind::NotApplied,
-                    "not applied: leader changed, safe to retry",
-                ),
-                FailKind::Unknown => (Kind::Unknown, "outcome unknown: leadership lost"),
-                FailKind::Overloaded => (Kind::Overloaded, "overloaded, retry later"),
-                FailKind::Timeout => (Kind::Unknown, "timeout: outcome unknown"),
-                FailKind::ShuttingDown => (Kind::Unknown, "shutting down: outcome unknown"),
-                FailKind::Unavailable => (Kind::Unavailable, UNAVAILABLE_MESSAGE),
+            let k = match kind {
+                FailKind::NotApplied => Kind::NotApplied,
+                FailKind::Overloaded => Kind::Overloaded,
+                FailKind::Unavailable => Kind::Unavailable,
+                FailKind::Unknown | FailKind::Timeout | FailKind::ShuttingDown => Kind::Unknown,
             };
-            return error(id, k, msg);
+            return error(id, k, kind.message());
         }
         ClientReply::Status(status) => Res::Status(status.to_proto()),
         ClientReply::Refused(why) => return error(id, Kind::Refused, why),

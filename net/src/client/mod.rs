@@ -4,6 +4,7 @@ pub mod binary;
 pub mod budget;
 pub mod redis;
 pub mod resp;
+pub mod retry;
 mod scan_cursors;
 pub mod server;
 pub mod text;

@@ -1080,12 +1080,13 @@ fn render_reply(reply: ClientReply, render: Render, cursors: &ScanCursors) -> Re
             "not the leader (forwarded once already); leader at {addr}"
         )),
         (ClientReply::Failed(kind), _) => match kind {
-            FailKind::NotApplied => try_again("not applied: leader changed, safe to retry"),
-            FailKind::Overloaded => try_again("overloaded, retry later"),
-            FailKind::Unavailable => try_again(super::binary::UNAVAILABLE_MESSAGE),
-            FailKind::Unknown => Reply::Error("ERR outcome unknown: leadership lost".into()),
-            FailKind::Timeout => Reply::Error("ERR timeout: outcome unknown".into()),
-            FailKind::ShuttingDown => Reply::Error("ERR shutting down: outcome unknown".into()),
+            // Surely not done: Redis clients retry on TRYAGAIN.
+            FailKind::NotApplied | FailKind::Overloaded | FailKind::Unavailable => {
+                try_again(kind.message())
+            }
+            FailKind::Unknown | FailKind::Timeout | FailKind::ShuttingDown => {
+                Reply::Error(format!("ERR {}", kind.message()))
+            }
         },
         (ClientReply::Status(_) | ClientReply::Session(_), _) => {
             Reply::Error("ERR no Redis form for this answer".into())

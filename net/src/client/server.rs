@@ -13,7 +13,7 @@ use super::budget::{ConnectionBudget, MemoryBudget};
 use super::redis::RedisShared;
 use super::text::{encode_response, parse_tagged, LineError, LineReader, Request, Response};
 use super::ClientLimits;
-use crate::api::{ClientOp, ClientReply, FailKind, NodeHandle, SessionTag};
+use crate::api::{ClientOp, ClientReply, NodeHandle, SessionTag};
 use crate::log_limit::LogLimiter;
 
 /// A bound client listener, ready to `run`.
@@ -384,17 +384,7 @@ pub fn reply_to_text(reply: ClientReply) -> Response {
         ClientReply::CasFailed(current) => Response::Fail(current).for_text_line(),
         ClientReply::Redirect(addr) => Response::Redirect(addr.to_string()),
         ClientReply::NoLeader => Response::Err("no leader".into()),
-        ClientReply::Failed(kind) => Response::Err(
-            match kind {
-                FailKind::NotApplied => "not applied: leader changed, safe to retry",
-                FailKind::Unknown => "outcome unknown: leadership lost",
-                FailKind::Overloaded => "overloaded, retry later",
-                FailKind::Timeout => "timeout: outcome unknown",
-                FailKind::ShuttingDown => "shutting down: outcome unknown",
-                FailKind::Unavailable => super::binary::UNAVAILABLE_MESSAGE,
-            }
-            .into(),
-        ),
+        ClientReply::Failed(kind) => Response::Err(kind.message().into()),
         ClientReply::Status(status) => Response::Status(status.fields()),
         ClientReply::Refused(why) => Response::Err(why),
         ClientReply::Int(n) => Response::Int(n),

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use kv_net::client::retry::Endpoints;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -79,8 +80,9 @@ impl PhaseResult {
 
 /// What the connections of a phase share.
 struct Shared {
-    addrs: Vec<SocketAddr>,
-    leader: Mutex<SocketAddr>,
+    /// The nodes, and the one new connections go to (the leader, as far
+    /// as the connections found out).
+    endpoints: Mutex<Endpoints>,
     stop: AtomicBool,
     /// Requests handed out (against `--count`).
     issued: AtomicU64,
@@ -94,21 +96,22 @@ struct Shared {
 }
 
 impl Shared {
-    fn leader(&self) -> SocketAddr {
-        *self.leader.lock().unwrap_or_else(|e| e.into_inner())
+    fn endpoints(&self) -> std::sync::MutexGuard<'_, Endpoints> {
+        self.endpoints.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_leader(&self, addr: SocketAddr) {
-        *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+    fn leader(&self) -> SocketAddr {
+        self.endpoints().current()
+    }
+
+    /// Follows a redirect to `to`.
+    fn set_leader(&self, to: &str) {
+        self.endpoints().redirect(to);
     }
 
     /// `addr` did not answer: try the next address.
     fn rotate_from(&self, addr: SocketAddr) {
-        let mut leader = self.leader.lock().unwrap_or_else(|e| e.into_inner());
-        if *leader == addr {
-            let at = self.addrs.iter().position(|a| *a == addr).unwrap_or(0);
-            *leader = self.addrs[(at + 1) % self.addrs.len()];
-        }
+        self.endpoints().rotate_from(addr);
     }
 }
 
@@ -163,9 +166,9 @@ impl Source {
 /// already measured.
 pub async fn run_phase(args: &Args, phase: Phase) -> Result<PhaseResult> {
     let addrs = kv_bin::client::resolve_addrs(&args.addr)?;
+    let endpoints = Endpoints::new(addrs, 0).context("no node address given")?;
     let shared = Arc::new(Shared {
-        leader: Mutex::new(addrs[0]),
-        addrs,
+        endpoints: Mutex::new(endpoints),
         stop: AtomicBool::new(false),
         issued: AtomicU64::new(0),
         next_key: AtomicU64::new(0),
@@ -374,9 +377,7 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
             match open_session(&mut writer, &mut reader, next_id - 1).await {
                 Opened::Session(id) => session.id = Some(id),
                 Opened::Redirect(to) => {
-                    if let Ok(to) = to.parse::<SocketAddr>() {
-                        shared.set_leader(to);
-                    }
+                    shared.set_leader(&to);
                     continue 'connect;
                 }
                 Opened::Failed => {
@@ -455,6 +456,13 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
             let Some(pending) = in_flight.remove(&id) else {
                 continue;
             };
+            if let Answer::Retry {
+                elsewhere: true, ..
+            } = answer
+            {
+                // This node cannot serve (or knows no leader): another may.
+                shared.rotate_from(addr);
+            }
             moving |= settle(
                 &mut out,
                 &args,
@@ -492,29 +500,29 @@ async fn settle(
         }
         // An unknown outcome in a session: the same write, same number,
         // is answered its first result if it happened, applied if not.
-        Answer::Failed(kind @ ("outcome unknown" | "timeout")) if seq > 0 => {
+        Answer::Unknown(kind) if seq > 0 => {
             *out.retried.entry(kind).or_default() += 1;
             again.push_back(pending);
         }
-        Answer::Failed(kind) => {
+        Answer::Unknown(kind) | Answer::Failed(kind) => {
             session.answered(seq);
             record(out, args, shared, started, Some(kind));
         }
         Answer::Redirect(to) => {
             *out.retried.entry("redirect").or_default() += 1;
-            if let Ok(to) = to.parse::<SocketAddr>() {
-                if to != shared.leader() {
-                    out.leader_moves += 1;
-                }
-                shared.set_leader(to);
+            if to.parse::<SocketAddr>().ok() != Some(shared.leader()) {
+                out.leader_moves += 1;
             }
+            shared.set_leader(&to);
             again.push_back(pending);
             return true;
         }
-        Answer::Retry(kind) => {
-            *out.retried.entry(kind).or_default() += 1;
+        Answer::Retry { why, elsewhere } => {
+            *out.retried.entry(why).or_default() += 1;
             again.push_back(pending);
             tokio::time::sleep(Duration::from_millis(20)).await;
+            // The caller has moved the leader on: follow.
+            return elsewhere;
         }
         Answer::GoAway => {}
     }

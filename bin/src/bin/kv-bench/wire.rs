@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use kv_net::client::binary::MAGIC;
+use kv_net::client::retry::{binary_verdict, text_verdict, Verdict};
 use kv_net::client::text::{parse_response, Response};
 use kv_net::frame::{encode_frame, FrameReader};
 use kv_proto::client::{self as pb, error::Kind, request::Op};
@@ -45,25 +46,31 @@ pub enum Answer {
     Session(u64),
     /// Not the leader: go there and send it again.
     Redirect(String),
-    /// Surely not done; send it again (the kind names why).
-    Retry(&'static str),
-    /// Failed; it may or may not have happened (the kind names why).
+    /// Surely not done; send it again (`why` names why), to another node
+    /// if `elsewhere`.
+    Retry {
+        /// Why (for the counts).
+        why: &'static str,
+        /// Whether another node should get it.
+        elsewhere: bool,
+    },
+    /// It may or may not have happened (the kind names why): a write in a
+    /// session is sent again, anything else counts as failed.
+    Unknown(&'static str),
+    /// Failed, definitely (the kind names why).
     Failed(&'static str),
     /// The node is stopping: every request on this connection still
     /// unanswered was not read; send them again elsewhere.
     GoAway,
 }
 
-/// The kind name of an error answer, and whether a retry is safe.
-fn classify(kind: Kind) -> Answer {
-    match kind {
-        Kind::NoLeader => Answer::Retry("no leader"),
-        Kind::NotApplied => Answer::Retry("not applied"),
-        Kind::Overloaded => Answer::Retry("overloaded"),
-        Kind::Unavailable => Answer::Retry("unavailable"),
-        Kind::Unknown => Answer::Failed("outcome unknown"),
-        Kind::BadRequest => Answer::Failed("bad request"),
-        Kind::Refused => Answer::Failed("refused"),
+/// An error answer as the loop sees it, by the rule every client of the
+/// store follows (`kv_net::client::retry`); `definite` names a final one.
+fn from_verdict(verdict: Verdict, definite: &'static str) -> Answer {
+    match verdict {
+        Verdict::Retry { why, elsewhere } => Answer::Retry { why, elsewhere },
+        Verdict::Unknown(why) => Answer::Unknown(why),
+        Verdict::Final => Answer::Failed(definite),
     }
 }
 
@@ -234,7 +241,15 @@ fn binary_answer(result: Option<pb::response::Result>) -> Answer {
     use pb::response::Result as R;
     match result {
         Some(R::Redirect(r)) => Answer::Redirect(r.leader),
-        Some(R::Error(e)) => classify(Kind::try_from(e.kind).unwrap_or(Kind::Unknown)),
+        Some(R::Error(e)) => {
+            let kind = Kind::try_from(e.kind).unwrap_or(Kind::Unknown);
+            let definite = if kind == Kind::Refused {
+                "refused"
+            } else {
+                "bad request"
+            };
+            from_verdict(binary_verdict(kind, &e.message), definite)
+        }
         Some(R::Session(s)) => Answer::Session(s.id),
         Some(_) => Answer::Done,
         None => Answer::Failed("empty answer"),
@@ -244,22 +259,6 @@ fn binary_answer(result: Option<pb::response::Result>) -> Answer {
 fn text_error(msg: &str) -> Answer {
     // A write its session refused: nothing happened, and sending it again
     // would be refused again.
-    if msg == kv_engine::kv::NO_SESSION || msg == kv_engine::kv::FORGOTTEN {
-        return Answer::Failed("refused");
-    }
-    for (prefix, kind) in [
-        ("no leader", Kind::NoLeader),
-        ("not applied", Kind::NotApplied),
-        ("overloaded", Kind::Overloaded),
-        ("unavailable", Kind::Unavailable),
-    ] {
-        if msg.starts_with(prefix) {
-            return classify(kind);
-        }
-    }
-    Answer::Failed(if msg.starts_with("timeout") {
-        "timeout"
-    } else {
-        "outcome unknown"
-    })
+    let refused = msg == kv_engine::kv::NO_SESSION || msg == kv_engine::kv::FORGOTTEN;
+    from_verdict(text_verdict(msg), if refused { "refused" } else { "error" })
 }
