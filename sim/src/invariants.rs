@@ -216,7 +216,7 @@ impl InvariantChecker {
     fn check(&self, at: u64, event: NodeEvent) {
         let mut s = self.lock();
         s.events += 1;
-        let fail = |s: &mut State, msg: String| s.violations.push(format!("t={at}ms {msg}"));
+        let trace = self.keep_trace;
         match event {
             NodeEvent::Started {
                 node,
@@ -224,103 +224,26 @@ impl InvariantChecker {
                 commit,
                 snapshot_index,
                 standing,
-            } => {
-                s.roles.insert(node, (term, Role::Follower));
-                s.commit.insert(node, commit);
-                s.last_applied.insert(node, snapshot_index);
-                s.standings.insert(node, standing);
-                let at_event = s.events;
-                s.standing_at.insert(node, at_event);
-                if self.keep_trace {
-                    let _ = writeln!(
-                        s.trace,
-                        "{at:>7} n{node} started term {term} commit {commit} {standing:?}"
-                    );
-                }
-            }
+            } => s.on_started(at, trace, node, term, commit, snapshot_index, standing),
             NodeEvent::Role {
                 node,
                 term,
                 role,
                 leader,
                 standing,
-            } => {
-                s.max_term = s.max_term.max(term);
-                s.roles.insert(node, (term, role));
-                let before = s.standings.insert(node, standing);
-                if before != Some(standing) {
-                    let at_event = s.events;
-                    s.standing_at.insert(node, at_event);
-                }
-                if self.keep_trace {
-                    let standing = if before == Some(standing) {
-                        String::new()
-                    } else {
-                        format!(" {standing:?}")
-                    };
-                    let _ = writeln!(
-                        s.trace,
-                        "{at:>7} n{node} {role:?} term {term} leader {leader:?}{standing}"
-                    );
-                }
-                if role == Role::Leader && standing != Standing::Voter {
-                    fail(
-                        &mut s,
-                        format!("n{node} leads term {term} while {standing:?}"),
-                    );
-                }
-                if role == Role::Leader {
-                    if let Some(&other) = s.leaders.get(&term) {
-                        if other != node {
-                            fail(
-                                &mut s,
-                                format!("two leaders in term {term}: n{other} and n{node}"),
-                            );
-                        }
-                    }
-                    s.leaders.insert(term, node);
-                }
-            }
+            } => s.on_role(at, trace, node, term, role, leader, standing),
             NodeEvent::BecameLeader {
                 node,
                 term,
                 first_index,
                 last_index,
                 term_runs,
-            } => {
-                let term_at = |index: u64| -> Option<u64> {
-                    if index < first_index || index > last_index {
-                        return None;
-                    }
-                    term_runs
-                        .iter()
-                        .take_while(|&&(start, _)| start <= index)
-                        .last()
-                        .map(|&(_, t)| t)
-                };
-                // Leader Completeness binds leaders of terms after the commit.
-                let missing: Vec<(u64, u64)> = s
-                    .applied
-                    .range(first_index..)
-                    .filter(|(i, _)| s.committed_by.get(i).is_some_and(|&c| c < term))
-                    .filter(|(&i, &(t, _))| term_at(i) != Some(t))
-                    .map(|(&i, &(t, _))| (i, t))
-                    .take(3)
-                    .collect();
-                if !missing.is_empty() {
-                    fail(
-                        &mut s,
-                        format!(
-                            "leader n{node} of term {term} lacks committed entries {missing:?}"
-                        ),
-                    );
-                }
-            }
+            } => s.on_became_leader(at, node, term, (first_index, last_index), &term_runs),
             NodeEvent::Commit { node, commit } => {
                 let before = s.commit.insert(node, commit).unwrap_or(0);
                 if commit < before {
-                    fail(
-                        &mut s,
+                    s.fail(
+                        at,
                         format!("n{node} commit index moved back {before} -> {commit}"),
                     );
                 }
@@ -331,39 +254,7 @@ impl InvariantChecker {
                 term,
                 data_hash,
                 digest,
-            } => {
-                if let Some(&prev) = s.last_applied.get(&node) {
-                    if index != prev + 1 {
-                        fail(&mut s, format!("n{node} applied {index} after {prev}"));
-                    }
-                }
-                s.last_applied.insert(node, index);
-                match s.applied.get(&index) {
-                    Some(&(t, h)) if (t, h) != (term, data_hash) => {
-                        fail(&mut s, format!("n{node} applied ({index}, {term}) but ({index}, {t}) was applied elsewhere"))
-                    }
-                    Some(_) => {}
-                    None => {
-                        s.applied.insert(index, (term, data_hash));
-                        let bound = s.max_term.max(term);
-                        s.committed_by.insert(index, bound);
-                    }
-                }
-                if let Some(d) = digest {
-                    match s.digests.get(&index) {
-                        Some(&other) if other != d => fail(
-                            &mut s,
-                            format!(
-                                "n{node} state after index {index} differs from another node's"
-                            ),
-                        ),
-                        Some(_) => {}
-                        None => {
-                            s.digests.insert(index, d);
-                        }
-                    }
-                }
-            }
+            } => s.on_applied(at, node, (index, term, data_hash), digest),
             NodeEvent::SnapshotSaved {
                 node,
                 index,
@@ -385,16 +276,180 @@ impl InvariantChecker {
                 node,
                 index,
                 digest,
-            } => {
-                s.last_applied.insert(node, index);
-                if self.keep_trace {
-                    let _ = writeln!(s.trace, "{at:>7} n{node} installed snapshot at {index}");
-                }
-                if let Some(&other) = s.digests.get(&index) {
-                    if other != digest {
-                        fail(&mut s, format!("n{node} installed a snapshot at {index} that differs from applied state"));
-                    }
-                }
+            } => s.on_installed_snapshot(at, trace, node, index, digest),
+        }
+    }
+}
+
+impl State {
+    fn fail(&mut self, at: u64, msg: String) {
+        self.violations.push(format!("t={at}ms {msg}"));
+    }
+
+    fn note_standing(&mut self, node: u64, standing: Standing) -> Option<Standing> {
+        let before = self.standings.insert(node, standing);
+        if before != Some(standing) {
+            self.standing_at.insert(node, self.events);
+        }
+        before
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_started(
+        &mut self,
+        at: u64,
+        trace: bool,
+        node: u64,
+        term: u64,
+        commit: u64,
+        snapshot_index: u64,
+        standing: Standing,
+    ) {
+        self.roles.insert(node, (term, Role::Follower));
+        self.commit.insert(node, commit);
+        self.last_applied.insert(node, snapshot_index);
+        self.standings.remove(&node);
+        self.note_standing(node, standing);
+        if trace {
+            let _ = writeln!(
+                self.trace,
+                "{at:>7} n{node} started term {term} commit {commit} {standing:?}"
+            );
+        }
+    }
+
+    /// Election Safety: at most one leader per term, and only a voter leads.
+    #[allow(clippy::too_many_arguments)]
+    fn on_role(
+        &mut self,
+        at: u64,
+        trace: bool,
+        node: u64,
+        term: u64,
+        role: Role,
+        leader: Option<u64>,
+        standing: Standing,
+    ) {
+        self.max_term = self.max_term.max(term);
+        self.roles.insert(node, (term, role));
+        let before = self.note_standing(node, standing);
+        if trace {
+            let standing = if before == Some(standing) {
+                String::new()
+            } else {
+                format!(" {standing:?}")
+            };
+            let _ = writeln!(
+                self.trace,
+                "{at:>7} n{node} {role:?} term {term} leader {leader:?}{standing}"
+            );
+        }
+        if role != Role::Leader {
+            return;
+        }
+        if standing != Standing::Voter {
+            self.fail(at, format!("n{node} leads term {term} while {standing:?}"));
+        }
+        if let Some(&other) = self.leaders.get(&term) {
+            if other != node {
+                self.fail(
+                    at,
+                    format!("two leaders in term {term}: n{other} and n{node}"),
+                );
+            }
+        }
+        self.leaders.insert(term, node);
+    }
+
+    /// Leader Completeness: a leader holds every entry committed before
+    /// its term (`log`: its first and last index; `term_runs`: where each
+    /// term of its log starts).
+    fn on_became_leader(
+        &mut self,
+        at: u64,
+        node: u64,
+        term: u64,
+        log: (u64, u64),
+        term_runs: &[(u64, u64)],
+    ) {
+        let (first_index, last_index) = log;
+        let term_at = |index: u64| -> Option<u64> {
+            if index < first_index || index > last_index {
+                return None;
+            }
+            term_runs
+                .iter()
+                .take_while(|&&(start, _)| start <= index)
+                .last()
+                .map(|&(_, t)| t)
+        };
+        let missing: Vec<(u64, u64)> = self
+            .applied
+            .range(first_index..)
+            .filter(|(i, _)| self.committed_by.get(i).is_some_and(|&c| c < term))
+            .filter(|(&i, &(t, _))| term_at(i) != Some(t))
+            .map(|(&i, &(t, _))| (i, t))
+            .take(3)
+            .collect();
+        if !missing.is_empty() {
+            self.fail(
+                at,
+                format!("leader n{node} of term {term} lacks committed entries {missing:?}"),
+            );
+        }
+    }
+
+    /// State Machine Safety: each index is applied with one entry
+    /// everywhere, in order, and leaves the same state (`entry`: index,
+    /// term and a hash of the data).
+    fn on_applied(&mut self, at: u64, node: u64, entry: (u64, u64, u64), digest: Option<u64>) {
+        let (index, term, data_hash) = entry;
+        if let Some(&prev) = self.last_applied.get(&node) {
+            if index != prev + 1 {
+                self.fail(at, format!("n{node} applied {index} after {prev}"));
+            }
+        }
+        self.last_applied.insert(node, index);
+        match self.applied.get(&index) {
+            Some(&(t, h)) if (t, h) != (term, data_hash) => self.fail(
+                at,
+                format!(
+                    "n{node} applied ({index}, {term}) but ({index}, {t}) was applied elsewhere"
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                self.applied.insert(index, (term, data_hash));
+                let bound = self.max_term.max(term);
+                self.committed_by.insert(index, bound);
+            }
+        }
+        let Some(d) = digest else { return };
+        match self.digests.get(&index) {
+            Some(&other) if other != d => self.fail(
+                at,
+                format!("n{node} state after index {index} differs from another node's"),
+            ),
+            Some(_) => {}
+            None => {
+                self.digests.insert(index, d);
+            }
+        }
+    }
+
+    fn on_installed_snapshot(&mut self, at: u64, trace: bool, node: u64, index: u64, digest: u64) {
+        self.last_applied.insert(node, index);
+        if trace {
+            let _ = writeln!(self.trace, "{at:>7} n{node} installed snapshot at {index}");
+        }
+        if let Some(&other) = self.digests.get(&index) {
+            if other != digest {
+                self.fail(
+                    at,
+                    format!(
+                        "n{node} installed a snapshot at {index} that differs from applied state"
+                    ),
+                );
             }
         }
     }
