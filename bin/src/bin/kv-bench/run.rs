@@ -341,28 +341,16 @@ async fn open_session(writer: &mut Writer, reader: &mut Reader, id: u64) -> Open
     }
 }
 
-/// One connection's life: requests kept in flight until the phase ends.
+/// One connection's life: requests kept in flight until the phase ends,
+/// following the leader from node to node.
 async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Result<PhaseResult> {
-    let mut out = PhaseResult::empty()?;
-    let mut again: VecDeque<Pending> = VecDeque::new();
-    let mut in_flight: HashMap<u64, Pending> = HashMap::new();
-    let mut session = WriteSession::new(!args.no_sessions);
-    let mut stop_seen: Option<Instant> = None;
-    let mut exhausted = false;
-    let mut next_id = 1u64;
-    'connect: loop {
+    let mut r = Requests::new(&args, &shared)?;
+    loop {
         if shared.stop.load(Ordering::Relaxed) {
-            // Time is up: what waits to be sent again surely did not
-            // happen, but for writes whose answer was lost.
-            for (_, started, seq) in again.drain(..) {
-                if seq > 0 {
-                    let kind = "outcome unknown (time up before it was sent again)";
-                    record(&mut out, &args, &shared, started, Some(kind));
-                }
-            }
+            r.time_up();
             break;
         }
-        if exhausted && again.is_empty() {
+        if r.exhausted && r.again.is_empty() {
             break;
         }
         let addr = shared.leader();
@@ -372,88 +360,106 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        if session.needs_opening() {
-            next_id += 1;
-            match open_session(&mut writer, &mut reader, next_id - 1).await {
-                Opened::Session(id) => session.id = Some(id),
-                Opened::Redirect(to) => {
-                    shared.set_leader(&to);
-                    continue 'connect;
-                }
-                Opened::Failed => {
-                    shared.rotate_from(addr);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue 'connect;
-                }
+        if r.open_session(addr, &mut writer, &mut reader).await {
+            r.serve(addr, &mut writer, &mut reader, &mut source).await;
+        }
+    }
+    Ok(r.out)
+}
+
+/// A connection's requests: measured, in flight, and waiting to be sent
+/// again (on this node or the next).
+struct Requests<'a> {
+    args: &'a Args,
+    shared: &'a Shared,
+    out: PhaseResult,
+    again: VecDeque<Pending>,
+    in_flight: HashMap<u64, Pending>,
+    session: WriteSession,
+    /// When this connection first saw the time was up.
+    stop_seen: Option<Instant>,
+    /// The source has no more requests.
+    exhausted: bool,
+    next_id: u64,
+}
+
+impl<'a> Requests<'a> {
+    fn new(args: &'a Args, shared: &'a Shared) -> Result<Self> {
+        Ok(Requests {
+            args,
+            shared,
+            out: PhaseResult::empty()?,
+            again: VecDeque::new(),
+            in_flight: HashMap::new(),
+            session: WriteSession::new(!args.no_sessions),
+            stop_seen: None,
+            exhausted: false,
+            next_id: 1,
+        })
+    }
+
+    /// Time is up: what waits to be sent again surely did not happen, but
+    /// for writes whose answer was lost.
+    fn time_up(&mut self) {
+        for (_, started, seq) in std::mem::take(&mut self.again) {
+            if seq > 0 {
+                let kind = "outcome unknown (time up before it was sent again)";
+                record(&mut self.out, self.args, self.shared, started, Some(kind));
             }
         }
+    }
+
+    /// Opens the session on a fresh connection if there is none yet: false
+    /// if that failed and the connection is to be left.
+    async fn open_session(&mut self, addr: SocketAddr, w: &mut Writer, r: &mut Reader) -> bool {
+        if !self.session.needs_opening() {
+            return true;
+        }
+        self.next_id += 1;
+        match open_session(w, r, self.next_id - 1).await {
+            Opened::Session(id) => {
+                self.session.id = Some(id);
+                return true;
+            }
+            Opened::Redirect(to) => self.shared.set_leader(&to),
+            Opened::Failed => {
+                self.shared.rotate_from(addr);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        false
+    }
+
+    /// Keeps requests in flight on one connection until it is to be left:
+    /// lost, the node stopping, the leader moved, or nothing left to send.
+    async fn serve(
+        &mut self,
+        addr: SocketAddr,
+        w: &mut Writer,
+        r: &mut Reader,
+        source: &mut Source,
+    ) {
         let mut moving = false;
         loop {
-            let stopping = shared.stop.load(Ordering::Relaxed);
-            // Once time is up, writes whose answer was lost are still sent
-            // again for a while, to settle them; then they count as unknown.
-            let settling =
-                stopping && stop_seen.get_or_insert_with(Instant::now).elapsed() < STOP_GRACE;
-            while !moving && in_flight.len() < args.inflight {
-                let next = match again.pop_front() {
-                    Some(p) if !stopping || (p.2 > 0 && settling) => p,
-                    Some(p) => {
-                        again.push_front(p);
-                        break;
-                    }
-                    None if stopping || exhausted => break,
-                    None => match source.next(&args, &shared) {
-                        Some(op) => {
-                            let seq = session.number(&op);
-                            (op, Instant::now(), seq)
-                        }
-                        None => {
-                            exhausted = true;
-                            break;
-                        }
-                    },
-                };
-                writer.push(next_id, &next.0, session.tag(next.2), &mut reader);
-                in_flight.insert(next_id, next);
-                next_id += 1;
+            if !moving {
+                self.fill(w, r, source);
             }
-            if in_flight.is_empty() {
-                continue 'connect;
+            if self.in_flight.is_empty() {
+                return;
             }
-            let answer = match writer.flush().await {
-                Ok(()) => tokio::time::timeout(ANSWER_TIMEOUT, reader.next()).await,
+            let answer = match w.flush().await {
+                Ok(()) => tokio::time::timeout(ANSWER_TIMEOUT, r.next()).await,
                 Err(_) => Ok(Ok(None)),
             };
             let (id, answer) = match answer {
                 Ok(Ok(Some(a))) => a,
-                // Lost or silent: every request in flight may or may not
-                // have happened; a write in a session is sent again.
-                _ => {
-                    for (_, pending) in in_flight.drain() {
-                        if pending.2 > 0 {
-                            *out.retried
-                                .entry("answer lost (sent again in its session)")
-                                .or_default() += 1;
-                            again.push_back(pending);
-                        } else {
-                            let kind = "connection lost (outcome unknown)";
-                            record(&mut out, &args, &shared, pending.1, Some(kind));
-                        }
-                    }
-                    shared.rotate_from(addr);
-                    continue 'connect;
-                }
+                _ => return self.lost(addr),
             };
             if matches!(answer, Answer::GoAway) {
                 // Nothing still in flight here was read: send it elsewhere.
-                for (_, pending) in in_flight.drain() {
-                    *out.retried.entry("node stopping").or_default() += 1;
-                    again.push_back(pending);
-                }
-                shared.rotate_from(addr);
-                continue 'connect;
+                return self.resend_all(addr, "node stopping");
             }
-            let Some(pending) = in_flight.remove(&id) else {
+            let Some(pending) = self.in_flight.remove(&id) else {
                 continue;
             };
             if let Answer::Retry {
@@ -461,72 +467,114 @@ async fn connection(args: Args, shared: Arc<Shared>, mut source: Source) -> Resu
             } = answer
             {
                 // This node cannot serve (or knows no leader): another may.
-                shared.rotate_from(addr);
+                self.shared.rotate_from(addr);
             }
-            moving |= settle(
-                &mut out,
-                &args,
-                &shared,
-                &mut session,
-                &mut again,
-                pending,
-                answer,
-            )
-            .await;
-            if moving && in_flight.is_empty() {
-                continue 'connect;
+            moving |= self.settle(pending, answer).await;
+            if moving && self.in_flight.is_empty() {
+                return;
             }
         }
     }
-    Ok(out)
-}
 
-/// What an answer means for its request: recorded, or queued to be sent
-/// again. True if the leader moved (the connection should follow).
-async fn settle(
-    out: &mut PhaseResult,
-    args: &Args,
-    shared: &Shared,
-    session: &mut WriteSession,
-    again: &mut VecDeque<Pending>,
-    pending: Pending,
-    answer: Answer,
-) -> bool {
-    let (_, started, seq) = pending;
-    match answer {
-        Answer::Done | Answer::Session(_) => {
-            session.answered(seq);
-            record(out, args, shared, started, None);
+    /// Puts requests in flight up to `--inflight`: those to send again
+    /// first, then new ones. Once time is up, writes whose answer was lost
+    /// are still sent again for a while, to settle them; then they count as
+    /// unknown.
+    fn fill(&mut self, w: &mut Writer, r: &mut Reader, source: &mut Source) {
+        let stopping = self.shared.stop.load(Ordering::Relaxed);
+        let settling =
+            stopping && self.stop_seen.get_or_insert_with(Instant::now).elapsed() < STOP_GRACE;
+        while self.in_flight.len() < self.args.inflight {
+            let next = match self.again.pop_front() {
+                Some(p) if !stopping || (p.2 > 0 && settling) => p,
+                Some(p) => {
+                    self.again.push_front(p);
+                    break;
+                }
+                None if stopping || self.exhausted => break,
+                None => match source.next(self.args, self.shared) {
+                    Some(op) => {
+                        let seq = self.session.number(&op);
+                        (op, Instant::now(), seq)
+                    }
+                    None => {
+                        self.exhausted = true;
+                        break;
+                    }
+                },
+            };
+            w.push(self.next_id, &next.0, self.session.tag(next.2), r);
+            self.in_flight.insert(self.next_id, next);
+            self.next_id += 1;
         }
-        // An unknown outcome in a session: the same write, same number,
-        // is answered its first result if it happened, applied if not.
-        Answer::Unknown(kind) if seq > 0 => {
-            *out.retried.entry(kind).or_default() += 1;
-            again.push_back(pending);
-        }
-        Answer::Unknown(kind) | Answer::Failed(kind) => {
-            session.answered(seq);
-            record(out, args, shared, started, Some(kind));
-        }
-        Answer::Redirect(to) => {
-            *out.retried.entry("redirect").or_default() += 1;
-            if to.parse::<SocketAddr>().ok() != Some(shared.leader()) {
-                out.leader_moves += 1;
-            }
-            shared.set_leader(&to);
-            again.push_back(pending);
-            return true;
-        }
-        Answer::Retry { why, elsewhere } => {
-            *out.retried.entry(why).or_default() += 1;
-            again.push_back(pending);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            // The caller has moved the leader on: follow.
-            return elsewhere;
-        }
-        Answer::GoAway => {}
     }
-    false
+
+    /// The connection was lost or went silent: every request in flight may
+    /// or may not have happened; a write in a session is sent again.
+    fn lost(&mut self, addr: SocketAddr) {
+        for (_, pending) in std::mem::take(&mut self.in_flight) {
+            if pending.2 > 0 {
+                let why = "answer lost (sent again in its session)";
+                *self.out.retried.entry(why).or_default() += 1;
+                self.again.push_back(pending);
+            } else {
+                let kind = "connection lost (outcome unknown)";
+                record(&mut self.out, self.args, self.shared, pending.1, Some(kind));
+            }
+        }
+        self.shared.rotate_from(addr);
+    }
+
+    /// Every request in flight surely did not happen: all are sent again,
+    /// to the next node.
+    fn resend_all(&mut self, addr: SocketAddr, why: &'static str) {
+        for (_, pending) in std::mem::take(&mut self.in_flight) {
+            *self.out.retried.entry(why).or_default() += 1;
+            self.again.push_back(pending);
+        }
+        self.shared.rotate_from(addr);
+    }
+
+    /// What an answer means for its request: recorded, or queued to be
+    /// sent again. True if the leader moved (the connection should follow).
+    async fn settle(&mut self, pending: Pending, answer: Answer) -> bool {
+        let (_, started, seq) = pending;
+        let (out, shared) = (&mut self.out, self.shared);
+        match answer {
+            Answer::Done | Answer::Session(_) => {
+                self.session.answered(seq);
+                record(out, self.args, shared, started, None);
+            }
+            // An unknown outcome in a session: the same write, same number,
+            // is answered its first result if it happened, applied if not.
+            Answer::Unknown(kind) if seq > 0 => {
+                *out.retried.entry(kind).or_default() += 1;
+                self.again.push_back(pending);
+            }
+            Answer::Unknown(kind) | Answer::Failed(kind) => {
+                self.session.answered(seq);
+                record(out, self.args, shared, started, Some(kind));
+            }
+            Answer::Redirect(to) => {
+                *out.retried.entry("redirect").or_default() += 1;
+                if to.parse::<SocketAddr>().ok() != Some(shared.leader()) {
+                    out.leader_moves += 1;
+                }
+                shared.set_leader(&to);
+                self.again.push_back(pending);
+                return true;
+            }
+            Answer::Retry { why, elsewhere } => {
+                *out.retried.entry(why).or_default() += 1;
+                self.again.push_back(pending);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                // The caller has moved the leader on: follow.
+                return elsewhere;
+            }
+            Answer::GoAway => {}
+        }
+        false
+    }
 }
 
 fn record(
