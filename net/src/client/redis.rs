@@ -830,29 +830,49 @@ fn info(node: &NodeHandle, sections: &[Bytes]) -> Reply {
 
 /// The commands the node serves.
 fn data_command(name: &str, rest: &[Bytes], cursors: &ScanCursors) -> Action {
-    let node = |op: ClientOp, render: Render| Action::Node(op, render);
-    let local = Action::Local;
+    if let Some(action) = string_command(name, rest) {
+        return action;
+    }
+    if let Some(action) = keyspace_command(name, rest, cursors) {
+        return action;
+    }
+    match name {
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "TTL" | "PTTL" | "PERSIST" | "SETEX"
+        | "PSETEX" | "GETEX" => Action::Local(no_expiry()),
+        "GET" | "SET" | "SETNX" | "GETSET" | "MGET" | "MSET" | "MSETNX" | "DEL" | "UNLINK"
+        | "EXISTS" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND" | "STRLEN" | "DBSIZE"
+        | "SCAN" | "KEYS" | "CAS" => Action::Local(wrong_args(name)),
+        _ => Action::Local(Reply::Error(format!(
+            "ERR unknown command '{}', with args beginning with: {}",
+            name.to_ascii_lowercase(),
+            rest.iter()
+                .take(3)
+                .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ))),
+    }
+}
+
+/// The commands on string values, with their arguments right; None
+/// otherwise.
+fn string_command(name: &str, rest: &[Bytes]) -> Option<Action> {
+    let node = |op: ClientOp, render: Render| Some(Action::Node(op, render));
+    let set_if = |key: &Bytes, value: &Bytes, condition, return_old| ClientOp::SetIf {
+        key: key.clone(),
+        value: value.clone(),
+        condition,
+        return_old,
+    };
+    let incr = |key: &Bytes, by| ClientOp::Incr {
+        key: key.clone(),
+        by,
+    };
     match (name, rest) {
         ("GET", [key]) => node(ClientOp::Get { key: key.clone() }, Render::Value),
-        ("SET", [key, value, opts @ ..]) => set(key, value, opts),
-        ("SETNX", [key, value]) => node(
-            ClientOp::SetIf {
-                key: key.clone(),
-                value: value.clone(),
-                condition: SetCondition::IfAbsent,
-                return_old: false,
-            },
-            Render::Wrote,
-        ),
-        ("GETSET", [key, value]) => node(
-            ClientOp::SetIf {
-                key: key.clone(),
-                value: value.clone(),
-                condition: SetCondition::Always,
-                return_old: true,
-            },
-            Render::Old,
-        ),
+        ("SET", [key, value, opts @ ..]) => Some(set(key, value, opts)),
+        ("SETNX", [k, v]) => node(set_if(k, v, SetCondition::IfAbsent, false), Render::Wrote),
+        ("GETSET", [k, v]) => node(set_if(k, v, SetCondition::Always, true), Render::Old),
         ("MGET", keys) if !keys.is_empty() => node(
             ClientOp::MGet {
                 keys: keys.to_vec(),
@@ -871,6 +891,41 @@ fn data_command(name: &str, rest: &[Bytes], cursors: &ScanCursors) -> Action {
             },
             Render::Int,
         ),
+        ("INCR", [key]) => node(incr(key, 1), Render::Int),
+        ("DECR", [key]) => node(incr(key, -1), Render::Int),
+        ("INCRBY", [key, by]) => match int_arg(by) {
+            Some(by) => node(incr(key, by), Render::Int),
+            None => Some(Action::Local(not_integer())),
+        },
+        ("DECRBY", [key, by]) => match int_arg(by).and_then(i64::checked_neg) {
+            Some(by) => node(incr(key, by), Render::Int),
+            None => Some(Action::Local(not_integer())),
+        },
+        ("APPEND", [key, value]) => node(
+            ClientOp::Append {
+                key: key.clone(),
+                value: value.clone(),
+            },
+            Render::Int,
+        ),
+        ("STRLEN", [key]) => node(ClientOp::StrLen { key: key.clone() }, Render::Int),
+        ("CAS", [key, expected, new]) => node(
+            ClientOp::Cas {
+                key: key.clone(),
+                expected: expected.clone(),
+                new: new.clone(),
+            },
+            Render::Wrote,
+        ),
+        _ => None,
+    }
+}
+
+/// The commands on the key space as a whole, with their arguments right;
+/// None otherwise.
+fn keyspace_command(name: &str, rest: &[Bytes], cursors: &ScanCursors) -> Option<Action> {
+    let node = |op: ClientOp, render: Render| Some(Action::Node(op, render));
+    match (name, rest) {
         ("DEL" | "UNLINK", keys) if !keys.is_empty() => node(
             ClientOp::DelMany {
                 keys: keys.to_vec(),
@@ -883,51 +938,11 @@ fn data_command(name: &str, rest: &[Bytes], cursors: &ScanCursors) -> Action {
             },
             Render::Int,
         ),
-        ("INCR", [key]) => node(
-            ClientOp::Incr {
-                key: key.clone(),
-                by: 1,
-            },
-            Render::Int,
-        ),
-        ("DECR", [key]) => node(
-            ClientOp::Incr {
-                key: key.clone(),
-                by: -1,
-            },
-            Render::Int,
-        ),
-        ("INCRBY" | "DECRBY", [key, by]) => match int_arg(by) {
-            Some(by) => {
-                let by = if name == "DECRBY" {
-                    by.checked_neg()
-                } else {
-                    Some(by)
-                };
-                match by {
-                    Some(by) => node(
-                        ClientOp::Incr {
-                            key: key.clone(),
-                            by,
-                        },
-                        Render::Int,
-                    ),
-                    None => local(not_integer()),
-                }
-            }
-            None => local(not_integer()),
-        },
-        ("APPEND", [key, value]) => node(
-            ClientOp::Append {
-                key: key.clone(),
-                value: value.clone(),
-            },
-            Render::Int,
-        ),
-        ("STRLEN", [key]) => node(ClientOp::StrLen { key: key.clone() }, Render::Int),
         ("DBSIZE", []) => node(ClientOp::DbSize, Render::Int),
-        ("SCAN", [cursor, opts @ ..]) => scan(cursor, opts, cursors),
-        ("KEYS", [pattern]) if pattern.len() > MAX_PATTERN_BYTES => local(pattern_too_long()),
+        ("SCAN", [cursor, opts @ ..]) => Some(scan(cursor, opts, cursors)),
+        ("KEYS", [pattern]) if pattern.len() > MAX_PATTERN_BYTES => {
+            Some(Action::Local(pattern_too_long()))
+        }
         ("KEYS", [pattern]) => node(
             ClientOp::Keys {
                 pattern: pattern.clone(),
@@ -940,35 +955,8 @@ fn data_command(name: &str, rest: &[Bytes], cursors: &ScanCursors) -> Action {
         {
             node(ClientOp::Flush, Render::Ok)
         }
-        ("FLUSHDB" | "FLUSHALL", _) => local(syntax_error()),
-        ("CAS", [key, expected, new]) => node(
-            ClientOp::Cas {
-                key: key.clone(),
-                expected: expected.clone(),
-                new: new.clone(),
-            },
-            Render::Wrote,
-        ),
-        (
-            "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "TTL" | "PTTL" | "PERSIST" | "SETEX"
-            | "PSETEX" | "GETEX",
-            _,
-        ) => local(no_expiry()),
-        (
-            "GET" | "SET" | "SETNX" | "GETSET" | "MGET" | "MSET" | "MSETNX" | "DEL" | "UNLINK"
-            | "EXISTS" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND" | "STRLEN" | "DBSIZE"
-            | "SCAN" | "KEYS" | "CAS",
-            _,
-        ) => local(wrong_args(name)),
-        _ => local(Reply::Error(format!(
-            "ERR unknown command '{}', with args beginning with: {}",
-            name.to_ascii_lowercase(),
-            rest.iter()
-                .take(3)
-                .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ))),
+        ("FLUSHDB" | "FLUSHALL", _) => Some(Action::Local(syntax_error())),
+        _ => None,
     }
 }
 
