@@ -250,6 +250,20 @@ fn tokens(line: &[u8]) -> Result<Vec<&[u8]>, ParseError> {
         .collect())
 }
 
+/// Every command and its usage, for the error a malformed one gets.
+const USAGE: [(&str, &str); 10] = [
+    ("GET", "GET <key>"),
+    ("SET", "SET <key> <value>"),
+    ("DEL", "DEL <key>"),
+    ("CAS", "CAS <key> <expected> <new>"),
+    ("MSET", "MSET <key> <value> [<key> <value> ...]"),
+    ("PING", "PING"),
+    ("INCR", "INCR <key> [<integer>]"),
+    ("SESSION", "SESSION"),
+    ("STATUS", "STATUS"),
+    ("TRANSFER-LEADER", "TRANSFER-LEADER [<member id>]"),
+];
+
 /// Parses one request line (without its `\n`).
 pub fn parse_request(line: &[u8], limits: &TextLimits) -> Result<Request, ParseError> {
     let line = strip_cr(line);
@@ -262,6 +276,26 @@ pub fn parse_request(line: &[u8], limits: &TextLimits) -> Result<Request, ParseE
     let Some((&name, args)) = toks.split_first() else {
         return Err(ParseError::Empty);
     };
+    let upper = name.to_ascii_uppercase();
+    if let Some(request) = well_formed(&upper, args, limits)? {
+        return Ok(request);
+    }
+    match USAGE.iter().find(|(c, _)| c.as_bytes() == upper.as_slice()) {
+        Some(&(command, expected)) => Err(ParseError::Arity { command, expected }),
+        None => {
+            let shown: String = String::from_utf8_lossy(&name[..name.len().min(32)]).into_owned();
+            Err(ParseError::UnknownCommand(shown))
+        }
+    }
+}
+
+/// The request, if `name` (upper case) and `args` make one; keys and
+/// values are held to the limits.
+fn well_formed(
+    name: &[u8],
+    args: &[&[u8]],
+    limits: &TextLimits,
+) -> Result<Option<Request>, ParseError> {
     let key = |t: &[u8]| -> Result<Bytes, ParseError> {
         if t.len() > limits.max_key_bytes {
             return Err(ParseError::KeyTooLong {
@@ -280,98 +314,51 @@ pub fn parse_request(line: &[u8], limits: &TextLimits) -> Result<Request, ParseE
         }
         Ok(Bytes::copy_from_slice(t))
     };
-    let upper = name.to_ascii_uppercase();
-    match (upper.as_slice(), args) {
-        (b"GET", [k]) => Ok(Request::Get { key: key(k)? }),
-        (b"GET", _) => Err(ParseError::Arity {
-            command: "GET",
-            expected: "GET <key>",
-        }),
-        (b"SET", [k, v]) => Ok(Request::Set {
+    Ok(Some(match (name, args) {
+        (b"GET", [k]) => Request::Get { key: key(k)? },
+        (b"SET", [k, v]) => Request::Set {
             key: key(k)?,
             value: value(v)?,
-        }),
-        (b"SET", _) => Err(ParseError::Arity {
-            command: "SET",
-            expected: "SET <key> <value>",
-        }),
-        (b"DEL", [k]) => Ok(Request::Del { key: key(k)? }),
-        (b"DEL", _) => Err(ParseError::Arity {
-            command: "DEL",
-            expected: "DEL <key>",
-        }),
-        (b"CAS", [k, e, n]) => Ok(Request::Cas {
+        },
+        (b"DEL", [k]) => Request::Del { key: key(k)? },
+        (b"CAS", [k, e, n]) => Request::Cas {
             key: key(k)?,
             expected: value(e)?,
             new: value(n)?,
-        }),
-        (b"CAS", _) => Err(ParseError::Arity {
-            command: "CAS",
-            expected: "CAS <key> <expected> <new>",
-        }),
-        (b"MSET", args) if !args.is_empty() && args.len() % 2 == 0 => {
-            let keys = args.iter().step_by(2);
-            let values = args.iter().skip(1).step_by(2);
-            Ok(Request::MSet {
-                pairs: keys
-                    .zip(values)
-                    .map(|(k, v)| Ok((key(k)?, value(v)?)))
-                    .collect::<Result<_, _>>()?,
-            })
-        }
-        (b"MSET", _) => Err(ParseError::Arity {
-            command: "MSET",
-            expected: "MSET <key> <value> [<key> <value> ...]",
-        }),
-        (b"PING", []) => Ok(Request::Ping),
-        (b"PING", _) => Err(ParseError::Arity {
-            command: "PING",
-            expected: "PING",
-        }),
-        (b"INCR", [k]) => Ok(Request::Incr {
+        },
+        (b"MSET", args) if !args.is_empty() && args.len() % 2 == 0 => Request::MSet {
+            pairs: args
+                .chunks_exact(2)
+                .filter_map(|pair| match pair {
+                    [k, v] => Some((key(k), value(v))),
+                    _ => None,
+                })
+                .map(|(k, v)| Ok((k?, v?)))
+                .collect::<Result<_, ParseError>>()?,
+        },
+        (b"PING", []) => Request::Ping,
+        (b"INCR", [k]) => Request::Incr {
             key: key(k)?,
             by: 1,
-        }),
-        (b"INCR", [k, by]) => match std::str::from_utf8(by).ok().and_then(|b| b.parse().ok()) {
-            Some(by) => Ok(Request::Incr { key: key(k)?, by }),
-            None => Err(ParseError::Arity {
-                command: "INCR",
-                expected: "INCR <key> [<integer>]",
-            }),
         },
-        (b"INCR", _) => Err(ParseError::Arity {
-            command: "INCR",
-            expected: "INCR <key> [<integer>]",
-        }),
-        (b"SESSION", []) => Ok(Request::OpenSession),
-        (b"SESSION", _) => Err(ParseError::Arity {
-            command: "SESSION",
-            expected: "SESSION",
-        }),
-        (b"STATUS", []) => Ok(Request::Status),
-        (b"STATUS", _) => Err(ParseError::Arity {
-            command: "STATUS",
-            expected: "STATUS",
-        }),
-        (b"TRANSFER-LEADER", []) => Ok(Request::TransferLeader { to: None }),
-        (b"TRANSFER-LEADER", [id]) => {
-            match std::str::from_utf8(id).ok().and_then(|s| s.parse().ok()) {
-                Some(id) => Ok(Request::TransferLeader { to: Some(id) }),
-                None => Err(ParseError::Arity {
-                    command: "TRANSFER-LEADER",
-                    expected: "TRANSFER-LEADER [<member id>]",
-                }),
-            }
-        }
-        (b"TRANSFER-LEADER", _) => Err(ParseError::Arity {
-            command: "TRANSFER-LEADER",
-            expected: "TRANSFER-LEADER [<member id>]",
-        }),
-        _ => {
-            let shown: String = String::from_utf8_lossy(&name[..name.len().min(32)]).into_owned();
-            Err(ParseError::UnknownCommand(shown))
-        }
-    }
+        (b"INCR", [k, by]) => match number::<i64>(by) {
+            Some(by) => Request::Incr { key: key(k)?, by },
+            None => return Ok(None),
+        },
+        (b"SESSION", []) => Request::OpenSession,
+        (b"STATUS", []) => Request::Status,
+        (b"TRANSFER-LEADER", []) => Request::TransferLeader { to: None },
+        (b"TRANSFER-LEADER", [id]) => match number::<u64>(id) {
+            Some(id) => Request::TransferLeader { to: Some(id) },
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    }))
+}
+
+/// A decimal number, if `t` is one.
+fn number<T: std::str::FromStr>(t: &[u8]) -> Option<T> {
+    std::str::from_utf8(t).ok()?.parse().ok()
 }
 
 /// Encodes a request as one line (for clients).
