@@ -154,6 +154,15 @@ impl Metrics {
     }
 
     fn register(&self, r: &mut Registry) {
+        self.register_raft(r);
+        self.register_storage(r);
+        self.register_clients(r);
+        self.register_peers(r);
+        self.register_snapshots(r);
+    }
+
+    /// The Raft core: term, role, indexes, elections, proposals.
+    fn register_raft(&self, r: &mut Registry) {
         r.register("raft_term", "Current Raft term", self.term.clone());
         r.register(
             "raft_is_leader",
@@ -196,6 +205,10 @@ impl Metrics {
             "Committed entries applied",
             self.entries_applied.clone(),
         );
+    }
+
+    /// Applying and the WAL.
+    fn register_storage(&self, r: &mut Registry) {
         r.register_with_unit(
             "apply_duration",
             "Time to apply a batch of committed entries",
@@ -215,6 +228,10 @@ impl Metrics {
             Unit::Bytes,
             self.wal_bytes.clone(),
         );
+    }
+
+    /// Client requests and connections.
+    fn register_clients(&self, r: &mut Registry) {
         r.register(
             "client_requests",
             "Client requests answered, by operation",
@@ -236,6 +253,10 @@ impl Metrics {
             "Client connections refused or cut off, by reason",
             self.client_refusals.clone(),
         );
+    }
+
+    /// Peer messages and connections.
+    fn register_peers(&self, r: &mut Registry) {
         r.register(
             "peer_messages_sent",
             "Peer messages handed to the network",
@@ -261,6 +282,10 @@ impl Metrics {
             "Messages waiting for each peer",
             self.peer_queue_depth.clone(),
         );
+    }
+
+    /// Local and installed snapshots.
+    fn register_snapshots(&self, r: &mut Registry) {
         r.register(
             "snapshots",
             "Local snapshots made durable",
