@@ -613,8 +613,6 @@ fn int_arg(arg: &[u8]) -> Option<i64> {
     kv_engine::kv::parse_integer(arg)
 }
 
-/// Decides what a command asks for (and changes the connection's state
-/// for the commands that are about the connection itself).
 /// A command naming a key longer than `--max-key-bytes` is refused, as on
 /// the other protocols.
 fn refuse_long_keys(action: Action, max: usize) -> Action {
@@ -628,6 +626,8 @@ fn refuse_long_keys(action: Action, max: usize) -> Action {
     action
 }
 
+/// Decides what a command asks for (and changes the connection's state
+/// for the commands that are about the connection itself).
 fn command(args: &[Bytes], s: &mut Session, shared: &RedisShared, node: &NodeHandle) -> Action {
     let Some((name, rest)) = args.split_first() else {
         return Action::Local(Reply::Error("ERR empty command".into()));
