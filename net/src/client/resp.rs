@@ -321,14 +321,17 @@ pub fn encode_command(args: &[Bytes], out: &mut Vec<u8>) {
 }
 
 /// Reads one whole reply, of any type and nesting, and returns its raw
-/// bytes (to relay it as it is). Bounded: at most `max_bytes`.
+/// bytes (to relay it as it is). Bounded: at most `max_bytes`. A reply
+/// that arrives in pieces is scanned once, each piece from where the last
+/// stopped.
 pub async fn read_raw_reply<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     max_bytes: usize,
 ) -> Result<Bytes, RespError> {
+    let mut scan = RawScan::default();
     loop {
-        if let Some(len) = raw_reply_len(buf, 0, 0)? {
+        if let Some(len) = scan.advance(buf)? {
             return Ok(buf.split_to(len).freeze());
         }
         if buf.len() > max_bytes {
@@ -341,11 +344,80 @@ pub async fn read_raw_reply<R: AsyncRead + Unpin>(
     }
 }
 
-/// The length of the whole reply starting at `at`, if it has all arrived.
-fn raw_reply_len(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, RespError> {
-    if depth > 32 {
-        return Err(RespError::Protocol("reply nested too deeply".into()));
+/// Most aggregates nested in a reply.
+const MAX_REPLY_DEPTH: usize = 32;
+
+/// Where the scan of one raw reply stands, kept between reads.
+#[derive(Debug, Default)]
+struct RawScan {
+    /// The first byte not scanned yet (always the start of an element).
+    pos: usize,
+    /// Elements still to come in each aggregate open around `pos`,
+    /// innermost last; each is at least 1.
+    open: Vec<u64>,
+}
+
+impl RawScan {
+    /// Scans on from where it stopped: the length of the whole reply once
+    /// it has all arrived in `buf`.
+    fn advance(&mut self, buf: &[u8]) -> Result<Option<usize>, RespError> {
+        loop {
+            let Some((tag, n, after)) = element_header(buf, self.pos)? else {
+                return Ok(None);
+            };
+            let end = match tag {
+                b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => after,
+                b'$' | b'!' | b'=' => {
+                    let end = after.saturating_add(n.max(0) as usize + 2);
+                    if n >= 0 && buf.len() < end {
+                        return Ok(None);
+                    }
+                    if n < 0 {
+                        after
+                    } else {
+                        end
+                    }
+                }
+                b'*' | b'%' | b'~' | b'>' | b'|' => {
+                    let per_item = if tag == b'%' || tag == b'|' { 2 } else { 1 };
+                    let items = (n.max(0) as u64).saturating_mul(per_item);
+                    if items > 0 {
+                        if self.open.len() >= MAX_REPLY_DEPTH {
+                            return Err(RespError::Protocol("reply nested too deeply".into()));
+                        }
+                        self.open.push(items);
+                        self.pos = after;
+                        continue;
+                    }
+                    after
+                }
+                other => {
+                    return Err(RespError::Protocol(format!(
+                        "unknown reply type '{}'",
+                        char::from(other).escape_default()
+                    )))
+                }
+            };
+            debug_assert!(end > self.pos, "every element takes bytes");
+            self.pos = end;
+            // An element ended: it may end the aggregates around it too.
+            loop {
+                let Some(left) = self.open.last_mut() else {
+                    return Ok(Some(self.pos));
+                };
+                *left -= 1;
+                if *left > 0 {
+                    break;
+                }
+                self.open.pop();
+            }
+        }
     }
+}
+
+/// The type byte, the number in the header line and where the line ends,
+/// of the element starting at `at`; None until its header line arrived.
+fn element_header(buf: &[u8], at: usize) -> Result<Option<(u8, i64, usize)>, RespError> {
     let Some(&tag) = buf.get(at) else {
         return Ok(None);
     };
@@ -353,45 +425,24 @@ fn raw_reply_len(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, R
     let Some(cr) = rest.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };
-    let header = rest.get(..cr).unwrap_or_default();
     let after = at + 1 + cr + 2;
-    let number = || -> Result<i64, RespError> {
-        std::str::from_utf8(header)
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| RespError::Protocol("bad length in reply".into()))
-    };
-    match tag {
-        b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => Ok(Some(after - at)),
-        b'$' | b'!' | b'=' => {
-            let n = number()?;
-            if n < 0 {
-                return Ok(Some(after - at));
-            }
-            let end = after.saturating_add(n as usize).saturating_add(2);
-            Ok((buf.len() >= end).then_some(end - at))
-        }
-        b'*' | b'%' | b'~' | b'>' | b'|' => {
-            let n = number()?;
-            let items = if tag == b'%' || tag == b'|' {
-                n.max(0).saturating_mul(2)
-            } else {
-                n.max(0)
-            };
-            let mut pos = after;
-            for _ in 0..items {
-                match raw_reply_len(buf, pos, depth + 1)? {
-                    Some(len) => pos += len,
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some(pos - at))
-        }
-        other => Err(RespError::Protocol(format!(
-            "unknown reply type '{}'",
-            char::from(other).escape_default()
-        ))),
+    let counted = matches!(tag, b'$' | b'!' | b'=' | b'*' | b'%' | b'~' | b'>' | b'|');
+    if !counted {
+        return Ok(Some((tag, 0, after)));
     }
+    let header = rest.get(..cr).unwrap_or_default();
+    let n = std::str::from_utf8(header)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| RespError::Protocol("bad length in reply".into()))?;
+    Ok(Some((tag, n, after)))
+}
+
+/// The length of the whole reply at the start of `buf`, if it has all
+/// arrived (a scan from the start).
+#[cfg(test)]
+fn raw_reply_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
+    RawScan::default().advance(buf)
 }
 
 #[cfg(test)]
@@ -543,11 +594,30 @@ mod tests {
         reply.encode(3, &mut v3);
         assert!(v3.windows(3).any(|w| w == b"_\r\n") && v3.contains(&b'%'));
         for bytes in [&v2, &v3] {
-            assert_eq!(raw_reply_len(bytes, 0, 0).unwrap(), Some(bytes.len()));
-            assert_eq!(
-                raw_reply_len(&bytes[..bytes.len() - 1], 0, 0).unwrap(),
-                None
-            );
+            assert_eq!(raw_reply_len(bytes).unwrap(), Some(bytes.len()));
+            assert_eq!(raw_reply_len(&bytes[..bytes.len() - 1]).unwrap(), None);
+            // Fed a byte at a time, the scan resumes where it stopped and
+            // ends exactly at the reply's end.
+            let mut scan = RawScan::default();
+            for end in 0..bytes.len() {
+                assert_eq!(scan.advance(&bytes[..end]).unwrap(), None, "at {end}");
+            }
+            assert_eq!(scan.advance(bytes).unwrap(), Some(bytes.len()));
         }
+    }
+
+    #[test]
+    fn a_raw_reply_scan_refuses_deep_nesting_and_unknown_types() {
+        let deep = "*1\r\n".repeat(MAX_REPLY_DEPTH + 1) + ":1\r\n";
+        assert!(raw_reply_len(deep.as_bytes()).is_err());
+        let ok = "*1\r\n".repeat(MAX_REPLY_DEPTH) + ":1\r\n";
+        assert_eq!(raw_reply_len(ok.as_bytes()).unwrap(), Some(ok.len()));
+        assert!(raw_reply_len(b"?x\r\n").is_err());
+        assert_eq!(raw_reply_len(b"*-1\r\n").unwrap(), Some(5), "a null array");
+        assert_eq!(
+            raw_reply_len(b"*0\r\n:1\r\n").unwrap(),
+            Some(4),
+            "an empty one"
+        );
     }
 }
