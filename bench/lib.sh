@@ -23,9 +23,3 @@ while True:
 PY
 }
 
-# The three nodes of a bench cluster share this machine's cores: each gets
-# a third of them as worker threads (at least one), unless
-# KV_WORKER_THREADS says otherwise. On 2 cores one thread a node gave
-# 15-25% more writes/s at 256 clients than a thread per core (2026-12-06).
-cores=$(nproc)
-export KV_WORKER_THREADS="${KV_WORKER_THREADS:-$(( cores / 3 > 0 ? cores / 3 : 1 ))}"

@@ -65,9 +65,7 @@ struct Args {
     #[arg(long, env = "KV_CLUSTER_ID", default_value_t = 1)]
     cluster_id: u64,
 
-    /// Threads that run the node's tasks (default: one per core). When
-    /// several nodes share a machine, give each its share of the cores:
-    /// fewer threads mean fewer wake-ups passed between them per request.
+    /// Threads that run the node's tasks (default: one per core).
     #[arg(long, env = "KV_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
 
