@@ -401,18 +401,10 @@ async fn run_one(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Runs a whole local cluster in this process until Ctrl-C.
 async fn run_dev(args: &Args) -> Result<()> {
     warn_if_small(args.dev_nodes as usize);
-    let members: BTreeMap<u64, Member> = (1..=args.dev_nodes)
-        .map(|id| {
-            let client_port = args.dev_port + id as u16 - 1;
-            let member = Member {
-                peer_addr: SocketAddr::from(([127, 0, 0, 1], client_port + 100)),
-                client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
-            };
-            (id, member)
-        })
-        .collect();
+    let members = dev_members(args);
     let certs = if args.dev_tls {
         let dir = args.data_dir.join("tls");
         Some(kv_bin::dev_certs::write(&dir, args.dev_nodes).context("making dev certificates")?)
@@ -422,20 +414,7 @@ async fn run_dev(args: &Args) -> Result<()> {
     let mut nodes = Vec::new();
     for &id in members.keys() {
         let dir = args.data_dir.join(format!("node{id}"));
-        let tls = match &certs {
-            Some(certs) => {
-                let node = certs
-                    .nodes
-                    .get(id as usize - 1)
-                    .context("a dev certificate per node")?;
-                Some(TlsFiles {
-                    cert: node.cert.clone(),
-                    key: node.key.clone(),
-                    ca: certs.ca.clone(),
-                })
-            }
-            None => args.tls_files(),
-        };
+        let tls = dev_tls_files(args, certs.as_ref(), id)?;
         let mut cfg = args.node_config(id, members.clone(), dir.clone(), tls.as_ref())?;
         // The dev cluster serves HTTP by default, at the client ports + 200.
         let http_base = args
@@ -450,6 +429,63 @@ async fn run_dev(args: &Args) -> Result<()> {
             .with_context(|| format!("starting dev node {id} (data in {})", dir.display()))?;
         nodes.push(node);
     }
+    print_dev_banner(args, &members, &nodes, certs.as_ref());
+    signal().await;
+    for node in &nodes {
+        node.shutdown();
+    }
+    for node in nodes {
+        node.wait()
+            .await
+            .context("a dev node stopped with an error")?;
+    }
+    tracing::info!("dev cluster stopped");
+    Ok(())
+}
+
+/// The dev cluster's members: client ports from --dev-port up, peer
+/// ports 100 above them, all on 127.0.0.1.
+fn dev_members(args: &Args) -> BTreeMap<u64, Member> {
+    (1..=args.dev_nodes)
+        .map(|id| {
+            let client_port = args.dev_port + id as u16 - 1;
+            let member = Member {
+                peer_addr: SocketAddr::from(([127, 0, 0, 1], client_port + 100)),
+                client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
+            };
+            (id, member)
+        })
+        .collect()
+}
+
+/// A dev node's TLS files: its made-up certificate with --dev-tls, else
+/// whatever the flags name.
+fn dev_tls_files(
+    args: &Args,
+    certs: Option<&kv_bin::dev_certs::DevCerts>,
+    id: u64,
+) -> Result<Option<TlsFiles>> {
+    let Some(certs) = certs else {
+        return Ok(args.tls_files());
+    };
+    let node = certs
+        .nodes
+        .get(id as usize - 1)
+        .context("a dev certificate per node")?;
+    Ok(Some(TlsFiles {
+        cert: node.cert.clone(),
+        key: node.key.clone(),
+        ca: certs.ca.clone(),
+    }))
+}
+
+/// Tells the user where the dev cluster listens and how to reach it.
+fn print_dev_banner(
+    args: &Args,
+    members: &BTreeMap<u64, Member>,
+    nodes: &[Node],
+    certs: Option<&kv_bin::dev_certs::DevCerts>,
+) {
     let addrs: Vec<String> = members
         .values()
         .map(|m| m.client_addr.to_string())
@@ -459,7 +495,7 @@ async fn run_dev(args: &Args) -> Result<()> {
         nodes.len(),
         args.data_dir.display()
     );
-    for (node, (id, m)) in nodes.iter().zip(&members) {
+    for (node, (id, m)) in nodes.iter().zip(members) {
         let http = node
             .http_addr()
             .map(|a| format!("  http at {a}"))
@@ -469,7 +505,7 @@ async fn run_dev(args: &Args) -> Result<()> {
             m.client_addr, m.peer_addr
         );
     }
-    let env = match &certs {
+    let env = match certs {
         Some(c) => format!(
             "KV_TLS_CA={} KV_TLS_CERT={} KV_TLS_KEY={} ",
             c.ca.display(),
@@ -486,17 +522,6 @@ async fn run_dev(args: &Args) -> Result<()> {
         addrs.join(",")
     );
     println!("stop with Ctrl-C");
-    signal().await;
-    for node in &nodes {
-        node.shutdown();
-    }
-    for node in nodes {
-        node.wait()
-            .await
-            .context("a dev node stopped with an error")?;
-    }
-    tracing::info!("dev cluster stopped");
-    Ok(())
 }
 
 /// Waits for SIGINT or SIGTERM.
