@@ -124,6 +124,41 @@ enum Action {
     Node(ClientOp, Render),
 }
 
+/// What the RESP reader accepts, from the client limits.
+fn resp_limits(limits: &ClientLimits) -> RespLimits {
+    RespLimits {
+        max_args: MAX_ARGS,
+        max_arg_bytes: limits.text.max_value_bytes.max(limits.text.max_key_bytes),
+        max_command_bytes: limits.max_frame_bytes,
+        max_inline_bytes: limits.text.max_line_bytes,
+    }
+}
+
+/// The connection's next command; None when it is to close: the client
+/// left or went idle too long, the node is stopping, or the client sent
+/// what is not RESP (it is told why first).
+async fn next_command<R: AsyncRead + Unpin>(
+    commands: &mut RespReader<R>,
+    shutdown: &mut watch::Receiver<bool>,
+    idle_timeout: std::time::Duration,
+    answers: &mpsc::Sender<oneshot::Receiver<Bytes>>,
+) -> Option<Vec<Bytes>> {
+    let next = tokio::select! {
+        biased;
+        _ = shutdown.changed() => return None,
+        c = tokio::time::timeout(idle_timeout, commands.next_command()) => c,
+    };
+    match next {
+        Err(_) | Ok(Ok(None)) => None,
+        Ok(Ok(Some(args))) => Some(args),
+        Ok(Err(RespError::Truncated | RespError::Io(_))) => None,
+        Ok(Err(e)) => {
+            let _ = queue(answers, encode(&Reply::Error(format!("ERR {e}")), 2)).await;
+            None
+        }
+    }
+}
+
 /// Serves one Redis connection until it closes or the node stops.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_redis<R, W>(
@@ -139,13 +174,7 @@ pub async fn serve_redis<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let resp_limits = RespLimits {
-        max_args: MAX_ARGS,
-        max_arg_bytes: limits.text.max_value_bytes.max(limits.text.max_key_bytes),
-        max_command_bytes: limits.max_frame_bytes,
-        max_inline_bytes: limits.text.max_line_bytes,
-    };
-    let mut commands = RespReader::new(reader, resp_limits, initial);
+    let mut commands = RespReader::new(reader, resp_limits(limits), initial);
     let mut session = Session::new(&shared);
     let pipeline = limits.max_pipeline.max(1);
     let (answers, in_order) = mpsc::channel::<oneshot::Receiver<Bytes>>(pipeline);
@@ -155,21 +184,9 @@ pub async fn serve_redis<R, W>(
         conn: Mutex::new(None),
         password: shared.password.clone(),
     });
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            c = tokio::time::timeout(limits.idle_timeout, commands.next_command()) => c,
-        };
-        let args = match next {
-            Err(_) | Ok(Ok(None)) => break,
-            Ok(Ok(Some(args))) => args,
-            Ok(Err(RespError::Truncated | RespError::Io(_))) => break,
-            Ok(Err(e)) => {
-                let _ = queue(&answers, encode(&Reply::Error(format!("ERR {e}")), 2)).await;
-                break;
-            }
-        };
+    while let Some(args) =
+        next_command(&mut commands, &mut shutdown, limits.idle_timeout, &answers).await
+    {
         let bytes: usize = args.iter().map(|a| a.len() + ARG_OVERHEAD_BYTES).sum();
         let charge = budget.charge(bytes).await;
         let action = refuse_long_keys(
