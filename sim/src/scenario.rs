@@ -171,6 +171,74 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         Some(kinds) => FaultMix::for_seed(seed).only(kinds),
         None => FaultMix::for_seed(seed),
     };
+    let (cluster_cfg, load) = cluster_config(&scenario, &mix, &mut rng, seed, &checker);
+    let mut scenario = scenario;
+    if let Some(load) = load {
+        scenario.heal_deadline += load.repair_allowance(scenario.nodes);
+    }
+    let mut cluster = SimCluster::start(&cluster_cfg, checker.clone());
+    if let Some(load) = load {
+        preload(&cluster, load, seed).await?;
+        checker.note(&format!("loaded {} keys", load.keys));
+    }
+
+    // Clients on their own simulated hosts.
+    let history = Arc::new(HistoryRecorder::new());
+    let stop_at = Instant::now() + scenario.fault_phase;
+    let (client_tasks, client_nodes) =
+        start_clients(&handle, &cluster, scenario.clients, seed, stop_at, &history);
+
+    let mut disks = DiskNemesis::new();
+    let mut damaged_at = None;
+    if let Some(script) = scenario.script {
+        damaged_at = run_script(&mut cluster, script, stop_at, &history).await;
+    } else if scenario.nemesis {
+        nemesis(&mut cluster, &mut disks, &mix, &mut rng, stop_at, &history).await;
+    } else {
+        sleep(scenario.fault_phase).await;
+    }
+
+    disks.heal(&cluster);
+    heal_all(&mut cluster);
+    checker.note("heal all");
+    // Outstanding client operations end within their timeouts.
+    for t in client_tasks {
+        let _ = t.await;
+    }
+    let result = match damaged_at {
+        Some(mark) => {
+            finish_stopped(&scenario, &cluster, &checker, &history, mark, seed, start).await
+        }
+        None => {
+            finish(
+                &scenario, &cluster, &handle, &checker, &history, seed, start,
+            )
+            .await
+        }
+    };
+    // Kill every simulated node so their tasks are dropped now: tasks that
+    // wait on each other through channels would otherwise keep each other
+    // (and every simulated disk) alive after the runtime ends, and a long
+    // sweep in one process would run out of memory.
+    for id in cluster.ids() {
+        cluster.kill(id, 0);
+    }
+    for node in client_nodes {
+        handle.kill(node);
+    }
+    sleep(Duration::from_millis(1)).await;
+    result
+}
+
+/// The cluster a run starts (drawn from the seed's generator, always in
+/// the same order) and the load it carries, if any.
+fn cluster_config(
+    scenario: &Scenario,
+    mix: &FaultMix,
+    rng: &mut ChaCha8Rng,
+    seed: u64,
+    checker: &InvariantChecker,
+) -> (ClusterConfig, Option<Load>) {
     let net_faults = if scenario.nemesis && scenario.script.is_none() {
         checker.note(&mix.to_string());
         mix.net.clone()
@@ -221,22 +289,22 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         slow_disk,
         ..cluster_cfg
     };
-    let mut scenario = scenario;
-    if let Some(load) = load {
-        scenario.heal_deadline += load.repair_allowance(scenario.nodes);
-    }
-    let mut cluster = SimCluster::start(&cluster_cfg, checker.clone());
-    if let Some(load) = load {
-        preload(&cluster, load, seed).await?;
-        checker.note(&format!("loaded {} keys", load.keys));
-    }
+    (cluster_cfg, load)
+}
 
-    // Clients on their own simulated hosts.
-    let history = Arc::new(HistoryRecorder::new());
-    let stop_at = Instant::now() + scenario.fault_phase;
+/// Starts `clients` workload clients, each on a simulated host of its own:
+/// their tasks and their hosts.
+fn start_clients(
+    handle: &Handle,
+    cluster: &SimCluster,
+    clients: u64,
+    seed: u64,
+    stop_at: Instant,
+    history: &Arc<HistoryRecorder>,
+) -> (Vec<madsim::task::JoinHandle<()>>, Vec<madsim::task::NodeId>) {
     let mut client_tasks = Vec::new();
     let mut client_nodes = Vec::new();
-    for c in 1..=scenario.clients {
+    for c in 1..=clients {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, c as u8));
         let node = handle
             .create_node()
@@ -254,46 +322,7 @@ pub async fn run(scenario: Scenario) -> Result<Report, String> {
         client_nodes.push(node.id());
     }
 
-    let mut disks = DiskNemesis::new();
-    let mut damaged_at = None;
-    if let Some(script) = scenario.script {
-        damaged_at = run_script(&mut cluster, script, stop_at, &history).await;
-    } else if scenario.nemesis {
-        nemesis(&mut cluster, &mut disks, &mix, &mut rng, stop_at, &history).await;
-    } else {
-        sleep(scenario.fault_phase).await;
-    }
-
-    disks.heal(&cluster);
-    heal_all(&mut cluster);
-    checker.note("heal all");
-    // Outstanding client operations end within their timeouts.
-    for t in client_tasks {
-        let _ = t.await;
-    }
-    let result = match damaged_at {
-        Some(mark) => {
-            finish_stopped(&scenario, &cluster, &checker, &history, mark, seed, start).await
-        }
-        None => {
-            finish(
-                &scenario, &cluster, &handle, &checker, &history, seed, start,
-            )
-            .await
-        }
-    };
-    // Kill every simulated node so their tasks are dropped now: tasks that
-    // wait on each other through channels would otherwise keep each other
-    // (and every simulated disk) alive after the runtime ends, and a long
-    // sweep in one process would run out of memory.
-    for id in cluster.ids() {
-        cluster.kill(id, 0);
-    }
-    for node in client_nodes {
-        handle.kill(node);
-    }
-    sleep(Duration::from_millis(1)).await;
-    result
+    (client_tasks, client_nodes)
 }
 
 /// Exactly once: each counter (only INCR by 1 writes it) must hold at least
