@@ -153,78 +153,105 @@ impl Bits {
     }
 }
 
-/// Checks the operations of one key.
+/// The calls and returns of one key's history in time order, as a doubly
+/// linked list the search lifts operations out of and puts back
+/// (Wing & Gong, with Lowe's cache). Index 0 is a sentinel head.
+struct Events {
+    list: Vec<Event>,
+    /// One past the last event.
+    end: usize,
+}
+
+impl Events {
+    fn new(ops: &[&Operation]) -> Self {
+        let n = ops.len();
+        let mut order: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * n);
+        for (i, op) in ops.iter().enumerate() {
+            order.push((op.invoke, true, i));
+            let ret = if op.output.is_none() {
+                u64::MAX
+            } else {
+                op.ret
+            };
+            order.push((ret, false, i));
+        }
+        // Calls before returns at equal times keeps overlapping operations concurrent.
+        order.sort_by_key(|&(t, is_call, i)| (t, !is_call, i));
+        let mut list: Vec<Event> = Vec::with_capacity(2 * n + 1);
+        list.push(Event {
+            op: usize::MAX,
+            is_call: false,
+            pair: 0,
+            prev: 0,
+            next: 1,
+        });
+        let mut return_of = vec![0usize; n];
+        for (pos, &(_, is_call, op)) in order.iter().enumerate() {
+            let idx = pos + 1;
+            if !is_call {
+                return_of[op] = idx;
+            }
+            list.push(Event {
+                op,
+                is_call,
+                pair: 0,
+                prev: idx - 1,
+                next: idx + 1,
+            });
+        }
+        for e in list.iter_mut().skip(1) {
+            if e.is_call {
+                e.pair = return_of[e.op];
+            }
+        }
+        let end = list.len();
+        Events { list, end }
+    }
+
+    /// The first event still in the list (`end` when none is).
+    fn first(&self) -> usize {
+        self.list[0].next
+    }
+
+    /// Takes a call and its return out of the list (the operation is
+    /// placed in the order being built).
+    fn lift(&mut self, call: usize) {
+        let ret = self.list[call].pair;
+        self.unlink(call);
+        self.unlink(ret);
+    }
+
+    /// Puts a lifted call and its return back, the reverse of `lift`.
+    fn unlift(&mut self, call: usize) {
+        let ret = self.list[call].pair;
+        self.relink(ret);
+        self.relink(call);
+    }
+
+    fn unlink(&mut self, at: usize) {
+        let (p, nx) = (self.list[at].prev, self.list[at].next);
+        self.list[p].next = nx;
+        if nx < self.end {
+            self.list[nx].prev = p;
+        }
+    }
+
+    fn relink(&mut self, at: usize) {
+        let (p, nx) = (self.list[at].prev, self.list[at].next);
+        self.list[p].next = at;
+        if nx < self.end {
+            self.list[nx].prev = at;
+        }
+    }
+}
+
+/// Checks the operations of one key: a depth-first search for an order
+/// of the operations that the register model accepts and that respects
+/// real time, with a cache of (operations placed, state) already explored.
 fn check_key(key: &Bytes, ops: &[&Operation]) -> CheckResult {
     let n = ops.len();
-    // Events in time order; index 0 is a sentinel head.
-    let mut order: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * n);
-    for (i, op) in ops.iter().enumerate() {
-        order.push((op.invoke, true, i));
-        let ret = if op.output.is_none() {
-            u64::MAX
-        } else {
-            op.ret
-        };
-        order.push((ret, false, i));
-    }
-    // Calls before returns at equal times keeps overlapping operations concurrent.
-    order.sort_by_key(|&(t, is_call, i)| (t, !is_call, i));
-    let mut events: Vec<Event> = Vec::with_capacity(2 * n + 1);
-    events.push(Event {
-        op: usize::MAX,
-        is_call: false,
-        pair: 0,
-        prev: 0,
-        next: 1,
-    });
-    let mut return_of = vec![0usize; n];
-    for (pos, &(_, is_call, op)) in order.iter().enumerate() {
-        let idx = pos + 1;
-        if !is_call {
-            return_of[op] = idx;
-        }
-        events.push(Event {
-            op,
-            is_call,
-            pair: 0,
-            prev: idx - 1,
-            next: idx + 1,
-        });
-    }
-    let end = events.len();
-    for e in events.iter_mut().skip(1) {
-        if e.is_call {
-            e.pair = return_of[e.op];
-        }
-    }
-
-    let lift = |events: &mut Vec<Event>, call: usize| {
-        let ret = events[call].pair;
-        let (p, nx) = (events[call].prev, events[call].next);
-        events[p].next = nx;
-        if nx < end {
-            events[nx].prev = p;
-        }
-        let (p, nx) = (events[ret].prev, events[ret].next);
-        events[p].next = nx;
-        if nx < end {
-            events[nx].prev = p;
-        }
-    };
-    let unlift = |events: &mut Vec<Event>, call: usize| {
-        let ret = events[call].pair;
-        let (p, nx) = (events[ret].prev, events[ret].next);
-        events[p].next = ret;
-        if nx < end {
-            events[nx].prev = ret;
-        }
-        let (p, nx) = (events[call].prev, events[call].next);
-        events[p].next = call;
-        if nx < end {
-            events[nx].prev = call;
-        }
-    };
-
+    let mut events = Events::new(ops);
+    let end = events.end;
     // Model states interned as small ids so the cache hashes cheaply.
     let mut state_ids: HashMap<Option<Bytes>, u32> = HashMap::new();
     let mut intern = |s: &Option<Bytes>| -> u32 {
@@ -237,26 +264,16 @@ fn check_key(key: &Bytes, ops: &[&Operation]) -> CheckResult {
     let mut stack: Vec<(usize, Option<Bytes>)> = Vec::new();
     let mut deepest = 0usize;
     let mut steps = 0u64;
-    let mut entry = events[0].next;
-    while events[0].next < end {
+    let mut entry = events.first();
+    while events.first() < end {
         steps += 1;
         if steps > STEP_BUDGET {
             return CheckResult::Unknown;
         }
-        if entry >= end {
-            // Every remaining event was tried: backtrack (cannot happen with
-            // a pending return in the list, but keep the search total).
-            let Some((call, prev_state)) = stack.pop() else {
-                return CheckResult::Illegal("no order explains the history".into());
-            };
-            state = prev_state;
-            linearized.clear(events[call].op);
-            unlift(&mut events, call);
-            entry = events[call].next;
-            continue;
-        }
-        let e = events[entry];
-        if e.is_call {
+        // None: every remaining event was tried (cannot happen with a
+        // pending return in the list, but keep the search total).
+        let e = events.list.get(entry).copied().filter(|_| entry < end);
+        if let Some(e) = e.filter(|e| e.is_call) {
             let op = ops[e.op];
             if let Some(next_state) = step(key, &state, &op.input, &op.output) {
                 let mut candidate = linearized.clone();
@@ -265,27 +282,30 @@ fn check_key(key: &Bytes, ops: &[&Operation]) -> CheckResult {
                 if cache.insert((candidate.clone(), id)) {
                     stack.push((entry, std::mem::replace(&mut state, next_state)));
                     linearized = candidate;
-                    lift(&mut events, entry);
+                    events.lift(entry);
                     deepest = deepest.max(stack.len());
-                    entry = events[0].next;
+                    entry = events.first();
                     continue;
                 }
             }
             entry = e.next;
-        } else {
-            // A return whose operation is not linearised yet: undo the last choice.
-            let Some((call, prev_state)) = stack.pop() else {
-                let op = ops[e.op];
-                return CheckResult::Illegal(format!(
-                    "{:?} -> {:?} (client {}, {}..{} ms) cannot be placed; {} of {n} operations ordered at most",
-                    op.input, op.output, op.client, op.at_ms.0, op.at_ms.1, deepest
-                ));
-            };
-            state = prev_state;
-            linearized.clear(events[call].op);
-            unlift(&mut events, call);
-            entry = events[call].next;
+            continue;
         }
+        // A return whose operation is not placed yet, or nothing left to
+        // try: undo the last choice.
+        let Some((call, prev_state)) = stack.pop() else {
+            let Some(op) = e.and_then(|e| ops.get(e.op)) else {
+                return CheckResult::Illegal("no order explains the history".into());
+            };
+            return CheckResult::Illegal(format!(
+                "{:?} -> {:?} (client {}, {}..{} ms) cannot be placed; {} of {n} operations ordered at most",
+                op.input, op.output, op.client, op.at_ms.0, op.at_ms.1, deepest
+            ));
+        };
+        state = prev_state;
+        linearized.clear(events.list[call].op);
+        events.unlift(call);
+        entry = events.list[call].next;
     }
     CheckResult::Ok
 }
