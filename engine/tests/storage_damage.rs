@@ -327,13 +327,19 @@ fn a_recovering_follower_that_lacks_what_it_acknowledged_is_probed_from_scratch(
     );
 }
 
-#[test]
-fn a_recovering_member_asks_for_no_election_once_its_leader_is_at_its_floor() {
+/// A member recovering with repair floor 5, caught up (entries 1 and 2
+/// of term 4, committed) by node 2 leading `term`, an election timeout
+/// later: still recovering, and what it sent meanwhile.
+fn caught_up_by_leader_of(term: u64) -> (RaftCore, Ready) {
     let mut c = recovering(1, 3, 4, 5);
-    // The leader of term 5 (the floor) catches it up, but has not yet
-    // committed an entry of its own term: not repaired, and nothing to ask
-    // for; that leader's first commit will repair it.
-    c.step(append(2, 1, 5, (0, 0), vec![entry(1, 4), entry(2, 4)], 2));
+    c.step(append(
+        2,
+        1,
+        term,
+        (0, 0),
+        vec![entry(1, 4), entry(2, 4)],
+        2,
+    ));
     let rd = c.ready();
     persist(&mut c, &rd);
     assert_eq!(c.standing(), Standing::Recovering);
@@ -341,22 +347,23 @@ fn a_recovering_member_asks_for_no_election_once_its_leader_is_at_its_floor() {
         c.tick();
     }
     let rd = c.ready();
+    (c, rd)
+}
+
+#[test]
+fn a_recovering_member_asks_for_no_election_once_its_leader_is_at_its_floor() {
+    // The leader of term 5 (the floor) has not yet committed an entry of
+    // its own term: not repaired, and nothing to ask for; that leader's
+    // first commit will repair it.
+    let (_, rd) = caught_up_by_leader_of(5);
     assert_eq!(bodies(&rd.messages), vec![], "no RepairRequest");
 }
 
 #[test]
 fn a_recovering_member_is_repaired_only_by_a_leader_of_a_term_at_or_above_its_floor() {
-    let mut c = recovering(1, 3, 4, 5);
-    // A leader of term 4 (below the floor) catches it up.
-    c.step(append(2, 1, 4, (0, 0), vec![entry(1, 4), entry(2, 4)], 2));
-    let rd = c.ready();
-    persist(&mut c, &rd);
-    assert_eq!(c.standing(), Standing::Recovering);
-    // Holding that leader's log, it asks for an election at its floor.
-    for _ in 0..c.config().election_ticks {
-        c.tick();
-    }
-    let rd = c.ready();
+    // A leader of term 4 (below the floor) catches it up; holding that
+    // leader's log, it asks for an election at its floor.
+    let (mut c, rd) = caught_up_by_leader_of(4);
     assert_eq!(
         bodies(&rd.messages),
         vec![(2, Body::RepairRequest(RepairRequest { floor: 5 }))]
