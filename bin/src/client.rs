@@ -838,6 +838,9 @@ fn parse_amount(word: &[u8]) -> Result<i64, String> {
 }
 
 #[cfg(test)]
+// Test code: its sockets are its own loopback listeners and its inputs are
+// fixed here, not from a peer, disk or user; an unwrap that fails is how a
+// test reports.
 mod tests {
     use super::*;
 
