@@ -336,6 +336,27 @@ pub enum Submitted {
 }
 
 impl Submitted {
+    /// The answer if the node gave it already; otherwise itself, to wait on.
+    pub fn try_reply(self) -> Result<ClientReply, Submitted> {
+        match self {
+            Submitted::Ready(reply) => Ok(reply),
+            Submitted::Waiting { mut rx, timed } => match rx.try_recv() {
+                Ok(reply) => {
+                    if let Some((name, started, metrics)) = timed {
+                        metrics.client_request(name, started.elapsed());
+                    }
+                    Ok(reply)
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    Err(Submitted::Waiting { rx, timed })
+                }
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    Ok(ClientReply::Failed(FailKind::ShuttingDown))
+                }
+            },
+        }
+    }
+
     /// The answer, once the node gives it.
     pub async fn reply(self) -> ClientReply {
         match self {

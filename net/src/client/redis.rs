@@ -23,9 +23,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch, Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use super::budget::ConnectionBudget;
+use super::budget::{Charge, ConnectionBudget};
 use super::resp::{encode_command, read_raw_reply, Reply, RespError, RespLimits, RespReader};
 use super::scan_cursors::ScanCursors;
 use super::ClientLimits;
@@ -141,7 +142,7 @@ async fn next_command<R: AsyncRead + Unpin>(
     commands: &mut RespReader<R>,
     shutdown: &mut watch::Receiver<bool>,
     idle_timeout: std::time::Duration,
-    answers: &mpsc::Sender<oneshot::Receiver<Bytes>>,
+    answers: &mpsc::Sender<Pending>,
 ) -> Option<Vec<Bytes>> {
     let next = tokio::select! {
         biased;
@@ -160,6 +161,11 @@ async fn next_command<R: AsyncRead + Unpin>(
 }
 
 /// Serves one Redis connection until it closes or the node stops.
+///
+/// Two tasks: this one reads commands and hands them to the node, the
+/// writer (`write_answers`) takes the node's replies in command order,
+/// forwards what a follower cannot serve, and writes the answers. The
+/// node's reply wakes the writer directly: no task per command.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_redis<R, W>(
     reader: R,
@@ -177,13 +183,20 @@ pub async fn serve_redis<R, W>(
     let mut commands = RespReader::new(reader, resp_limits(limits), initial);
     let mut session = Session::new(&shared);
     let pipeline = limits.max_pipeline.max(1);
-    let (answers, in_order) = mpsc::channel::<oneshot::Receiver<Bytes>>(pipeline);
-    let writing = tokio::spawn(write_answers(writer, in_order, limits.write_timeout));
+    let (answers, in_order) = mpsc::channel::<Pending>(pipeline);
+    let answering = Answering {
+        forwarder: Forwarder::new(shared.password.clone()),
+        cursors: session.cursors.clone(),
+        forward_timeout: limits.request_timeout,
+        max_answer: limits.max_answer_bytes,
+    };
+    let writing = tokio::spawn(write_answers(
+        writer,
+        in_order,
+        answering,
+        limits.write_timeout,
+    ));
     let mut line = Line::new(pipeline);
-    let forwarder = Arc::new(Forwarder {
-        conn: Mutex::new(None),
-        password: shared.password.clone(),
-    });
     while let Some(args) =
         next_command(&mut commands, &mut shutdown, limits.idle_timeout, &answers).await
     {
@@ -193,39 +206,33 @@ pub async fn serve_redis<R, W>(
             command(&args, &mut session, &shared, node),
             limits.text.max_key_bytes,
         );
-        match action {
-            Action::Local(reply) => {
-                if !queue(&answers, encode(&reply, session.version)).await {
-                    break;
-                }
-            }
+        let pending = match action {
+            Action::Local(reply) => Pending::Ready(encode(&reply, session.version)),
             Action::Close(reply) => {
                 let _ = queue(&answers, encode(&reply, session.version)).await;
                 break;
             }
             Action::Node(op, render) => {
                 let is_read = op.is_read();
-                let Some((slot, place)) = line.enter(is_read, &answers, session.version).await
-                else {
+                let Some(slot) = line.enter(is_read).await else {
                     break;
                 };
-                let submitted = node.submit(op).await;
-                let context = AnswerContext {
-                    forwarder: forwarder.clone(),
-                    cursors: session.cursors.clone(),
+                let deadline = Instant::now() + limits.request_timeout;
+                let asked = Asked {
+                    args,
+                    render,
+                    is_read,
+                    version: session.version,
                     forwarded: session.forwarded,
-                    timeout: limits.request_timeout,
-                    max_answer: limits.max_answer_bytes,
+                    deadline,
+                    _charge: charge,
+                    _slot: slot,
                 };
-                tokio::spawn(async move {
-                    let bytes = context
-                        .answer(submitted, &place, &args, render, is_read)
-                        .await;
-                    drop(charge);
-                    drop(slot);
-                    place.settle(bytes);
-                });
+                Pending::Node(node.submit(op).await, asked)
             }
+        };
+        if answers.send(pending).await.is_err() {
+            break;
         }
     }
     drop(answers);
@@ -233,22 +240,21 @@ pub async fn serve_redis<R, W>(
     super::server::drain(&mut commands.into_inner()).await;
 }
 
-/// The commands of one connection that went to the node, in line.
+/// How deep a connection's pipeline may go, and where a run of reads
+/// turns into a run of writes or back.
 ///
 /// Redis runs a connection's commands in order. Reads and writes go
 /// different ways through the node (ReadIndex or the log), so where a run
 /// of one turns into the other, everything before is answered first;
 /// within a run the node keeps the order in which they are submitted, and
-/// answers settle in that order (`Turn`).
+/// the writer answers in that order.
 struct Line {
-    /// One permit per command in flight (the pipeline's depth).
+    /// One permit per command in flight (the pipeline's depth), given
+    /// back when the command is answered.
     slots: Arc<Semaphore>,
     depth: u32,
     /// Whether the commands in flight are reads (None: none yet).
     run_of_reads: Option<bool>,
-    /// The next command's place in line, and whose turn it is to settle.
-    next_turn: u64,
-    turn: Arc<watch::Sender<u64>>,
 }
 
 impl Line {
@@ -257,66 +263,155 @@ impl Line {
             slots: Arc::new(Semaphore::new(pipeline)),
             depth: u32::try_from(pipeline).unwrap_or(u32::MAX),
             run_of_reads: None,
-            next_turn: 0,
-            turn: Arc::new(watch::Sender::new(0)),
         }
     }
 
-    /// Takes the next place in line for a command (waiting for everything
-    /// before it to be answered if it starts a run of the other kind) and
-    /// reserves its answer's place in `answers`. None: the connection is
-    /// closing.
-    async fn enter(
-        &mut self,
-        is_read: bool,
-        answers: &mpsc::Sender<oneshot::Receiver<Bytes>>,
-        version: u8,
-    ) -> Option<(OwnedSemaphorePermit, Turn)> {
+    /// Takes a slot for the next command, waiting for everything before
+    /// it to be answered if it starts a run of the other kind. None: the
+    /// connection is closing.
+    async fn enter(&mut self, is_read: bool) -> Option<OwnedSemaphorePermit> {
         if self.run_of_reads.is_some_and(|r| r != is_read) {
             // All permits free means nothing is in flight.
             drop(self.slots.acquire_many(self.depth).await.ok()?);
         }
         self.run_of_reads = Some(is_read);
-        let slot = self.slots.clone().acquire_owned().await.ok()?;
-        let (tx, rx) = oneshot::channel();
-        answers.send(rx).await.ok()?;
-        let place = Turn {
-            line: self.turn.clone(),
-            mine: self.next_turn,
-            answer: Some(tx),
-            version,
-        };
-        self.next_turn += 1;
-        Some((slot, place))
+        self.slots.clone().acquire_owned().await.ok()
     }
 }
 
+/// An answer on its way to the client, in the order the commands came.
+enum Pending {
+    /// Answered on this node without asking the core.
+    Ready(Bytes),
+    /// Submitted to the node; answered once it replies.
+    Node(Submitted, Asked),
+}
+
+/// A command the node is serving: what its answer needs, and its share of
+/// the connection's budget and its pipeline slot, held until answered.
+struct Asked {
+    args: Vec<Bytes>,
+    render: Render,
+    is_read: bool,
+    version: u8,
+    /// The connection comes from a follower forwarding: never forward on.
+    forwarded: bool,
+    /// When the node's reply stops being waited for.
+    deadline: Instant,
+    _charge: Charge,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// What turning a node's reply into a command's answer needs.
+struct Answering {
+    forwarder: Forwarder,
+    cursors: Arc<ScanCursors>,
+    /// How long a forwarded command may take at the leader.
+    forward_timeout: Duration,
+    max_answer: usize,
+}
+
+impl Answering {
+    /// The answer, if it can be given without waiting.
+    // The pending answer goes back to the caller by value: boxing it
+    // would cost an allocation per command.
+    #[allow(clippy::result_large_err)]
+    fn ready_now(&self, pending: Pending) -> Result<Bytes, Pending> {
+        match pending {
+            Pending::Ready(bytes) => Ok(bytes),
+            Pending::Node(submitted, asked) => match submitted.try_reply() {
+                Ok(reply) if !Self::must_forward(&reply, &asked) => {
+                    Ok(self.render(reply, &asked))
+                }
+                Ok(reply) => Err(Pending::Node(Submitted::Ready(reply), asked)),
+                Err(submitted) => Err(Pending::Node(submitted, asked)),
+            },
+        }
+    }
+
+    /// The answer, once the node replied (within the request timeout) and,
+    /// for a follower's redirect, once the leader answered.
+    async fn answer(&mut self, pending: Pending) -> Bytes {
+        let (submitted, asked) = match pending {
+            Pending::Ready(bytes) => return bytes,
+            Pending::Node(submitted, asked) => (submitted, asked),
+        };
+        let left = asked.deadline.saturating_duration_since(Instant::now());
+        let reply = tokio::time::timeout(left, submitted.reply())
+            .await
+            .unwrap_or(ClientReply::Failed(FailKind::Timeout));
+        let ClientReply::Redirect(leader) = reply else {
+            return self.render(reply, &asked);
+        };
+        if asked.forwarded {
+            return self.render(reply, &asked);
+        }
+        let version = asked.version;
+        let forward = self
+            .forwarder
+            .forward(leader, &asked.args, version, asked.is_read);
+        match tokio::time::timeout(self.forward_timeout, forward).await {
+            Ok(bytes) => bytes,
+            Err(_) if asked.is_read => {
+                encode(&try_again("the leader did not answer in time"), version)
+            }
+            Err(_) => encode(
+                &Reply::Error("ERR timeout: outcome unknown".into()),
+                version,
+            ),
+        }
+    }
+
+    /// Whether `reply` sends the command on to the leader.
+    fn must_forward(reply: &ClientReply, asked: &Asked) -> bool {
+        matches!(reply, ClientReply::Redirect(_)) && !asked.forwarded
+    }
+
+    /// The node's reply as this command's answer, or a refusal if it is
+    /// past the size limit.
+    fn render(&self, reply: ClientReply, asked: &Asked) -> Bytes {
+        if answer_bytes(&reply) > self.max_answer {
+            let why = format!("ERR the answer would exceed {} bytes", self.max_answer);
+            return encode(&Reply::Error(why), asked.version);
+        }
+        encode(
+            &render_reply(reply, asked.render, &self.cursors),
+            asked.version,
+        )
+    }
+}
+
+/// Most bytes of answers gathered into one write.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
 /// Writes the answers in the order the commands came, each as soon as it
-/// is ready; answers ready together go out in one write. Stops when the
-/// client does not take them within `write_timeout`.
+/// is ready; answers ready together go out in one write. Forwarded
+/// commands therefore reach the leader in order too. Stops when the
+/// client does not take its answers within `write_timeout`.
 async fn write_answers<W: AsyncWrite + Unpin>(
     mut writer: W,
-    mut in_order: mpsc::Receiver<oneshot::Receiver<Bytes>>,
+    mut in_order: mpsc::Receiver<Pending>,
+    mut answering: Answering,
     write_timeout: Duration,
 ) {
     let mut buf = Vec::with_capacity(16 * 1024);
     while let Some(next) = in_order.recv().await {
         buf.clear();
-        buf.extend_from_slice(&next.await.unwrap_or_default());
+        buf.extend_from_slice(&answering.answer(next).await);
         // Whatever else is answered already goes in the same write.
-        while buf.len() < 256 * 1024 {
-            let Ok(mut more) = in_order.try_recv() else {
+        while buf.len() < WRITE_BATCH_BYTES {
+            let Ok(more) = in_order.try_recv() else {
                 break;
             };
-            match more.try_recv() {
+            match answering.ready_now(more) {
                 Ok(bytes) => buf.extend_from_slice(&bytes),
-                Err(_) => {
+                Err(waiting) => {
                     let w = writer.write_all(&buf);
                     if !matches!(tokio::time::timeout(write_timeout, w).await, Ok(Ok(()))) {
                         return;
                     }
                     buf.clear();
-                    buf.extend_from_slice(&more.await.unwrap_or_default());
+                    buf.extend_from_slice(&answering.answer(waiting).await);
                 }
             }
         }
@@ -327,108 +422,11 @@ async fn write_answers<W: AsyncWrite + Unpin>(
         if !matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(()))) {
             return;
         }
+        if buf.capacity() > 2 * WRITE_BATCH_BYTES {
+            buf = Vec::with_capacity(16 * 1024);
+        }
     }
     let _ = writer.shutdown().await;
-}
-
-/// What turning a node's reply into a command's answer needs.
-struct AnswerContext {
-    forwarder: Arc<Forwarder>,
-    cursors: Arc<ScanCursors>,
-    /// The connection comes from a follower forwarding: never forward on.
-    forwarded: bool,
-    timeout: Duration,
-    max_answer: usize,
-}
-
-impl AnswerContext {
-    /// Waits for the node's reply (within the request timeout), then for
-    /// this command's turn, and encodes the answer: a redirect from a
-    /// follower is forwarded to the leader (a write at most once), an
-    /// answer past the size limit is refused.
-    async fn answer(
-        &self,
-        submitted: Submitted,
-        place: &Turn,
-        args: &[Bytes],
-        render: Render,
-        is_read: bool,
-    ) -> Bytes {
-        let version = place.version;
-        let reply = match tokio::time::timeout(self.timeout, submitted.reply()).await {
-            Ok(r) => r,
-            Err(_) => ClientReply::Failed(FailKind::Timeout),
-        };
-        // Answers are settled in submission order, so commands a follower
-        // forwards reach the leader in that order.
-        place.wait().await;
-        match reply {
-            ClientReply::Redirect(leader) if !self.forwarded => {
-                let forward = self.forwarder.forward(leader, args, version, is_read);
-                match tokio::time::timeout(self.timeout, forward).await {
-                    Ok(bytes) => bytes,
-                    Err(_) if is_read => {
-                        encode(&try_again("the leader did not answer in time"), version)
-                    }
-                    Err(_) => encode(
-                        &Reply::Error("ERR timeout: outcome unknown".into()),
-                        version,
-                    ),
-                }
-            }
-            reply if answer_bytes(&reply) > self.max_answer => encode(
-                &Reply::Error(format!(
-                    "ERR the answer would exceed {} bytes",
-                    self.max_answer
-                )),
-                version,
-            ),
-            reply => encode(&render_reply(reply, render, &self.cursors), version),
-        }
-    }
-}
-
-/// A command's place in the line of answers. Dropped (settled, or its task
-/// ended early), it lets the next command's answer go and makes sure this
-/// one is answered, so a connection never waits forever or falls out of
-/// step with its client.
-struct Turn {
-    line: Arc<watch::Sender<u64>>,
-    mine: u64,
-    answer: Option<oneshot::Sender<Bytes>>,
-    version: u8,
-}
-
-impl Turn {
-    /// Waits until every earlier command was settled.
-    async fn wait(&self) {
-        let mut line = self.line.subscribe();
-        let _ = line.wait_for(|t| *t >= self.mine).await;
-    }
-
-    /// Gives the answer.
-    fn settle(mut self, bytes: Bytes) {
-        if let Some(answer) = self.answer.take() {
-            let _ = answer.send(bytes);
-        }
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        if let Some(answer) = self.answer.take() {
-            let error = Reply::Error("ERR internal error: outcome unknown".into());
-            let _ = answer.send(encode(&error, self.version));
-        }
-        let mine = self.mine;
-        self.line.send_if_modified(|t| {
-            let ours = *t == mine;
-            if ours {
-                *t += 1;
-            }
-            ours
-        });
-    }
 }
 
 /// About how many bytes a reply takes once encoded (values and keys, and
@@ -449,10 +447,8 @@ fn answer_bytes(reply: &ClientReply) -> usize {
 }
 
 /// Queues an answer that is ready now; false if the writer is gone.
-async fn queue(answers: &mpsc::Sender<oneshot::Receiver<Bytes>>, bytes: Bytes) -> bool {
-    let (tx, rx) = oneshot::channel();
-    let _ = tx.send(bytes);
-    answers.send(rx).await.is_ok()
+async fn queue(answers: &mpsc::Sender<Pending>, bytes: Bytes) -> bool {
+    answers.send(Pending::Ready(bytes)).await.is_ok()
 }
 
 fn encode(reply: &Reply, version: u8) -> Bytes {
@@ -462,16 +458,23 @@ fn encode(reply: &Reply, version: u8) -> Bytes {
 }
 
 /// A connection to the leader for forwarding, opened when first needed.
-#[derive(Default)]
 struct Forwarder {
     /// The kept connection: the leader, the protocol version it was opened
     /// with, the stream and what was read past the last answer.
-    conn: Mutex<Option<(SocketAddr, u8, TcpStream, BytesMut)>>,
+    conn: Option<(SocketAddr, u8, TcpStream, BytesMut)>,
     /// The cluster's Redis password, given to the leader before anything.
     password: Option<String>,
 }
 
 impl Forwarder {
+    /// No connection yet; `password` is given to the leader first.
+    fn new(password: Option<String>) -> Self {
+        Forwarder {
+            conn: None,
+            password,
+        }
+    }
+
     /// Sends `args` to the leader at `leader` and returns its raw answer,
     /// or an error reply: `TRYAGAIN` when the command surely did not reach
     /// it, `outcome unknown` for a write that may have. A read is sent
@@ -479,16 +482,16 @@ impl Forwarder {
     /// twice). The connection is kept only after a whole answer was read,
     /// so an answer can never be taken for a later command's.
     async fn forward(
-        &self,
+        &mut self,
         leader: SocketAddr,
         args: &[Bytes],
         version: u8,
         is_read: bool,
     ) -> Bytes {
-        let mut kept = self.conn.lock().await;
         // A kept connection for this leader and protocol, unless the leader
         // closed it meanwhile (then nothing is sent on it).
-        let mut conn = kept
+        let mut conn = self
+            .conn
             .take()
             .filter(|(addr, v, _, _)| *addr == leader && *v == version);
         if let Some((_, _, stream, _)) = conn.as_mut() {
@@ -515,7 +518,7 @@ impl Forwarder {
                 read_raw_reply(&mut stream, &mut buf, 64 << 20).await
             };
             if let Ok(raw) = exchanged.await {
-                *kept = Some((addr, v, stream, buf));
+                self.conn = Some((addr, v, stream, buf));
                 return raw;
             }
             // Sent, or partly: a write may have reached the leader, so it
