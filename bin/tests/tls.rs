@@ -131,6 +131,57 @@ fn the_cluster_serves_normally_with_mutual_tls_on() {
     assert!(report.contains("\"ok\":2000,\"errors\":0"), "{report}");
 }
 
+/// Sends `command` (words of a RESP command) over mutual TLS with the
+/// client certificate from `certs` to `addr`; the reply as text, RESP
+/// framing included.
+fn redis_over_tls(addr: std::net::SocketAddr, certs: &Path, command: &[&str]) -> String {
+    let config = kv_net::tls::client_tls(
+        &certs.join("ca.pem"),
+        Some((&certs.join("client.pem"), &certs.join("client-key.pem"))),
+    )
+    .unwrap();
+    let tls = rustls::ClientConnection::new(config, kv_net::tls::server_name(addr)).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = BufReader::new(rustls::StreamOwned::new(tls, tcp));
+    let mut out = format!("*{}\r\n", command.len());
+    for word in command {
+        out.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+    }
+    stream.get_mut().write_all(out.as_bytes()).unwrap();
+    let mut reply = String::new();
+    stream.read_line(&mut reply).unwrap();
+    if reply.starts_with('$') && !reply.starts_with("$-1") {
+        stream.read_line(&mut reply).unwrap();
+    }
+    reply
+}
+
+#[test]
+fn a_redis_client_on_any_node_is_served_over_mutual_tls() {
+    let dir = std::env::temp_dir().join(format!("kv-tls-redis-{}", std::process::id()));
+    let certs = dev_certs(&dir);
+    let c = tls_cluster(
+        "tls-redis",
+        (1..=3).map(|id| node_tls(&certs, id)).collect(),
+    );
+    eventually(
+        &all_addrs(&c, 3),
+        &client_tls(&certs),
+        &["SET", "k", "v"],
+        "OK",
+    );
+    // Two of the three are followers: they forward to the leader, over TLS
+    // as themselves, and relay its answer.
+    for id in 1..=3 {
+        let key = format!("key{id}");
+        let set = redis_over_tls(c.client(id), &certs, &["SET", &key, "value"]);
+        assert_eq!(set, "+OK\r\n", "SET through node {id}");
+        let get = redis_over_tls(c.client(id), &certs, &["GET", &key]);
+        assert_eq!(get, "$5\r\nvalue\r\n", "GET through node {id}");
+    }
+}
+
 #[test]
 fn a_client_without_a_certificate_the_cluster_ca_signed_cannot_connect() {
     let dir = std::env::temp_dir().join(format!("kv-tls-client-{}", std::process::id()));

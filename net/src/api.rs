@@ -347,9 +347,7 @@ impl Submitted {
                     }
                     Ok(reply)
                 }
-                Err(oneshot::error::TryRecvError::Empty) => {
-                    Err(Submitted::Waiting { rx, timed })
-                }
+                Err(oneshot::error::TryRecvError::Empty) => Err(Submitted::Waiting { rx, timed }),
                 Err(oneshot::error::TryRecvError::Closed) => {
                     Ok(ClientReply::Failed(FailKind::ShuttingDown))
                 }

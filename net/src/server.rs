@@ -159,7 +159,7 @@ async fn start_client_listener(
                 source,
             })?;
     #[cfg(not(madsim))]
-    let client_server = client_server.with_tls(cfg.tls.as_ref().map(|t| t.client_acceptor.clone()));
+    let client_server = client_server.with_tls(cfg.tls.as_ref());
     let client_addr = client_server.local_addr();
     tokio::spawn(client_server.run());
     Ok(client_addr)

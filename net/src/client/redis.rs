@@ -3,8 +3,9 @@
 //! redis-benchmark send) speaks RESP2, or RESP3 after `HELLO 3`. Commands
 //! are served concurrently and answered in order (pipelining). On a
 //! follower, a request the leader must serve is forwarded to it over RESP
-//! and its answer relayed, so a client connected to any node just works;
-//! with no leader known the answer is `-TRYAGAIN`.
+//! and its answer relayed (over TLS, as the node itself, when TLS is on),
+//! so a client connected to any node just works; with no leader known the
+//! answer is `-TRYAGAIN`.
 //!
 //! Commands: PING ECHO HELLO AUTH CLIENT COMMAND SELECT QUIT INFO CONFIG
 //! (GET only, empty), GET SET (NX XX GET) SETNX GETSET MGET MSET MSETNX
@@ -47,20 +48,39 @@ const ARG_OVERHEAD_BYTES: usize = 48;
 const FORWARDED_MARK: &[u8] = b"KV.FORWARDED";
 
 /// What every Redis connection of a node shares.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RedisShared {
     /// The password AUTH must give (None: no password).
     pub password: Option<String>,
     /// Connection ids (CLIENT ID).
     next_id: AtomicU64,
+    /// With TLS on, how a follower reaches the leader's client port to
+    /// forward (as itself: its node certificate, the cluster CA).
+    #[cfg(not(madsim))]
+    forward_tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl RedisShared {
-    /// Settings with `password`.
+    /// Settings with `password`, forwarding over plain TCP.
     pub fn new(password: Option<String>) -> Arc<Self> {
         Arc::new(RedisShared {
             password,
             next_id: AtomicU64::new(1),
+            #[cfg(not(madsim))]
+            forward_tls: None,
+        })
+    }
+
+    /// Settings with `password`, forwarding with `tls` (None: plain TCP).
+    #[cfg(not(madsim))]
+    pub fn forwarding_over(
+        password: Option<String>,
+        tls: Option<tokio_rustls::TlsConnector>,
+    ) -> Arc<Self> {
+        Arc::new(RedisShared {
+            password,
+            next_id: AtomicU64::new(1),
+            forward_tls: tls,
         })
     }
 }
@@ -185,7 +205,7 @@ pub async fn serve_redis<R, W>(
     let pipeline = limits.max_pipeline.max(1);
     let (answers, in_order) = mpsc::channel::<Pending>(pipeline);
     let answering = Answering {
-        forwarder: Forwarder::new(shared.password.clone()),
+        forwarder: Forwarder::new(&shared),
         cursors: session.cursors.clone(),
         forward_timeout: limits.request_timeout,
         max_answer: limits.max_answer_bytes,
@@ -320,9 +340,7 @@ impl Answering {
         match pending {
             Pending::Ready(bytes) => Ok(bytes),
             Pending::Node(submitted, asked) => match submitted.try_reply() {
-                Ok(reply) if !Self::must_forward(&reply, &asked) => {
-                    Ok(self.render(reply, &asked))
-                }
+                Ok(reply) if !Self::must_forward(&reply, &asked) => Ok(self.render(reply, &asked)),
                 Ok(reply) => Err(Pending::Node(Submitted::Ready(reply), asked)),
                 Err(submitted) => Err(Pending::Node(submitted, asked)),
             },
@@ -457,21 +475,39 @@ fn encode(reply: &Reply, version: u8) -> Bytes {
     Bytes::from(out)
 }
 
+/// A byte stream to the leader: plain TCP, or TLS over it.
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Duplex for T {}
+
+/// A kept connection to the leader.
+struct LeaderConn {
+    leader: SocketAddr,
+    /// The protocol version it was opened with.
+    version: u8,
+    stream: Box<dyn Duplex>,
+    /// What was read past the last answer.
+    buf: BytesMut,
+}
+
 /// A connection to the leader for forwarding, opened when first needed.
 struct Forwarder {
-    /// The kept connection: the leader, the protocol version it was opened
-    /// with, the stream and what was read past the last answer.
-    conn: Option<(SocketAddr, u8, TcpStream, BytesMut)>,
+    conn: Option<LeaderConn>,
     /// The cluster's Redis password, given to the leader before anything.
     password: Option<String>,
+    /// With TLS on, how to reach the leader's client port: as this node,
+    /// with its own certificate.
+    #[cfg(not(madsim))]
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Forwarder {
-    /// No connection yet; `password` is given to the leader first.
-    fn new(password: Option<String>) -> Self {
+    /// No connection yet.
+    fn new(shared: &RedisShared) -> Self {
         Forwarder {
             conn: None,
-            password,
+            password: shared.password.clone(),
+            #[cfg(not(madsim))]
+            tls: shared.forward_tls.clone(),
         }
     }
 
@@ -493,16 +529,16 @@ impl Forwarder {
         let mut conn = self
             .conn
             .take()
-            .filter(|(addr, v, _, _)| *addr == leader && *v == version);
-        if let Some((_, _, stream, _)) = conn.as_mut() {
-            if !still_open(stream).await {
+            .filter(|c| c.leader == leader && c.version == version);
+        if let Some(c) = conn.as_mut() {
+            if !still_open(&mut c.stream).await {
                 conn = None;
             }
         }
         for _ in 0..if is_read { 2 } else { 1 } {
-            let (addr, v, mut stream, mut buf) = match conn.take() {
+            let mut c = match conn.take() {
                 Some(c) => c,
-                None => match Self::connect(leader, version, self.password.as_deref()).await {
+                None => match self.connect(leader, version).await {
                     Ok(c) => c,
                     Err(e) => {
                         let why = format!("leader {leader} unreachable: {e}");
@@ -513,12 +549,12 @@ impl Forwarder {
             let mut out = Vec::new();
             encode_command(args, &mut out);
             let exchanged = async {
-                stream.write_all(&out).await?;
-                stream.flush().await?;
-                read_raw_reply(&mut stream, &mut buf, 64 << 20).await
+                c.stream.write_all(&out).await?;
+                c.stream.flush().await?;
+                read_raw_reply(&mut c.stream, &mut c.buf, 64 << 20).await
             };
             if let Ok(raw) = exchanged.await {
-                self.conn = Some((addr, v, stream, buf));
+                self.conn = Some(c);
                 return raw;
             }
             // Sent, or partly: a write may have reached the leader, so it
@@ -532,28 +568,25 @@ impl Forwarder {
         )
     }
 
-    async fn connect(
-        leader: SocketAddr,
-        version: u8,
-        password: Option<&str>,
-    ) -> Result<(SocketAddr, u8, TcpStream, BytesMut), RespError> {
-        let mut stream = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            TcpStream::connect(leader),
-        )
-        .await
-        .map_err(|_| RespError::Protocol("connect timed out".into()))??;
-        let _ = stream.set_nodelay(true);
+    /// Opens a connection to the leader's client port (over TLS if on),
+    /// gives the password, marks it as forwarding and sets the protocol.
+    async fn connect(&self, leader: SocketAddr, version: u8) -> Result<LeaderConn, RespError> {
+        let opened = async {
+            let tcp = TcpStream::connect(leader).await?;
+            let _ = tcp.set_nodelay(true);
+            self.secure(leader, tcp).await
+        };
+        let mut stream = tokio::time::timeout(Duration::from_secs(2), opened)
+            .await
+            .map_err(|_| RespError::Protocol("connect timed out".into()))??;
         let mut buf = BytesMut::new();
         let mut hello = Vec::new();
-        if let Some(password) = password {
-            encode_command(
-                &[
-                    Bytes::from_static(b"AUTH"),
-                    Bytes::copy_from_slice(password.as_bytes()),
-                ],
-                &mut hello,
-            );
+        if let Some(password) = &self.password {
+            let auth = [
+                Bytes::from_static(b"AUTH"),
+                Bytes::copy_from_slice(password.as_bytes()),
+            ];
+            encode_command(&auth, &mut hello);
         }
         encode_command(&[Bytes::from_static(FORWARDED_MARK)], &mut hello);
         if version >= 3 {
@@ -563,7 +596,7 @@ impl Forwarder {
             );
         }
         stream.write_all(&hello).await?;
-        if password.is_some() {
+        if self.password.is_some() {
             let answer = read_raw_reply(&mut stream, &mut buf, 1 << 20).await?;
             if !answer.starts_with(b"+OK") {
                 return Err(RespError::Protocol(
@@ -576,16 +609,32 @@ impl Forwarder {
         if version >= 3 {
             read_raw_reply(&mut stream, &mut buf, 1 << 20).await?;
         }
-        Ok((leader, version, stream, buf))
+        Ok(LeaderConn {
+            leader,
+            version,
+            stream,
+            buf,
+        })
+    }
+
+    /// `tcp` as the stream to forward on: TLS over it when TLS is on.
+    async fn secure(&self, leader: SocketAddr, tcp: TcpStream) -> std::io::Result<Box<dyn Duplex>> {
+        #[cfg(not(madsim))]
+        if let Some(tls) = &self.tls {
+            let name = crate::tls::server_name(leader);
+            return Ok(Box::new(tls.connect(name, tcp).await?));
+        }
+        let _ = leader;
+        Ok(Box::new(tcp))
     }
 }
 
 /// Whether a kept connection is still open: a read does not complete at
 /// once (EOF, an error, or bytes the leader sent unasked all would).
-async fn still_open(stream: &mut TcpStream) -> bool {
+async fn still_open(stream: &mut Box<dyn Duplex>) -> bool {
     use tokio::io::AsyncReadExt;
     let mut byte = [0u8; 1];
-    tokio::time::timeout(std::time::Duration::ZERO, stream.read(&mut byte))
+    tokio::time::timeout(Duration::ZERO, stream.read(&mut byte))
         .await
         .is_err()
 }

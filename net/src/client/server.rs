@@ -58,10 +58,16 @@ impl ClientServer {
         })
     }
 
-    /// Serves clients over TLS with `tls` (plain TCP with `None`).
+    /// Serves clients over TLS with the node's `tls` (plain TCP with
+    /// `None`); a follower then forwards Redis commands to the leader over
+    /// TLS too, as itself.
     #[cfg(not(madsim))]
-    pub fn with_tls(mut self, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
-        self.tls = tls;
+    pub fn with_tls(mut self, tls: Option<&crate::tls::NodeTls>) -> Self {
+        self.tls = tls.map(|t| t.client_acceptor.clone());
+        self.redis = RedisShared::forwarding_over(
+            self.limits.redis_password.clone(),
+            tls.map(|t| t.peer_connector.clone()),
+        );
         self
     }
 
