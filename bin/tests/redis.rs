@@ -267,6 +267,25 @@ fn pipelined_commands_are_answered_in_order() {
                 "GET {i}"
             );
         }
+        // Long runs of one kind: a follower forwards them in batches.
+        let mut pipe = redis::pipe();
+        for i in 0..500 {
+            pipe.cmd("SET").arg(format!("run{id}:{i}")).arg(i);
+        }
+        for i in 0..500 {
+            pipe.cmd("GET").arg(format!("run{id}:{i}"));
+        }
+        let answers: Vec<Value> = pipe.query(&mut conn).unwrap();
+        assert_eq!(answers.len(), 1000);
+        let (sets, gets) = answers.split_at(500);
+        assert!(sets.iter().all(|a| *a == Value::Okay), "{sets:?}");
+        for (i, get) in gets.iter().enumerate() {
+            assert_eq!(
+                *get,
+                Value::BulkString(i.to_string().into_bytes()),
+                "GET run {i}"
+            );
+        }
     }
 }
 

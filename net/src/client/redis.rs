@@ -347,36 +347,70 @@ impl Answering {
         }
     }
 
-    /// The answer, once the node replied (within the request timeout) and,
-    /// for a follower's redirect, once the leader answered.
-    async fn answer(&mut self, pending: Pending) -> Bytes {
+    /// Adds the answer to `buf` once the node replied (within the request
+    /// timeout). A follower's redirect is forwarded to the leader, together
+    /// with the redirects right behind it in `outbox` (one pipeline to the
+    /// leader, answers relayed in order).
+    async fn answer_into(&mut self, pending: Pending, outbox: &mut Outbox, buf: &mut Vec<u8>) {
         let (submitted, asked) = match pending {
-            Pending::Ready(bytes) => return bytes,
+            Pending::Ready(bytes) => return buf.extend_from_slice(&bytes),
             Pending::Node(submitted, asked) => (submitted, asked),
         };
-        let left = asked.deadline.saturating_duration_since(Instant::now());
-        let reply = tokio::time::timeout(left, submitted.reply())
+        let reply = tokio::time::timeout(left(asked.deadline), submitted.reply())
             .await
             .unwrap_or(ClientReply::Failed(FailKind::Timeout));
-        let ClientReply::Redirect(leader) = reply else {
-            return self.render(reply, &asked);
+        let leader = match reply {
+            ClientReply::Redirect(leader) if !asked.forwarded => leader,
+            reply => return buf.extend_from_slice(&self.render(reply, &asked)),
         };
-        if asked.forwarded {
-            return self.render(reply, &asked);
+        let version = asked.version;
+        let mut batch = vec![asked];
+        while batch.len() < MAX_FORWARD_BATCH {
+            match outbox.try_next() {
+                Some(Pending::Node(submitted, next))
+                    if !next.forwarded && next.version == version =>
+                {
+                    match submitted.try_reply() {
+                        Ok(ClientReply::Redirect(to)) if to == leader => batch.push(next),
+                        Ok(reply) => {
+                            outbox.put_back(Pending::Node(Submitted::Ready(reply), next));
+                            break;
+                        }
+                        Err(submitted) => {
+                            outbox.put_back(Pending::Node(submitted, next));
+                            break;
+                        }
+                    }
+                }
+                Some(other) => {
+                    outbox.put_back(other);
+                    break;
+                }
+                None => break,
+            }
         }
+        if let [one] = batch.as_slice() {
+            buf.extend_from_slice(&self.forward_one(leader, one).await);
+        } else {
+            let answers = self
+                .forwarder
+                .forward_batch(leader, version, &batch, self.forward_timeout)
+                .await;
+            for answer in answers {
+                buf.extend_from_slice(&answer);
+            }
+        }
+    }
+
+    /// Forwards one command to the leader (a read is tried twice).
+    async fn forward_one(&mut self, leader: SocketAddr, asked: &Asked) -> Bytes {
         let version = asked.version;
         let forward = self
             .forwarder
             .forward(leader, &asked.args, version, asked.is_read);
         match tokio::time::timeout(self.forward_timeout, forward).await {
             Ok(bytes) => bytes,
-            Err(_) if asked.is_read => {
-                encode(&try_again("the leader did not answer in time"), version)
-            }
-            Err(_) => encode(
-                &Reply::Error("ERR timeout: outcome unknown".into()),
-                version,
-            ),
+            Err(_) => unanswered(asked, "the leader did not answer in time"),
         }
     }
 
@@ -402,23 +436,58 @@ impl Answering {
 /// Most bytes of answers gathered into one write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
+/// Most commands a follower forwards to the leader in one pipeline.
+const MAX_FORWARD_BATCH: usize = 64;
+
+/// The answers still to give, in command order, with room to look at the
+/// next one and put it back.
+struct Outbox {
+    in_order: mpsc::Receiver<Pending>,
+    peeked: Option<Pending>,
+}
+
+impl Outbox {
+    /// The next answer to give, waiting for its command if need be.
+    async fn next(&mut self) -> Option<Pending> {
+        match self.peeked.take() {
+            Some(p) => Some(p),
+            None => self.in_order.recv().await,
+        }
+    }
+
+    /// The next answer to give, if its command was read already.
+    fn try_next(&mut self) -> Option<Pending> {
+        self.peeked.take().or_else(|| self.in_order.try_recv().ok())
+    }
+
+    /// Makes `pending` the next again.
+    fn put_back(&mut self, pending: Pending) {
+        debug_assert!(self.peeked.is_none(), "one answer put back at a time");
+        self.peeked = Some(pending);
+    }
+}
+
 /// Writes the answers in the order the commands came, each as soon as it
 /// is ready; answers ready together go out in one write. Forwarded
 /// commands therefore reach the leader in order too. Stops when the
 /// client does not take its answers within `write_timeout`.
 async fn write_answers<W: AsyncWrite + Unpin>(
     mut writer: W,
-    mut in_order: mpsc::Receiver<Pending>,
+    in_order: mpsc::Receiver<Pending>,
     mut answering: Answering,
     write_timeout: Duration,
 ) {
+    let mut outbox = Outbox {
+        in_order,
+        peeked: None,
+    };
     let mut buf = Vec::with_capacity(16 * 1024);
-    while let Some(next) = in_order.recv().await {
+    while let Some(next) = outbox.next().await {
         buf.clear();
-        buf.extend_from_slice(&answering.answer(next).await);
+        answering.answer_into(next, &mut outbox, &mut buf).await;
         // Whatever else is answered already goes in the same write.
         while buf.len() < WRITE_BATCH_BYTES {
-            let Ok(more) = in_order.try_recv() else {
+            let Some(more) = outbox.try_next() else {
                 break;
             };
             match answering.ready_now(more) {
@@ -429,7 +498,7 @@ async fn write_answers<W: AsyncWrite + Unpin>(
                         return;
                     }
                     buf.clear();
-                    buf.extend_from_slice(&answering.answer(waiting).await);
+                    answering.answer_into(waiting, &mut outbox, &mut buf).await;
                 }
             }
         }
@@ -445,6 +514,24 @@ async fn write_answers<W: AsyncWrite + Unpin>(
         }
     }
     let _ = writer.shutdown().await;
+}
+
+/// The time left until `deadline` (the simulation's clock has no
+/// `timeout_at`).
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// The answer to a forwarded command the leader did not answer: a read
+/// may simply be tried again (`TRYAGAIN`), a write may or may not have
+/// been done.
+fn unanswered(asked: &Asked, why: &str) -> Bytes {
+    if asked.is_read {
+        encode(&try_again(why), asked.version)
+    } else {
+        let error = format!("ERR outcome unknown: {why}");
+        encode(&Reply::Error(error), asked.version)
+    }
 }
 
 /// About how many bytes a reply takes once encoded (values and keys, and
@@ -476,8 +563,8 @@ fn encode(reply: &Reply, version: u8) -> Bytes {
 }
 
 /// A byte stream to the leader: plain TCP, or TLS over it.
-trait Duplex: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Duplex for T {}
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
 
 /// A kept connection to the leader.
 struct LeaderConn {
@@ -492,10 +579,14 @@ struct LeaderConn {
 /// A connection to the leader for forwarding, opened when first needed.
 struct Forwarder {
     conn: Option<LeaderConn>,
+    dialer: Dialer,
+}
+
+/// How a follower opens a connection to the leader's client port.
+struct Dialer {
     /// The cluster's Redis password, given to the leader before anything.
     password: Option<String>,
-    /// With TLS on, how to reach the leader's client port: as this node,
-    /// with its own certificate.
+    /// With TLS on: as this node, with its own certificate.
     #[cfg(not(madsim))]
     tls: Option<tokio_rustls::TlsConnector>,
 }
@@ -503,12 +594,12 @@ struct Forwarder {
 impl Forwarder {
     /// No connection yet.
     fn new(shared: &RedisShared) -> Self {
-        Forwarder {
-            conn: None,
+        let dialer = Dialer {
             password: shared.password.clone(),
             #[cfg(not(madsim))]
             tls: shared.forward_tls.clone(),
-        }
+        };
+        Forwarder { conn: None, dialer }
     }
 
     /// Sends `args` to the leader at `leader` and returns its raw answer,
@@ -524,21 +615,11 @@ impl Forwarder {
         version: u8,
         is_read: bool,
     ) -> Bytes {
-        // A kept connection for this leader and protocol, unless the leader
-        // closed it meanwhile (then nothing is sent on it).
-        let mut conn = self
-            .conn
-            .take()
-            .filter(|c| c.leader == leader && c.version == version);
-        if let Some(c) = conn.as_mut() {
-            if !still_open(&mut c.stream).await {
-                conn = None;
-            }
-        }
+        let mut conn = self.kept(leader, version).await;
         for _ in 0..if is_read { 2 } else { 1 } {
             let mut c = match conn.take() {
                 Some(c) => c,
-                None => match self.connect(leader, version).await {
+                None => match self.dialer.connect(leader, version).await {
                     Ok(c) => c,
                     Err(e) => {
                         let why = format!("leader {leader} unreachable: {e}");
@@ -568,6 +649,78 @@ impl Forwarder {
         )
     }
 
+    /// Sends the commands of `batch` to the leader at `leader` as one
+    /// pipeline and returns its raw answers in order. Those it did not
+    /// answer (within `timeout` for the whole batch) get `TRYAGAIN` if
+    /// they surely did not reach it or are reads, `outcome unknown` if they
+    /// are writes that may have; nothing is sent twice.
+    async fn forward_batch(
+        &mut self,
+        leader: SocketAddr,
+        version: u8,
+        batch: &[Asked],
+        timeout: Duration,
+    ) -> Vec<Bytes> {
+        let deadline = Instant::now() + timeout;
+        let mut c = match self.kept(leader, version).await {
+            Some(c) => c,
+            None => {
+                match tokio::time::timeout(left(deadline), self.dialer.connect(leader, version))
+                    .await
+                {
+                    Ok(Ok(c)) => c,
+                    failed => {
+                        let why = match failed {
+                            Ok(Err(e)) => format!("leader {leader} unreachable: {e}"),
+                            _ => format!("leader {leader} did not answer in time"),
+                        };
+                        let refused = encode(&try_again(&why), version);
+                        return batch.iter().map(|_| refused.clone()).collect();
+                    }
+                }
+            }
+        };
+        let mut out = Vec::new();
+        for asked in batch {
+            encode_command(&asked.args, &mut out);
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        let sent = async {
+            c.stream.write_all(&out).await?;
+            c.stream.flush().await
+        };
+        if matches!(tokio::time::timeout(left(deadline), sent).await, Ok(Ok(()))) {
+            while answers.len() < batch.len() {
+                let read = read_raw_reply(&mut c.stream, &mut c.buf, 64 << 20);
+                match tokio::time::timeout(left(deadline), read).await {
+                    Ok(Ok(raw)) => answers.push(raw),
+                    _ => break,
+                }
+            }
+        }
+        if answers.len() == batch.len() {
+            self.conn = Some(c);
+            return answers;
+        }
+        let why = format!("the connection to leader {leader} was lost");
+        for asked in batch.iter().skip(answers.len()) {
+            answers.push(unanswered(asked, &why));
+        }
+        answers
+    }
+
+    /// The kept connection if it is to `leader` with protocol `version`,
+    /// unless the leader closed it meanwhile (then nothing is sent on it).
+    async fn kept(&mut self, leader: SocketAddr, version: u8) -> Option<LeaderConn> {
+        let mut conn = self
+            .conn
+            .take()
+            .filter(|c| c.leader == leader && c.version == version)?;
+        still_open(&mut conn.stream).await.then_some(conn)
+    }
+}
+
+impl Dialer {
     /// Opens a connection to the leader's client port (over TLS if on),
     /// gives the password, marks it as forwarding and sets the protocol.
     async fn connect(&self, leader: SocketAddr, version: u8) -> Result<LeaderConn, RespError> {
@@ -631,12 +784,16 @@ impl Forwarder {
 
 /// Whether a kept connection is still open: a read does not complete at
 /// once (EOF, an error, or bytes the leader sent unasked all would).
+/// Polled once, with no timer: a zero timeout waits for the timer's next
+/// tick, a millisecond added to every forwarded command.
 async fn still_open(stream: &mut Box<dyn Duplex>) -> bool {
-    use tokio::io::AsyncReadExt;
     let mut byte = [0u8; 1];
-    tokio::time::timeout(Duration::ZERO, stream.read(&mut byte))
-        .await
-        .is_err()
+    std::future::poll_fn(|cx| {
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        let read = std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf);
+        std::task::Poll::Ready(read.is_pending())
+    })
+    .await
 }
 
 /// Longest glob SCAN MATCH and KEYS take (matching is linear in the
