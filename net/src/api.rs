@@ -418,11 +418,16 @@ impl NodeHandle {
     /// operations submitted one after another reach the core in that order
     /// (writes are proposed in it), however their answers are awaited.
     pub async fn submit(&self, op: ClientOp) -> Submitted {
+        self.submit_in(op, None).await
+    }
+
+    /// As `submit`, for a write in a session (exactly once).
+    pub async fn submit_in(&self, op: ClientOp, session: Option<SessionTag>) -> Submitted {
         if op == ClientOp::Status {
             return Submitted::Ready(ClientReply::Status(Box::new(self.status())));
         }
         let (name, started) = (op.name(), tokio::time::Instant::now());
-        match self.submit_core(op, None).await {
+        match self.submit_core(op, session).await {
             Submitted::Waiting { rx, .. } => Submitted::Waiting {
                 rx,
                 timed: Some((name, started, self.metrics.clone())),

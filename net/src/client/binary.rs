@@ -2,20 +2,31 @@
 //! 4-byte preamble `MAGIC`, length-prefixed protobuf frames both ways.
 //! Requests carry ids and are served concurrently, so responses may come
 //! back out of order; at most `max_pipeline` are in flight per connection.
+//!
+//! Each connection has two halves and no task per request: the reader
+//! hands each request to the node as it reads it, and the writer awaits
+//! the node's answers (in whatever order they come) and writes those ready
+//! together in one go.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use kv_proto::client::{self as pb, request::Op, response::Result as Res};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use super::budget::{Charge, ConnectionBudget};
 use super::ClientLimits;
-use crate::api::{ClientOp, ClientReply, FailKind, NodeHandle, SessionTag};
+use crate::api::{ClientOp, ClientReply, FailKind, NodeHandle, SessionTag, Submitted};
 use crate::frame::{encode_frame, FrameError, FrameReader};
 
 /// The first bytes of a binary connection (a NUL never starts a text request).
@@ -166,7 +177,7 @@ pub async fn serve_binary<R, W>(
     W: AsyncWrite + Unpin,
 {
     let frames = FrameReader::with_budget(reader, limits.max_frame_bytes, budget.clone());
-    let (answers, outbox) = mpsc::unbounded_channel::<Answer>();
+    let (answers, outbox) = mpsc::unbounded_channel::<Outgoing>();
     let queue = Arc::new(AnswerQueue::new(limits.max_answer_bytes));
     let reading = read_requests(frames, limits, node, answers, queue.clone(), shutdown);
     let writing = write_answers(writer, outbox, queue.clone(), limits.write_timeout);
@@ -186,6 +197,14 @@ pub async fn serve_binary<R, W>(
 /// none sent after was read, so the client may send those again elsewhere.
 pub const GOAWAY_MESSAGE: &str =
     "shutting down: every request not answered on this connection was not read; send it again elsewhere";
+
+/// What the reader hands the writer, in the order it read the requests.
+enum Outgoing {
+    /// An answer given without the node (a PONG, a refusal).
+    Answer(Answer),
+    /// A request the node has; the writer awaits its answer.
+    Call(Call),
+}
 
 /// An answer on its way out, with the pipeline slot its request holds
 /// until it is written.
@@ -236,7 +255,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
     mut frames: FrameReader<R>,
     limits: &ClientLimits,
     node: &NodeHandle,
-    answers: mpsc::UnboundedSender<Answer>,
+    answers: mpsc::UnboundedSender<Outgoing>,
     queue: Arc<AnswerQueue>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<FrameReader<R>> {
@@ -246,11 +265,11 @@ async fn read_requests<R: AsyncRead + Unpin>(
         let bytes = answer_bytes(&response);
         queue.add(bytes)
             && answers
-                .send(Answer {
+                .send(Outgoing::Answer(Answer {
                     response,
                     bytes,
                     _slot: None,
-                })
+                }))
                 .is_ok()
     };
     loop {
@@ -293,14 +312,22 @@ async fn read_requests<R: AsyncRead + Unpin>(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return None;
         };
+        let deadline = Instant::now() + limits.request_timeout;
+        let session = (req.session != 0).then_some(SessionTag {
+            session: req.session,
+            seq: req.seq,
+            acked_below: req.acked_below,
+        });
         let call = Call {
-            req,
-            op,
+            id: req.id,
+            submitted: node.submit_in(op, session).await,
+            deadline,
             charge,
             slot,
         };
-        let (node, answers, queue) = (node.clone(), answers.clone(), queue.clone());
-        tokio::spawn(call.run(node, answers, queue, limits.request_timeout));
+        if answers.send(Outgoing::Call(call)).is_err() {
+            return None;
+        }
     }
 }
 
@@ -328,44 +355,36 @@ fn decode_request(
     }
 }
 
-/// A request on its way to the node, holding its share of the budget and
-/// its pipeline slot until answered.
+/// A request the node is working on, holding its share of the budget
+/// and its pipeline slot until answered.
 struct Call {
-    req: pb::Request,
-    op: ClientOp,
+    id: u64,
+    submitted: Submitted,
+    /// When the client is told the outcome is unknown instead.
+    deadline: Instant,
     charge: Charge,
     slot: OwnedSemaphorePermit,
 }
 
+/// A call's answer, to come.
+type Answering = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
 impl Call {
-    /// Asks the node (within `timeout`) and queues the answer.
-    async fn run(
-        self,
-        node: NodeHandle,
-        answers: mpsc::UnboundedSender<Answer>,
-        queue: Arc<AnswerQueue>,
-        timeout: Duration,
-    ) {
-        let req = self.req;
-        let session = (req.session != 0).then_some(SessionTag {
-            session: req.session,
-            seq: req.seq,
-            acked_below: req.acked_below,
-        });
-        let reply = match tokio::time::timeout(timeout, node.call_in(self.op, session)).await {
-            Ok(r) => r,
-            Err(_) => ClientReply::Failed(FailKind::Timeout),
-        };
-        drop(self.charge);
-        let response = reply_to_response(req.id, reply);
-        let bytes = answer_bytes(&response);
-        if queue.add(bytes) {
-            let _ = answers.send(Answer {
+    /// The answer, once the node gives it (or the deadline passes).
+    fn answered(self) -> Answering {
+        Box::pin(async move {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let reply = tokio::time::timeout(left, self.submitted.reply())
+                .await
+                .unwrap_or(ClientReply::Failed(FailKind::Timeout));
+            drop(self.charge);
+            let response = reply_to_response(self.id, reply);
+            Answer {
+                bytes: answer_bytes(&response),
                 response,
-                bytes,
                 _slot: Some(self.slot),
-            });
-        }
+            }
+        })
     }
 }
 
@@ -381,29 +400,49 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// copied into the connection's write buffer.
 const SHARED_VALUE_BYTES: usize = 4096;
 
-/// Writes answers as they come, several per batch; gives up (and closes
-/// the connection) when a batch makes no progress for `write_timeout`.
+/// Writes answers as they come, all those ready in one batch; gives up
+/// (and closes the connection) when a batch makes no progress for
+/// `write_timeout`, or when answers waiting to be written pass the
+/// queue's limit. Answers keep being taken in (and counted) while a batch
+/// is being written, so a client that does not read is found out by the
+/// bytes its answers take, not only by the time it takes.
 async fn write_answers<W: AsyncWrite + Unpin>(
     mut writer: W,
-    mut outbox: mpsc::UnboundedReceiver<Answer>,
+    outbox: mpsc::UnboundedReceiver<Outgoing>,
     queue: Arc<AnswerQueue>,
     write_timeout: Duration,
 ) {
+    let mut answers = Answers {
+        outbox,
+        reading: true,
+        calls: FuturesUnordered::new(),
+        ready: VecDeque::new(),
+        queue,
+    };
     let mut buf = Vec::with_capacity(16 * 1024);
-    while let Some(first) = outbox.recv().await {
-        let mut batch_bytes = first.bytes;
-        let mut batch = vec![first];
-        while batch_bytes < WRITE_BATCH_BYTES {
-            let Ok(more) = outbox.try_recv() else { break };
-            batch_bytes += more.bytes;
-            batch.push(more);
+    loop {
+        if answers.take_ready().is_err() {
+            return;
         }
+        if answers.ready.is_empty() {
+            if answers.all_written() {
+                break;
+            }
+            if answers.take_next().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let batch = answers.next_batch();
+        let batch_bytes: usize = batch.iter().map(|a| a.bytes).sum();
         let write = write_batch(&mut writer, &batch, &mut buf);
-        let done = matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(())));
-        queue.remove(batch_bytes);
+        let Ok(done) = answers.taking_in_while(write, write_timeout).await else {
+            return;
+        };
+        answers.queue.remove(batch_bytes);
         if !done {
             tracing::debug!("binary client does not read its answers; closing");
-            queue.closing.notify_one();
+            answers.queue.closing.notify_one();
             return;
         }
         if buf.capacity() > 2 * WRITE_BATCH_BYTES {
@@ -411,6 +450,106 @@ async fn write_answers<W: AsyncWrite + Unpin>(
         }
     }
     let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
+}
+
+/// The answers queued past their limit: the connection closes.
+struct Overflowing;
+
+/// A connection's answers on their way out: requests the node is working
+/// on, and answers ready to be written (counted in `queue`).
+struct Answers {
+    outbox: mpsc::UnboundedReceiver<Outgoing>,
+    /// Whether the reader may still hand over more.
+    reading: bool,
+    calls: FuturesUnordered<Answering>,
+    ready: VecDeque<Answer>,
+    queue: Arc<AnswerQueue>,
+}
+
+impl Answers {
+    /// Whether every answer there will be was written.
+    fn all_written(&self) -> bool {
+        !self.reading && self.calls.is_empty() && self.ready.is_empty()
+    }
+
+    /// Waits for one thing from the reader or one call's answer and takes
+    /// it in; never completes when nothing more can come.
+    async fn take_next(&mut self) -> Result<(), Overflowing> {
+        tokio::select! {
+            Some(answer) = self.calls.next(), if !self.calls.is_empty() => self.add(answer),
+            next = self.outbox.recv(), if self.reading => {
+                self.take(next);
+                Ok(())
+            }
+            else => std::future::pending().await,
+        }
+    }
+
+    /// Runs `write` (for at most `timeout`) while taking in answers;
+    /// whether it was done in time.
+    async fn taking_in_while(
+        &mut self,
+        write: impl Future<Output = std::io::Result<()>>,
+        timeout: Duration,
+    ) -> Result<bool, Overflowing> {
+        let write = tokio::time::timeout(timeout, write);
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                biased;
+                written = &mut write => return Ok(matches!(written, Ok(Ok(())))),
+                taken = self.take_next() => taken?,
+            }
+        }
+    }
+
+    /// Takes in whatever is there without waiting.
+    fn take_ready(&mut self) -> Result<(), Overflowing> {
+        while self.reading {
+            match self.outbox.try_recv() {
+                Ok(outgoing) => self.take(Some(outgoing)),
+                Err(mpsc::error::TryRecvError::Disconnected) => self.take(None),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+            }
+        }
+        while let Some(Some(answer)) = self.calls.next().now_or_never() {
+            self.add(answer)?;
+        }
+        Ok(())
+    }
+
+    /// Takes in what the reader handed over (`None`: it is done).
+    fn take(&mut self, next: Option<Outgoing>) {
+        match next {
+            // Answers the reader gave are counted already.
+            Some(Outgoing::Answer(answer)) => self.ready.push_back(answer),
+            Some(Outgoing::Call(call)) => self.calls.push(call.answered()),
+            None => self.reading = false,
+        }
+    }
+
+    /// Queues a call's answer, counting its bytes.
+    fn add(&mut self, answer: Answer) -> Result<(), Overflowing> {
+        if !self.queue.add(answer.bytes) {
+            return Err(Overflowing);
+        }
+        self.ready.push_back(answer);
+        Ok(())
+    }
+
+    /// The ready answers to write next, up to `WRITE_BATCH_BYTES`.
+    fn next_batch(&mut self) -> Vec<Answer> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(answer) = self.ready.pop_front() {
+            bytes += answer.bytes;
+            batch.push(answer);
+            if bytes >= WRITE_BATCH_BYTES {
+                break;
+            }
+        }
+        batch
+    }
 }
 
 /// Writes one batch of answers: small ones encoded together in `buf`,
