@@ -14,21 +14,7 @@ dir="target/bench-cluster"
 rm -rf "$dir"
 mkdir -p "$dir"
 source bench/lib.sh
-members=""
-addrs=""
-for id in 1 2 3; do
-  p=$(port); c=$(port)
-  members="${members:+$members,}$id=127.0.0.1:$p/127.0.0.1:$c"
-  addrs="${addrs:+$addrs,}127.0.0.1:$c"
-done
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-for id in 1 2 3; do
-  RUST_LOG=warn target/release/kv-server --id "$id" --members "$members" \
-    --data-dir "$dir/node$id" --max-connections 4096 2>"$dir/node$id.log" &
-  pids+=($!)
-done
+start_cluster "$dir" --max-connections 4096
 sleep 1
 
 # etcd 3.4.23, 3 members on 127.0.0.1, from ../shared/peers/etcd.md (median req/s, p99 ms).

@@ -30,21 +30,7 @@ dir="target/bench-redis"
 rm -rf "$dir"
 mkdir -p "$dir/redis"
 
-members=""
-for id in 1 2 3; do
-  p=$(port); c=$(port)
-  members="${members:+$members,}$id=127.0.0.1:$p/127.0.0.1:$c"
-  kv_port[$id]=$c
-done
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-for id in 1 2 3; do
-  RUST_LOG=warn target/release/kv-server --id "$id" --members "$members" \
-    --data-dir "$dir/node$id" --max-connections 4096 2>"$dir/node$id.log" &
-  pids+=($!)
-  kv_pid[$id]=$!
-done
+start_cluster "$dir" --max-connections 4096
 redis_port=$(port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$PWD/$dir/redis" \
   --appendonly yes --appendfsync always --save "" --daemonize no \

@@ -23,3 +23,31 @@ while True:
 PY
 }
 
+
+# Processes the scripts started, killed when the script exits.
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# Starts a 3-node cluster of target/release/kv-server on loopback, data and
+# logs under DIR (node1..node3), with any further kv-server flags. Sets
+# `members`, `addrs` (the client addresses, comma-separated), `kv_port[id]`
+# (client ports) and `kv_pid[id]`, and adds the pids to `pids`.
+start_cluster() { # DIR [kv-server flags...]
+  local dir=$1 id p c
+  shift
+  members=""
+  addrs=""
+  for id in 1 2 3; do
+    p=$(port); c=$(port)
+    members="${members:+$members,}$id=127.0.0.1:$p/127.0.0.1:$c"
+    addrs="${addrs:+$addrs,}127.0.0.1:$c"
+    kv_port[id]=$c
+  done
+  for id in 1 2 3; do
+    RUST_LOG=warn target/release/kv-server --id "$id" --members "$members" \
+      --data-dir "$dir/node$id" "$@" 2>"$dir/node$id.log" &
+    pids+=($!)
+    kv_pid[id]=$!
+  done
+}

@@ -19,21 +19,8 @@ source bench/lib.sh
 dir="target/bench-switches"
 rm -rf "$dir"
 mkdir -p "$dir"
-members=""; addrs=""
-for id in 1 2 3; do
-  p=$(port); c=$(port)
-  members="${members:+$members,}$id=127.0.0.1:$p/127.0.0.1:$c"
-  addrs="${addrs:+$addrs,}127.0.0.1:$c"
-done
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-for id in 1 2 3; do
-  # shellcheck disable=SC2086 # KV_SERVER_ARGS is a list of flags
-  RUST_LOG=warn target/release/kv-server --id "$id" --members "$members" \
-    --data-dir "$dir/node$id" ${KV_SERVER_ARGS:-} 2>"$dir/node$id.log" &
-  pids+=($!)
-done
+# shellcheck disable=SC2086 # KV_SERVER_ARGS is a list of flags
+start_cluster "$dir" ${KV_SERVER_ARGS:-}
 sleep 1.5
 
 # "pid switches cpu_ticks" for each node, its threads summed.
