@@ -703,6 +703,127 @@ mod tests {
         }
     }
 
+    /// A request the node has, and the sender through which the test
+    /// plays the node answering it.
+    fn call(
+        id: u64,
+        slots: &Arc<Semaphore>,
+        timeout: Duration,
+    ) -> (tokio::sync::oneshot::Sender<ClientReply>, Outgoing) {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let call = Call {
+            id,
+            submitted: Submitted::Waiting { rx, timed: None },
+            deadline: Instant::now() + timeout,
+            charge: Charge::none(),
+            // Test setup: the semaphore has a permit per call.
+            slot: slots.clone().try_acquire_owned().unwrap(),
+        };
+        (reply, Outgoing::Call(call))
+    }
+
+    /// The next response frame the client reads.
+    async fn next_response<R: AsyncRead + Unpin>(client: &mut R) -> pb::Response {
+        use tokio::io::AsyncReadExt;
+        let mut len = [0u8; 4];
+        // Test setup: the writer under test is on the other end.
+        client.read_exact(&mut len).await.unwrap();
+        let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+        client.read_exact(&mut frame).await.unwrap();
+        pb::Response::decode(&frame[..]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_leave_as_the_node_gives_them_and_free_their_slots() {
+        let (mut client, server) = tokio::io::duplex(64 << 10);
+        let (to_writer, outbox) = mpsc::unbounded_channel();
+        let queue = Arc::new(AnswerQueue::new(1 << 20));
+        let slots = Arc::new(Semaphore::new(2));
+        let (first, c1) = call(1, &slots, Duration::from_secs(30));
+        let (second, c2) = call(2, &slots, Duration::from_secs(30));
+        assert!(to_writer.send(c1).is_ok() && to_writer.send(c2).is_ok());
+        let writer = tokio::spawn(write_answers(
+            server,
+            outbox,
+            queue.clone(),
+            Duration::from_secs(5),
+        ));
+
+        // The later request is answered first: it is not held behind the other.
+        assert!(second.send(ClientReply::Ok).is_ok());
+        let r = next_response(&mut client).await;
+        assert_eq!((r.id, r.result), (2, Some(Res::Ok(pb::Ok {}))));
+        let value = Bytes::from_static(b"v");
+        assert!(first.send(ClientReply::Value(value.clone())).is_ok());
+        let r = next_response(&mut client).await;
+        assert_eq!((r.id, r.result), (1, Some(Res::Value(pb::Value { value }))));
+
+        drop(to_writer);
+        assert!(writer.await.is_ok());
+        assert_eq!(
+            slots.available_permits(),
+            2,
+            "a written answer frees its slot"
+        );
+        assert_eq!(
+            queue.queued.load(Ordering::Relaxed),
+            0,
+            "nothing counted once written"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_the_node_does_not_answer_in_time_is_told_its_outcome_is_unknown() {
+        let (mut client, server) = tokio::io::duplex(64 << 10);
+        let (to_writer, outbox) = mpsc::unbounded_channel();
+        let queue = Arc::new(AnswerQueue::new(1 << 20));
+        let slots = Arc::new(Semaphore::new(1));
+        let (_never, c) = call(7, &slots, Duration::from_millis(20));
+        assert!(to_writer.send(c).is_ok());
+        drop(to_writer);
+        let writer = tokio::spawn(write_answers(server, outbox, queue, Duration::from_secs(5)));
+        let r = next_response(&mut client).await;
+        assert_eq!(r.id, 7);
+        let Some(Res::Error(e)) = r.result else {
+            panic!("an error, not {:?}", r.result);
+        };
+        assert_eq!(e.kind, pb::error::Kind::Unknown as i32);
+        assert_eq!(e.message, FailKind::Timeout.message());
+        assert!(writer.await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn answers_a_client_does_not_read_are_counted_until_the_limit_closes_it() {
+        // A one-byte pipe the client never reads: the first answer's write
+        // blocks, and the answers behind it pile up in the queue.
+        let (_client, server) = tokio::io::duplex(1);
+        let (to_writer, outbox) = mpsc::unbounded_channel();
+        let big = Bytes::from(vec![b'x'; 10_000]);
+        let queue = Arc::new(AnswerQueue::new(25_000));
+        let slots = Arc::new(Semaphore::new(8));
+        let mut replies = Vec::new();
+        for id in 1..=8 {
+            let (reply, c) = call(id, &slots, Duration::from_secs(30));
+            assert!(to_writer.send(c).is_ok());
+            replies.push(reply);
+        }
+        let writer = tokio::spawn(write_answers(
+            server,
+            outbox,
+            queue.clone(),
+            Duration::from_secs(30),
+        ));
+        let closing = queue.closing.notified();
+        for reply in replies {
+            let _ = reply.send(ClientReply::Value(big.clone()));
+            tokio::task::yield_now().await;
+        }
+        // Well before the 30 s write timeout.
+        let closed = tokio::time::timeout(Duration::from_secs(5), closing).await;
+        assert!(closed.is_ok(), "the queue's limit closed the connection");
+        assert!(writer.await.is_ok(), "the writer stopped");
+    }
+
     #[test]
     fn every_reply_round_trips_through_a_frame() {
         let addr: SocketAddr = "127.0.0.1:7002".parse().unwrap();
