@@ -1,8 +1,10 @@
 //! Redis clients against a real 3-node cluster: the `redis` crate (a
 //! client library every Rust user of Redis has) for every command the
 //! store serves, on the leader and through a follower, RESP2 and RESP3,
-//! pipelining, AUTH, and a leader killed while a client keeps writing;
-//! redis-cli too when it is installed.
+//! pipelining, AUTH, and a leader killed while a client keeps writing or
+//! while a follower forwards its pipeline; redis-cli too when it is
+//! installed.
+// Each test runs its own loopback cluster: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -397,4 +399,114 @@ fn redis_cli_talks_to_the_cluster_when_installed() {
     scanned.sort();
     assert_eq!(scanned, ["a", "b", "greeting", "hits"]);
     assert!(cli(&["INFO", "replication"]).contains("role:slave"));
+}
+
+/// What one pipelined INCR's answer says happened.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Done,
+    /// "outcome unknown" (or no answer at all): it may or may not have.
+    Unknown,
+    /// Any other error: it surely did not happen.
+    NotDone,
+}
+
+/// Sends `n` INCRs of `key` to `addr` as one pipeline over raw RESP, runs
+/// `meanwhile`, and reads what each one's answer says; those left
+/// unanswered when the connection breaks are unknown.
+fn pipelined_incrs(
+    addr: std::net::SocketAddr,
+    key: &str,
+    n: usize,
+    meanwhile: impl FnOnce(),
+) -> Vec<Outcome> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut outcomes = Vec::with_capacity(n);
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        meanwhile();
+        return (0..n).map(|_| Outcome::NotDone).collect();
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let command = format!("*2\r\n$4\r\nINCR\r\n${}\r\n{key}\r\n", key.len());
+    let sent = stream.write_all(command.repeat(n).as_bytes());
+    meanwhile();
+    if sent.is_err() {
+        // Part of it may have been read: nothing is known.
+        return (0..n).map(|_| Outcome::Unknown).collect();
+    }
+    let mut answers = BufReader::new(stream);
+    let mut line = String::new();
+    while outcomes.len() < n {
+        line.clear();
+        match answers.read_line(&mut line) {
+            Ok(read) if read > 0 => {}
+            _ => break,
+        }
+        outcomes.push(match line.as_bytes().first() {
+            Some(b':') => Outcome::Done,
+            Some(b'-') if line.contains("outcome unknown") || line.contains("shutting down") => {
+                Outcome::Unknown
+            }
+            Some(b'-') => Outcome::NotDone,
+            _ => panic!("not an INCR answer: {line:?}"),
+        });
+    }
+    outcomes.resize_with(n, || Outcome::Unknown);
+    outcomes
+}
+
+/// A follower forwards a pipeline to the leader as a pipeline; when the
+/// leader dies in the middle, every answer the client gets is true: an
+/// increment answered is applied, one refused is not, and none is applied
+/// twice (no forwarded command is sent again). The kill lands mid-pipeline
+/// by timing (on the 2-vCPU machine: 33-64 of the 256 answered "outcome
+/// unknown", most of them applied); the bounds hold whenever it lands.
+#[test]
+fn a_pipeline_through_a_follower_survives_a_leader_kill_with_every_answer_true() {
+    let mut c = Cluster::start("redis-forward-kill", 3, &[]);
+    let leader = c.leader(Duration::from_secs(10));
+    let follower = follower_of(leader);
+    let (mut done, mut unknown, mut refused, mut done_after_kill) = (0, 0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    while done_after_kill < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "{done_after_kill} increments done since the kill; logs in {}",
+            c.dir.display()
+        );
+        // The leader dies while the follower is forwarding a pipeline.
+        let outcomes = pipelined_incrs(c.client(follower), "forwarded", 256, || {
+            if round == 5 {
+                // About half-way through the forwarding of 256 commands.
+                std::thread::sleep(Duration::from_millis(2));
+                c.kill(leader);
+            }
+        });
+        let answered = outcomes.iter().filter(|o| **o == Outcome::Done).count();
+        done += answered;
+        unknown += outcomes.iter().filter(|o| **o == Outcome::Unknown).count();
+        refused += outcomes.iter().filter(|o| **o == Outcome::NotDone).count();
+        if round > 5 {
+            done_after_kill += answered;
+        } else if round < 5 {
+            assert_eq!(answered, 256, "all answered before the kill: {outcomes:?}");
+        }
+        if answered == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        round += 1;
+    }
+    let (counter, _) = until_answered(&c, &["GET", "forwarded"], deadline);
+    let Value::BulkString(counter) = counter else {
+        panic!("GET answered {counter:?}");
+    };
+    let counter: usize = String::from_utf8(counter).unwrap().parse().unwrap();
+    println!("{round} pipelines of 256: {done} answered, {unknown} unknown, {refused} refused; counter {counter}");
+    assert!(
+        (done..=done + unknown).contains(&counter),
+        "counter {counter}: {done} answered, {unknown} unknown"
+    );
 }
