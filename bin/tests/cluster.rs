@@ -82,6 +82,25 @@ fn killing_the_leader_keeps_every_acknowledged_write_and_the_node_catches_up() {
     }
 }
 
+/// `--worker-threads 0`: each node runs every task on its main thread
+/// (tokio's current-thread runtime) and still elects, replicates, fails
+/// over and answers every protocol.
+#[test]
+fn nodes_running_on_one_thread_each_serve_and_fail_over() {
+    let mut c = Cluster::start("one-thread", 3, &["--worker-threads", "0"]);
+    for i in 0..20 {
+        assert_eq!(c.request(&format!("SET t{i} {i}")), "OK");
+    }
+    let old = c.leader(Duration::from_secs(10));
+    c.kill(old);
+    assert_ne!(c.leader(Duration::from_secs(10)), old);
+    for i in 0..20 {
+        assert_eq!(c.request(&format!("GET t{i}")), format!("VALUE {i}"));
+    }
+    c.spawn(old);
+    assert_eq!(c.request("SET after back"), "OK");
+}
+
 #[test]
 fn all_nodes_killed_and_restarted_keep_their_data() {
     let mut c = Cluster::start("restart", 3, &[]);

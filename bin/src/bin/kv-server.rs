@@ -65,8 +65,9 @@ struct Args {
     #[arg(long, env = "KV_CLUSTER_ID", default_value_t = 1)]
     cluster_id: u64,
 
-    /// Threads that run the node's tasks (default: one per core).
-    #[arg(long, env = "KV_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// Threads that run the node's tasks (default: one per core; 0: every
+    /// task on the main thread, no work stealing between threads).
+    #[arg(long, env = "KV_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(0..=1024))]
     worker_threads: Option<u16>,
 
     /// Length of one Raft tick, in milliseconds.
@@ -326,10 +327,16 @@ fn run(args: &Args) -> Result<ExitCode> {
         None => {}
     }
     kv_bin::logging::init(args.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.worker_threads {
-        builder.worker_threads(usize::from(threads));
-    }
+    let mut builder = match args.worker_threads {
+        // Disk calls still go to the blocking pool's threads.
+        Some(0) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(threads));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = builder
         .enable_all()
         .build()
