@@ -8,7 +8,7 @@
 #
 #   bench/switches.sh                            # writes at 1, 16 and 64 connections
 #   BENCH_CONNECTIONS="1" BENCH_READS=1 bench/switches.sh
-#   KV_SERVER_ARGS="--worker-threads 1" bench/switches.sh
+#   KV_SERVER_ARGS="--worker-threads 0" bench/switches.sh   # a node on one thread
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${BENCH_SECS:-4}"
