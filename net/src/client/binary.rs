@@ -716,7 +716,7 @@ mod tests {
             submitted: Submitted::Waiting { rx, timed: None },
             deadline: Instant::now() + timeout,
             charge: Charge::none(),
-            // Test setup: the semaphore has a permit per call.
+            // Test only: each test's semaphore has a permit per call it makes.
             slot: slots.clone().try_acquire_owned().unwrap(),
         };
         (reply, Outgoing::Call(call))
@@ -726,10 +726,14 @@ mod tests {
     async fn next_response<R: AsyncRead + Unpin>(client: &mut R) -> pb::Response {
         use tokio::io::AsyncReadExt;
         let mut len = [0u8; 4];
-        // Test setup: the writer under test is on the other end.
+        // Test only: the other end of this in-memory pipe is the writer
+        // under test, so a short read or a frame that does not decode is
+        // the failure the test is there to catch.
         client.read_exact(&mut len).await.unwrap();
         let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+        // Test only: as above.
         client.read_exact(&mut frame).await.unwrap();
+        // Test only: as above.
         pb::Response::decode(&frame[..]).unwrap()
     }
 
