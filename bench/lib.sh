@@ -29,8 +29,9 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# Starts a 3-node cluster of target/release/kv-server on loopback, data and
-# logs under DIR (node1..node3), with any further kv-server flags. Sets
+# Starts a 3-node cluster of $KV_SERVER (default target/release/kv-server)
+# on loopback, data and logs under DIR (node1..node3), with any further
+# kv-server flags. Sets
 # `members`, `addrs` (the client addresses, comma-separated), `kv_port[id]`
 # (client ports) and `kv_pid[id]`, and adds the pids to `pids`.
 start_cluster() { # DIR [kv-server flags...]
@@ -45,9 +46,18 @@ start_cluster() { # DIR [kv-server flags...]
     kv_port[id]=$c
   done
   for id in 1 2 3; do
-    RUST_LOG=warn target/release/kv-server --id "$id" --members "$members" \
+    RUST_LOG=warn "${KV_SERVER:-target/release/kv-server}" --id "$id" --members "$members" \
       --data-dir "$dir/node$id" "$@" 2>"$dir/node$id.log" &
     pids+=($!)
     kv_pid[id]=$!
   done
+}
+
+# Client port of the node whose status says it leads (0 if none yet).
+leader_port() {
+  local id
+  id=$(target/release/kv-cli --addr "$addrs" status --json 2>/dev/null |
+    python3 -c 'import json, sys; print(*[n["id"] for n in json.load(sys.stdin) if n["role"] == "leader"][:1])' \
+    2>/dev/null || true)
+  echo "${kv_port[${id:-0}]:-0}"
 }
