@@ -774,6 +774,54 @@ fn an_installed_snapshot_is_acknowledged_to_the_leader_that_sent_it_last() {
     assert_eq!(done, vec![(3, 3, 7)]);
 }
 
+/// §7, Figure 13 step 6: "if existing log entry has same index and term as
+/// snapshot's last included entry, retain log entries following it". A
+/// follower that accepted entries past a snapshot from a newer leader while
+/// that snapshot was being made durable keeps them (it has acknowledged
+/// them, and the newer leader may count them as committed); it takes the
+/// snapshot's index as committed instead of installing it.
+#[test]
+fn a_snapshot_whose_last_entry_the_log_holds_keeps_the_entries_after_it() {
+    let mut c = core_with_log(2, 3, 1, &[1, 1]);
+    let meta = SnapshotMeta { index: 4, term: 2 };
+    let whole = InstallSnapshot {
+        meta: Some(meta),
+        offset: 0,
+        data: Bytes::from_static(b"abc"),
+        done: true,
+        round: 0,
+    };
+    c.step(msg(1, 2, 2, Body::InstallSnapshot(whole)));
+    let _ = c.ready();
+    // While the snapshot is written, node 3 leads term 3 and sends the
+    // entries after node 2's log, past the snapshot, committed below it.
+    let entries = vec![entry(3, 2), entry(4, 2), entry(5, 3), entry(6, 3)];
+    c.step(append(3, 2, 3, (2, 1), entries, 2));
+    let rd = c.ready();
+    assert_eq!(rd.entries.len(), 4, "the entries are written");
+    c.on_persisted(6, 3);
+    assert!(
+        !c.on_snapshot_received(SnapshotInfo { meta, size: 3 }),
+        "the log already holds the snapshot's last entry: nothing to install"
+    );
+    let rd = c.ready();
+    assert_eq!(rd.snapshot, None);
+    assert!(
+        rd.messages
+            .iter()
+            .chain(&rd.persisted_messages)
+            .any(|m| m.to == 1
+                && matches!(&m.body, Some(Body::InstallSnapshotResponse(r)) if r.done)),
+        "the sender hears that the transfer is over"
+    );
+    assert_eq!(
+        (c.log().last_index(), c.log().committed()),
+        (6, 4),
+        "the entries after the snapshot stay, and its index is committed"
+    );
+    assert_eq!(c.log().term(6), Some(3));
+}
+
 /// Thesis §6.2: "a leader steps down if an election timeout elapses without
 /// a successful round of heartbeats to a majority of its cluster".
 #[test]

@@ -189,8 +189,15 @@ impl RaftCore {
         };
         self.incoming_snapshot = None;
         let meta = snapshot.meta;
-        if meta.index <= self.log.committed() {
-            // Entries arrived meanwhile by other means: nothing to install.
+        if meta.index <= self.log.committed() || self.log.term(meta.index) == Some(meta.term) {
+            // Entries arrived meanwhile by other means: the log holds all
+            // the snapshot covers, committed since it is in a snapshot.
+            // Installing would drop the entries after it, which this node
+            // may have acknowledged (Figure 13, step 6: retain them).
+            if meta.index > self.log.committed() {
+                self.log.commit_to(meta.index);
+            }
+            self.respond_snapshot(incoming.from, meta, 0, true, false, incoming.round);
             return false;
         }
         tracing::info!(
