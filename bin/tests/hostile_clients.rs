@@ -156,6 +156,116 @@ fn a_refused_connection_is_told_why_and_kv_cli_prints_it() {
     drop(held);
 }
 
+/// A Redis client that pipelines ECHOs of the largest size and never reads
+/// the answers: each answer is as large as its command, so the command's
+/// share of the request budget is held until its answer is taken for
+/// writing, and the node stops reading from the client once the budget is
+/// spent, instead of queueing a whole pipeline of answers (256 x 512 KiB).
+#[test]
+fn a_redis_client_echoing_without_reading_is_held_to_the_request_budget() {
+    let c = Cluster::start(
+        "echohog",
+        3,
+        &[
+            "--max-request-bytes",
+            "4194304",
+            "--write-timeout-ms",
+            "30000",
+        ],
+    );
+    let leader = c.client(c.leader(Duration::from_secs(10)));
+    let mut hog = TcpStream::connect(leader).unwrap();
+    hog.set_nonblocking(true).unwrap();
+    let arg = vec![b'e'; (512 << 10) - 64];
+    let mut command = format!("*2\r\n$4\r\nECHO\r\n${}\r\n", arg.len()).into_bytes();
+    command.extend_from_slice(&arg);
+    command.extend_from_slice(b"\r\n");
+
+    // Send for as long as the node takes more (until 2 s without progress).
+    let mut accepted = 0u64;
+    let mut at = 0;
+    let mut last_progress = Instant::now();
+    let started = Instant::now();
+    while last_progress.elapsed() < Duration::from_secs(2)
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        match hog.write(&command[at..]) {
+            Ok(n) => {
+                accepted += n as u64;
+                at = (at + n) % command.len();
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("the node closed the connection after {accepted} bytes: {e}"),
+        }
+    }
+    // What the node may hold is the budget and about one write of answers;
+    // the rest is the kernel's socket buffers both ways (a few MiB each).
+    // A whole pipeline of answers would be 128 MiB.
+    println!(
+        "the node took {} MiB of ECHOs before it stopped reading",
+        accepted / MIB
+    );
+    assert!(accepted < 48 * MIB, "the node took {} MiB", accepted / MIB);
+    // Everyone else is served meanwhile.
+    assert_eq!(try_request(leader, "GET nothing").unwrap(), "NOT_FOUND");
+    drop(hog);
+}
+
+/// A follower forwards a Redis pipeline of large reads to the leader and
+/// relays the answers as they come, never holding the whole pipeline's
+/// answers (64 MGETs of 15 values of 512 KiB: 480 MiB) while its client
+/// does not read; once the client reads, every byte arrives, in order.
+#[test]
+fn a_pipeline_of_large_reads_through_a_follower_is_relayed_not_hoarded() {
+    let c = Cluster::start("relay", 3, &["--write-timeout-ms", "30000"]);
+    let leader_id = c.leader(Duration::from_secs(10));
+    let follower_id = (1..=3).find(|&id| id != leader_id).unwrap();
+    let value = vec![b'r'; (512 << 10) - 64];
+    let keys: Vec<String> = (0..15).map(|i| format!("big{i}")).collect();
+    for key in &keys {
+        store(c.client(leader_id), key, &value);
+    }
+    let pid = c.pid(follower_id).unwrap();
+    let idle_kib = proc_status_kib(pid, "VmRSS").unwrap();
+
+    let mut mget = format!("*{}\r\n$4\r\nMGET\r\n", keys.len() + 1);
+    for key in &keys {
+        mget.push_str(&format!("${}\r\n{key}\r\n", key.len()));
+    }
+    let mut hog = TcpStream::connect(c.client(follower_id)).unwrap();
+    hog.write_all(mget.repeat(64).as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let grew_mib = proc_status_kib(pid, "VmHWM")
+        .unwrap()
+        .saturating_sub(idle_kib)
+        / 1024;
+    println!("the follower grew by {grew_mib} MiB while its client did not read");
+    assert!(grew_mib < 128, "the follower grew by {grew_mib} MiB");
+
+    let one = format!(
+        "*15\r\n{}",
+        format!("${}\r\n{}\r\n", value.len(), "r".repeat(value.len())).repeat(15)
+    );
+    let expected = 64 * one.len() as u64;
+    hog.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut received = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut head = Vec::new();
+    while received < expected {
+        let n = hog.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {received} of {expected} bytes");
+        if head.len() < one.len() {
+            head.extend_from_slice(&buf[..n.min(one.len() - head.len())]);
+        }
+        received += n as u64;
+    }
+    assert_eq!(received, expected, "every answer, nothing more");
+    assert!(head == one.as_bytes(), "the first answer is the MGET's");
+}
+
 /// Flags of the flood test, and the memory they allow the node.
 const FLOOD_CONNECTIONS: usize = 1024;
 const FLOOD_VALUE: usize = 512 << 10;

@@ -227,7 +227,7 @@ pub async fn serve_redis<R, W>(
             limits.text.max_key_bytes,
         );
         let pending = match action {
-            Action::Local(reply) => Pending::Ready(encode(&reply, session.version)),
+            Action::Local(reply) => Pending::Ready(encode(&reply, session.version), charge),
             Action::Close(reply) => {
                 let _ = queue(&answers, encode(&reply, session.version)).await;
                 break;
@@ -301,8 +301,10 @@ impl Line {
 
 /// An answer on its way to the client, in the order the commands came.
 enum Pending {
-    /// Answered on this node without asking the core.
-    Ready(Bytes),
+    /// Answered on this node without asking the core, with the charge of
+    /// its command held until the answer is taken for writing (an ECHO's
+    /// answer is as large as its command).
+    Ready(Bytes, Charge),
     /// Submitted to the node; answered once it replies.
     Node(Submitted, Asked),
 }
@@ -338,7 +340,7 @@ impl Answering {
     #[allow(clippy::result_large_err)]
     fn ready_now(&self, pending: Pending) -> Result<Bytes, Pending> {
         match pending {
-            Pending::Ready(bytes) => Ok(bytes),
+            Pending::Ready(bytes, _charge) => Ok(bytes),
             Pending::Node(submitted, asked) => match submitted.try_reply() {
                 Ok(reply) if !Self::must_forward(&reply, &asked) => Ok(self.render(reply, &asked)),
                 Ok(reply) => Err(Pending::Node(Submitted::Ready(reply), asked)),
@@ -347,13 +349,19 @@ impl Answering {
         }
     }
 
-    /// Adds the answer to `buf` once the node replied (within the request
+    /// Adds the answer to `out` once the node replied (within the request
     /// timeout). A follower's redirect is forwarded to the leader, together
     /// with the redirects right behind it in `outbox` (one pipeline to the
-    /// leader, answers relayed in order).
-    async fn answer_into(&mut self, pending: Pending, outbox: &mut Outbox, buf: &mut Vec<u8>) {
+    /// leader, answers relayed in order as they come). False: the client
+    /// stopped taking its answers.
+    async fn answer_into<W: AsyncWrite + Unpin>(
+        &mut self,
+        pending: Pending,
+        outbox: &mut Outbox,
+        out: &mut Spill<'_, W>,
+    ) -> bool {
         let (submitted, asked) = match pending {
-            Pending::Ready(bytes) => return buf.extend_from_slice(&bytes),
+            Pending::Ready(bytes, _charge) => return out.push(&bytes).await,
             Pending::Node(submitted, asked) => (submitted, asked),
         };
         let reply = tokio::time::timeout(left(asked.deadline), submitted.reply())
@@ -361,7 +369,7 @@ impl Answering {
             .unwrap_or(ClientReply::Failed(FailKind::Timeout));
         let leader = match reply {
             ClientReply::Redirect(leader) if !asked.forwarded => leader,
-            reply => return buf.extend_from_slice(&self.render(reply, &asked)),
+            reply => return out.push(&self.render(reply, &asked)).await,
         };
         let version = asked.version;
         let mut batch = vec![asked];
@@ -390,15 +398,12 @@ impl Answering {
             }
         }
         if let [one] = batch.as_slice() {
-            buf.extend_from_slice(&self.forward_one(leader, one).await);
+            let answer = self.forward_one(leader, one).await;
+            out.push(&answer).await
         } else {
-            let answers = self
-                .forwarder
-                .forward_batch(leader, version, &batch, self.forward_timeout)
-                .await;
-            for answer in answers {
-                buf.extend_from_slice(&answer);
-            }
+            self.forwarder
+                .forward_batch(leader, version, &batch, self.forward_timeout, out)
+                .await
         }
     }
 
@@ -435,6 +440,44 @@ impl Answering {
 
 /// Most bytes of answers gathered into one write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Answers gathered for the client, written out whenever they reach
+/// `WRITE_BATCH_BYTES`: however many large answers a forwarded pipeline
+/// brings back, a connection holds about one write's worth of them.
+struct Spill<'a, W> {
+    writer: &'a mut W,
+    buf: &'a mut Vec<u8>,
+    write_timeout: Duration,
+}
+
+impl<'a, W: AsyncWrite + Unpin> Spill<'a, W> {
+    fn new(writer: &'a mut W, buf: &'a mut Vec<u8>, write_timeout: Duration) -> Self {
+        Spill {
+            writer,
+            buf,
+            write_timeout,
+        }
+    }
+
+    /// Adds one answer. False: the client did not take a full batch
+    /// within the write timeout.
+    async fn push(&mut self, answer: &[u8]) -> bool {
+        self.buf.extend_from_slice(answer);
+        if self.buf.len() < WRITE_BATCH_BYTES {
+            return true;
+        }
+        let write = async {
+            self.writer.write_all(self.buf).await?;
+            self.writer.flush().await
+        };
+        let written = matches!(
+            tokio::time::timeout(self.write_timeout, write).await,
+            Ok(Ok(()))
+        );
+        self.buf.clear();
+        written
+    }
+}
 
 /// Most commands a follower forwards to the leader in one pipeline.
 const MAX_FORWARD_BATCH: usize = 64;
@@ -484,7 +527,10 @@ async fn write_answers<W: AsyncWrite + Unpin>(
     let mut buf = Vec::with_capacity(16 * 1024);
     while let Some(next) = outbox.next().await {
         buf.clear();
-        answering.answer_into(next, &mut outbox, &mut buf).await;
+        let mut out = Spill::new(&mut writer, &mut buf, write_timeout);
+        if !answering.answer_into(next, &mut outbox, &mut out).await {
+            return;
+        }
         // Whatever else is answered already goes in the same write.
         while buf.len() < WRITE_BATCH_BYTES {
             let Some(more) = outbox.try_next() else {
@@ -498,7 +544,10 @@ async fn write_answers<W: AsyncWrite + Unpin>(
                         return;
                     }
                     buf.clear();
-                    answering.answer_into(waiting, &mut outbox, &mut buf).await;
+                    let mut out = Spill::new(&mut writer, &mut buf, write_timeout);
+                    if !answering.answer_into(waiting, &mut outbox, &mut out).await {
+                        return;
+                    }
                 }
             }
         }
@@ -553,7 +602,10 @@ fn answer_bytes(reply: &ClientReply) -> usize {
 
 /// Queues an answer that is ready now; false if the writer is gone.
 async fn queue(answers: &mpsc::Sender<Pending>, bytes: Bytes) -> bool {
-    answers.send(Pending::Ready(bytes)).await.is_ok()
+    answers
+        .send(Pending::Ready(bytes, Charge::none()))
+        .await
+        .is_ok()
 }
 
 fn encode(reply: &Reply, version: u8) -> Bytes {
@@ -650,17 +702,19 @@ impl Forwarder {
     }
 
     /// Sends the commands of `batch` to the leader at `leader` as one
-    /// pipeline and returns its raw answers in order. Those it did not
-    /// answer (within `timeout` for the whole batch) get `TRYAGAIN` if
-    /// they surely did not reach it or are reads, `outcome unknown` if they
-    /// are writes that may have; nothing is sent twice.
-    async fn forward_batch(
+    /// pipeline and relays its raw answers to `out` in order, each as it
+    /// comes. Those it did not answer (within `timeout` for the whole
+    /// batch) get `TRYAGAIN` if they surely did not reach it or are reads,
+    /// `outcome unknown` if they are writes that may have; nothing is sent
+    /// twice. False: the client stopped taking its answers.
+    async fn forward_batch<W: AsyncWrite + Unpin>(
         &mut self,
         leader: SocketAddr,
         version: u8,
         batch: &[Asked],
         timeout: Duration,
-    ) -> Vec<Bytes> {
+        out: &mut Spill<'_, W>,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         let mut c = match self.kept(leader, version).await {
             Some(c) => c,
@@ -675,38 +729,50 @@ impl Forwarder {
                             _ => format!("leader {leader} did not answer in time"),
                         };
                         let refused = encode(&try_again(&why), version);
-                        return batch.iter().map(|_| refused.clone()).collect();
+                        for _ in batch {
+                            if !out.push(&refused).await {
+                                return false;
+                            }
+                        }
+                        return true;
                     }
                 }
             }
         };
-        let mut out = Vec::new();
+        let mut commands = Vec::new();
         for asked in batch {
-            encode_command(&asked.args, &mut out);
+            encode_command(&asked.args, &mut commands);
         }
-        let mut answers = Vec::with_capacity(batch.len());
+        let mut answered = 0;
         let sent = async {
-            c.stream.write_all(&out).await?;
+            c.stream.write_all(&commands).await?;
             c.stream.flush().await
         };
         if matches!(tokio::time::timeout(left(deadline), sent).await, Ok(Ok(()))) {
-            while answers.len() < batch.len() {
+            while answered < batch.len() {
                 let read = read_raw_reply(&mut c.stream, &mut c.buf, 64 << 20);
-                match tokio::time::timeout(left(deadline), read).await {
-                    Ok(Ok(raw)) => answers.push(raw),
-                    _ => break,
+                let Ok(Ok(raw)) = tokio::time::timeout(left(deadline), read).await else {
+                    break;
+                };
+                answered += 1;
+                if !out.push(&raw).await {
+                    // Answers may still be on their way: the connection
+                    // is not kept.
+                    return false;
                 }
             }
         }
-        if answers.len() == batch.len() {
+        if answered == batch.len() {
             self.conn = Some(c);
-            return answers;
+            return true;
         }
         let why = format!("the connection to leader {leader} was lost");
-        for asked in batch.iter().skip(answers.len()) {
-            answers.push(unanswered(asked, &why));
+        for asked in batch.iter().skip(answered) {
+            if !out.push(&unanswered(asked, &why)).await {
+                return false;
+            }
         }
-        answers
+        true
     }
 
     /// The kept connection if it is to `leader` with protocol `version`,
