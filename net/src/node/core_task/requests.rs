@@ -147,13 +147,23 @@ fn keys_matching(kv: &KvStore, pattern: &[u8]) -> ClientReply {
             "KEYS looks at every key and this store holds more than {MAX_KEYS_LOOKED_AT}: use SCAN"
         ));
     }
-    let (_, keys) = kv.scan(&[], Some(pattern), MAX_KEYS_ANSWERED + 1);
-    if keys.len() > MAX_KEYS_ANSWERED {
-        return ClientReply::Refused(format!(
-            "more than {MAX_KEYS_ANSWERED} keys match: use SCAN"
-        ));
+    // A scan page looks at a bounded number of keys: walk them all.
+    let mut keys = Vec::new();
+    let mut from = Bytes::new();
+    loop {
+        let want = MAX_KEYS_ANSWERED + 1 - keys.len();
+        let (next, page) = kv.scan(&from, Some(pattern), want);
+        keys.extend(page);
+        if keys.len() > MAX_KEYS_ANSWERED {
+            return ClientReply::Refused(format!(
+                "more than {MAX_KEYS_ANSWERED} keys match: use SCAN"
+            ));
+        }
+        match next {
+            Some(next) => from = next,
+            None => return ClientReply::Keys(keys),
+        }
     }
-    ClientReply::Keys(keys)
 }
 
 /// A write's result as the client is told it.
@@ -167,5 +177,55 @@ pub(super) fn reply_of(result: CommandResult) -> ClientReply {
         CommandResult::NotSet => ClientReply::NotSet,
         CommandResult::Refused(why) => ClientReply::Refused(why),
         CommandResult::Session(id) => ClientReply::Session(id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_of(keys: impl Iterator<Item = String>) -> KvStore {
+        let mut kv = KvStore::new();
+        for key in keys {
+            let set = Set {
+                key: Bytes::from(key),
+                value: Bytes::from_static(b"v"),
+            };
+            kv.apply(&Command {
+                op: Some(Op::Set(set)),
+                ..Default::default()
+            });
+        }
+        kv
+    }
+
+    #[test]
+    fn keys_finds_a_match_past_the_first_pages_of_a_large_store() {
+        // More keys than one scan page looks at, the only match last.
+        let mut kv = store_of((0..150_000).map(|i| format!("a{i:06}")));
+        kv.apply(&Command {
+            op: Some(Op::Set(Set {
+                key: Bytes::from_static(b"zzz"),
+                value: Bytes::from_static(b"v"),
+            })),
+            ..Default::default()
+        });
+        assert_eq!(
+            keys_matching(&kv, b"zzz*"),
+            ClientReply::Keys(vec![Bytes::from_static(b"zzz")])
+        );
+        match keys_matching(&kv, b"a*") {
+            ClientReply::Refused(why) => assert!(why.contains("use SCAN"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_is_refused_on_a_store_too_large_to_walk() {
+        let kv = store_of((0..=MAX_KEYS_LOOKED_AT).map(|i| format!("k{i}")));
+        assert!(matches!(
+            keys_matching(&kv, b"nothing*"),
+            ClientReply::Refused(_)
+        ));
     }
 }
