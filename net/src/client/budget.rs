@@ -92,6 +92,12 @@ impl MemoryBudget {
 }
 
 impl ConnectionBudget {
+    /// The whole shared budget: a charge that grows in steps stops here,
+    /// or its next step would wait for units it holds itself.
+    pub fn most(&self) -> usize {
+        (self.shared.total_units as usize).saturating_mul(UNIT)
+    }
+
     /// Holds `bytes`: as much as it can from the connection's allowance,
     /// the rest from the shared budget (waiting until it is free).
     pub async fn charge(&self, bytes: usize) -> Charge {

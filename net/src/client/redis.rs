@@ -200,7 +200,8 @@ pub async fn serve_redis<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut commands = RespReader::new(reader, resp_limits(limits), initial);
+    let mut commands =
+        RespReader::new(reader, resp_limits(limits), initial).charging(budget.clone());
     let mut session = Session::new(&shared);
     let pipeline = limits.max_pipeline.max(1);
     let (answers, in_order) = mpsc::channel::<Pending>(pipeline);

@@ -8,6 +8,12 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::budget::{Charge, ConnectionBudget};
+
+/// Bytes a command still arriving may hold without a charge, and the room
+/// a reader keeps between commands.
+const PENDING_BASE: usize = 16 * 1024;
+
 /// Why a command or reply could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RespError {
@@ -47,6 +53,11 @@ pub struct RespReader<R> {
     /// How far the command at the start of `buf` has been read, so a large
     /// one arriving in many reads is parsed once, not again on each.
     progress: Progress,
+    /// What a command still arriving is charged to (None: nothing).
+    budget: Option<ConnectionBudget>,
+    /// The charge for the command arriving: its bytes in `buf` and its
+    /// arguments copied out so far.
+    held: Charge,
 }
 
 /// What `parse` found at the start of the buffer.
@@ -80,7 +91,17 @@ impl<R: AsyncRead + Unpin> RespReader<R> {
             buf,
             limits,
             progress: Progress::default(),
+            budget: None,
+            held: Charge::none(),
         }
+    }
+
+    /// Charges a command still arriving, beyond `PENDING_BASE` bytes, to
+    /// `budget`: a client sending large commands slowly holds its share
+    /// of the budget meanwhile, like one whose commands are queued.
+    pub fn charging(mut self, budget: ConnectionBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The next command's arguments (an empty one is skipped); None at a
@@ -90,12 +111,15 @@ impl<R: AsyncRead + Unpin> RespReader<R> {
             if let Parsed::Command(args, used) = parse(&self.buf, &self.limits, &mut self.progress)?
             {
                 self.buf.advance(used);
+                self.held = Charge::none();
+                self.give_back_room();
                 if args.is_empty() {
                     continue;
                 }
                 return Ok(Some(args));
             }
-            self.buf.reserve(16 * 1024);
+            self.charge_pending().await;
+            self.buf.reserve(PENDING_BASE);
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -104,6 +128,41 @@ impl<R: AsyncRead + Unpin> RespReader<R> {
                 };
             }
         }
+    }
+
+    /// Holds a charge for the command arriving once it is past
+    /// `PENDING_BASE` bytes (what is buffered, the arguments copied out,
+    /// and room for the next read).
+    async fn charge_pending(&mut self) {
+        let pending = self.buf.len().saturating_add(self.progress.total);
+        let Some(budget) = self.budget.as_ref().filter(|_| pending > PENDING_BASE) else {
+            return;
+        };
+        // Charged in steps, never past the whole budget (a command larger
+        // than the budget is not charged beyond it).
+        let most = budget.most();
+        let held = self.held.bytes();
+        if held < pending.saturating_add(PENDING_BASE).min(most) {
+            let want = pending.saturating_add(4 * PENDING_BASE).min(most);
+            let more = budget.charge(want.saturating_sub(held)).await;
+            self.held.merge(more);
+        }
+    }
+
+    /// After a large command, the buffer's room goes back (a connection
+    /// that sent one large command and idles holds only a small buffer).
+    fn give_back_room(&mut self) {
+        if self.buf.capacity() > 4 * PENDING_BASE && self.buf.len() < PENDING_BASE {
+            let mut smaller = BytesMut::with_capacity(PENDING_BASE);
+            smaller.extend_from_slice(&self.buf);
+            self.buf = smaller;
+        }
+    }
+
+    /// Bytes the reader holds in its buffer (for tests).
+    #[cfg(test)]
+    fn room(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The stream, for reading what is left (draining before a close).
@@ -195,11 +254,16 @@ fn parse_inline(buf: &[u8], limits: &RespLimits) -> Result<Parsed, RespError> {
     };
     let line = buf.get(..nl).unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let args = line
+    let words = line
         .split(|b| b.is_ascii_whitespace())
-        .filter(|w| !w.is_empty())
-        .map(Bytes::copy_from_slice)
-        .collect();
+        .filter(|w| !w.is_empty());
+    if words.clone().count() > limits.max_args {
+        return Err(RespError::TooLarge(format!(
+            "more than {} arguments",
+            limits.max_args
+        )));
+    }
+    let args = words.map(Bytes::copy_from_slice).collect();
     Ok(Parsed::Command(args, nl + 1))
 }
 
@@ -499,6 +563,50 @@ mod tests {
             }
         }
         Ok(out)
+    }
+
+    #[test]
+    fn a_large_command_arriving_holds_a_charge_and_its_room_goes_back() {
+        use crate::client::budget::MemoryBudget;
+        use tokio::io::AsyncWriteExt;
+        let limits = RespLimits {
+            max_args: 4,
+            max_arg_bytes: 512 << 10,
+            max_command_bytes: 1 << 20,
+            max_inline_bytes: 1024,
+        };
+        let budget = MemoryBudget::new(4 << 20);
+        let full = budget.available();
+        let mut command = format!("*2\r\n$4\r\nECHO\r\n${}\r\n", 400 << 10).into_bytes();
+        command.extend(std::iter::repeat_n(b'x', 400 << 10));
+        command.extend_from_slice(b"\r\n");
+        crate::test_util::block_on(async {
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let mut reader = RespReader::new(server, limits, b"").charging(budget.connection());
+            client.write_all(&command[..300 << 10]).await.unwrap();
+            let waiting =
+                tokio::time::timeout(std::time::Duration::from_millis(50), reader.next_command());
+            assert!(waiting.await.is_err(), "the command has not all arrived");
+            assert!(
+                full - budget.available() >= 250 << 10,
+                "what arrived is charged: {} bytes",
+                full - budget.available()
+            );
+            client.write_all(&command[300 << 10..]).await.unwrap();
+            let args = reader.next_command().await.unwrap().unwrap();
+            assert_eq!(args.get(1).map(Bytes::len), Some(400 << 10));
+            assert_eq!(budget.available(), full, "the charge is the command's now");
+            assert!(reader.room() <= 4 * PENDING_BASE, "room {}", reader.room());
+        });
+    }
+
+    #[test]
+    fn an_inline_command_with_too_many_words_is_refused() {
+        assert!(matches!(
+            parse_all(b"a a a a a a a a a a a a a a a a a\r\n"),
+            Err(RespError::TooLarge(_))
+        ));
+        assert_eq!(parse_all(b"a a a\r\n").unwrap().len(), 1);
     }
 
     #[test]
