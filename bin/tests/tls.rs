@@ -287,3 +287,58 @@ fn a_peer_without_a_valid_certificate_can_neither_join_nor_send() {
         "only a TLS alert comes back"
     );
 }
+
+/// Connections over the limit are told so, but only so many at once: with
+/// TLS on, telling waits for the client's handshake, and a burst of
+/// connections that never start one would otherwise cost the node a task
+/// and a socket each for the whole write timeout; the rest are closed
+/// unsaid.
+#[test]
+fn a_burst_of_silent_connections_over_the_limit_holds_few_of_the_node_s_sockets() {
+    let dir = std::env::temp_dir().join(format!("kv-tls-burst-{}", std::process::id()));
+    let certs = dev_certs(&dir);
+    let per_node = (1..=3)
+        .map(|id| {
+            let mut flags = node_tls(&certs, id);
+            flags.extend(["--max-connections".into(), "8".into()]);
+            flags
+        })
+        .collect();
+    let c = tls_cluster("tls-burst", per_node);
+    let node = c.client(1);
+    let pid = c.pid(1).unwrap();
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let started = Instant::now();
+    while TcpStream::connect(node).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "node 1 never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Eight silent connections take every slot (each waits for a handshake).
+    let held: Vec<_> = (0..8).map(|_| TcpStream::connect(node).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = open_fds();
+    let burst: Vec<TcpStream> = (0..400)
+        .filter_map(|_| TcpStream::connect_timeout(&node, Duration::from_secs(1)).ok())
+        .collect();
+    let mut most = 0;
+    let sampled = Instant::now();
+    while sampled.elapsed() < Duration::from_secs(2) {
+        most = most.max(open_fds().saturating_sub(before));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "{} silent connections over the limit: the node held at most {most} more sockets",
+        burst.len()
+    );
+    assert!(most <= 64 + 16, "the node held {most} more sockets");
+    drop(burst);
+    drop(held);
+}

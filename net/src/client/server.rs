@@ -23,6 +23,10 @@ pub struct ClientServer {
     node: NodeHandle,
     shutdown: watch::Receiver<bool>,
     connections: Arc<Semaphore>,
+    /// Connections over the limit being told so (beyond these, one is
+    /// closed at once: telling takes a task, a socket and, with TLS, a
+    /// handshake each).
+    refusing: Arc<Semaphore>,
     budget: MemoryBudget,
     refusals: Arc<LogLimiter>,
     /// What Redis connections share.
@@ -50,6 +54,7 @@ impl ClientServer {
             node,
             shutdown,
             connections,
+            refusing: Arc::new(Semaphore::new(REFUSALS_TOLD_AT_ONCE)),
             budget,
             refusals: Arc::new(LogLimiter::new(REFUSAL_LOG_EVERY)),
             redis,
@@ -100,10 +105,17 @@ impl ClientServer {
             let _ = stream.set_nodelay(true);
             let permit = self.connections.clone().try_acquire_owned().ok();
             let open = permit.as_ref().map(|_| OpenConnection::new(&self.node));
+            let mut telling = None;
             if permit.is_none() {
                 self.node.metrics().client_refused("too_many_connections");
                 if let Some(held_back) = self.refusals.allow("too many connections") {
                     tracing::warn!(%peer, max = self.limits.max_connections, held_back, "refusing client: too many connections");
+                }
+                telling = self.refusing.clone().try_acquire_owned().ok();
+                if telling.is_none() {
+                    // Enough refusals under way: this one is closed unsaid.
+                    drop(stream);
+                    continue;
                 }
             }
             let limits = self.limits.clone();
@@ -117,6 +129,7 @@ impl ClientServer {
             let refusals = self.refusals.clone();
             tokio::spawn(async move {
                 let _open = open;
+                let _telling = telling;
                 #[cfg(not(madsim))]
                 if let Some(tls) = tls {
                     if !starts_tls(&stream, limits.write_timeout).await {
@@ -290,6 +303,9 @@ pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERR too many connections\n";
 
 /// Refusals of each kind are logged at most this often.
 const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connections over the limit told so at once; more are closed unsaid.
+const REFUSALS_TOLD_AT_ONCE: usize = 64;
 
 /// Serves one text-protocol connection until EOF, an over-long line, an
 /// idle timeout, a write error or shutdown.
