@@ -142,6 +142,12 @@ pub enum SetCondition {
 /// SCAN), so one request cannot make the node build an unbounded reply.
 pub const MAX_KEYS_ANSWERED: usize = 10_000;
 
+/// An MSET or MSETNX holds at most this many pairs in any protocol (as
+/// many as a Redis command of 65,536 arguments): a pair costs far more in
+/// memory than on the wire (two empty fields take two bytes in a binary
+/// frame), so the count is bounded, not only the bytes.
+pub const MAX_MSET_PAIRS: usize = 32_768;
+
 impl ClientOp {
     /// The operation's name, for metrics.
     pub fn name(&self) -> &'static str {

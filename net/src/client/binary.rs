@@ -26,7 +26,9 @@ use tokio::time::Instant;
 
 use super::budget::{Charge, ConnectionBudget};
 use super::ClientLimits;
-use crate::api::{ClientOp, ClientReply, FailKind, NodeHandle, SessionTag, Submitted};
+use crate::api::{
+    ClientOp, ClientReply, FailKind, NodeHandle, SessionTag, Submitted, MAX_MSET_PAIRS,
+};
 use crate::frame::{encode_frame, FrameError, FrameReader};
 
 /// The first bytes of a binary connection (a NUL never starts a text request).
@@ -337,6 +339,10 @@ fn decode_request(
     payload: Bytes,
     limits: &ClientLimits,
 ) -> Result<(pb::Request, ClientOp), Box<pb::Response>> {
+    if mset_pairs(&payload).is_some_and(|n| n > MAX_MSET_PAIRS) {
+        let msg = format!("MSET of more than {MAX_MSET_PAIRS} pairs");
+        return Err(Box::new(error(0, pb::error::Kind::BadRequest, msg)));
+    }
     let req = pb::Request::decode(payload).map_err(|e| {
         let msg = format!("undecodable request: {e}");
         Box::new(error(0, pb::error::Kind::BadRequest, msg))
@@ -353,6 +359,59 @@ fn decode_request(
             e.to_string(),
         ))),
     }
+}
+
+/// Field number of `Request.mset`, and of `MSet.pairs`.
+const MSET_FIELD: u64 = 7;
+const PAIRS_FIELD: u64 = 1;
+
+/// The pairs of the MSET in an encoded `Request`, counted without decoding
+/// it (decoding would build every pair first); None if the frame is not
+/// well-formed protobuf (decoding then says why).
+fn mset_pairs(request: &[u8]) -> Option<usize> {
+    let mut pairs = 0usize;
+    for_each_field(request, |field, body| {
+        if field == MSET_FIELD {
+            for_each_field(body, |inner, _| {
+                pairs += usize::from(inner == PAIRS_FIELD);
+                Some(())
+            })?;
+        }
+        Some(())
+    })?;
+    Some(pairs)
+}
+
+/// Calls `f` with each field's number and, for length-delimited ones, its
+/// bytes (empty for the others); None at a malformed field.
+fn for_each_field(mut buf: &[u8], mut f: impl FnMut(u64, &[u8]) -> Option<()>) -> Option<()> {
+    use prost::encoding::decode_varint;
+    while !buf.is_empty() {
+        let key = decode_varint(&mut buf).ok()?;
+        let body: &[u8] = match key & 7 {
+            0 => {
+                decode_varint(&mut buf).ok()?;
+                &[]
+            }
+            1 => {
+                buf = buf.get(8..)?;
+                &[]
+            }
+            5 => {
+                buf = buf.get(4..)?;
+                &[]
+            }
+            2 => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let body = buf.get(..len)?;
+                buf = buf.get(len..)?;
+                body
+            }
+            _ => return None,
+        };
+        f(key >> 3, body)?;
+    }
+    Some(())
 }
 
 /// A request the node is working on, holding its share of the budget
@@ -680,6 +739,32 @@ mod tests {
             request_to_op(&req(4, Op::Get(pb::Get { key: b("toolong") })), &l),
             Err(RequestError::KeyTooLong { len: 7, max: 4 })
         );
+    }
+
+    #[test]
+    fn an_mset_of_too_many_pairs_is_refused_before_it_is_decoded() {
+        let mset = |n: usize| {
+            let pairs = (0..n).map(|_| pb::KeyValue::default()).collect();
+            Bytes::from(req(5, Op::Mset(pb::MSet { pairs })).encode_to_vec())
+        };
+        assert_eq!(mset_pairs(&mset(3)), Some(3));
+        assert!(decode_request(mset(MAX_MSET_PAIRS), &ClientLimits::default()).is_ok());
+        let refused = decode_request(mset(MAX_MSET_PAIRS + 1), &ClientLimits::default())
+            .err()
+            .and_then(|answer| match answer.result {
+                Some(Res::Error(e)) => Some(e.message),
+                _ => None,
+            });
+        assert_eq!(
+            refused.as_deref(),
+            Some("MSET of more than 32768 pairs"),
+            "two bytes a pair on the wire, far more decoded"
+        );
+        // Pairs spread over several occurrences of the field merge: counted together.
+        let mut twice = mset(MAX_MSET_PAIRS / 2 + 1).to_vec();
+        twice.extend_from_slice(&mset(MAX_MSET_PAIRS / 2 + 1)[2..]);
+        assert_eq!(mset_pairs(&twice), Some(MAX_MSET_PAIRS + 2));
+        assert_eq!(mset_pairs(&[0x3a, 0x05, 0x0a]), None, "truncated");
     }
 
     #[test]

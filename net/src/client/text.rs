@@ -32,6 +32,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::budget::{Charge, ConnectionBudget};
+use crate::api::MAX_MSET_PAIRS;
 pub use crate::limits::TextLimits;
 
 /// A parsed request.
@@ -197,6 +198,12 @@ pub enum ParseError {
         /// What it takes.
         expected: &'static str,
     },
+    /// An MSET of more pairs than `crate::api::MAX_MSET_PAIRS`.
+    #[error("MSET of more than {max} pairs")]
+    TooManyPairs {
+        /// The limit.
+        max: usize,
+    },
     /// A key over the limit.
     #[error("key too long ({len} > {max} bytes)")]
     KeyTooLong {
@@ -326,6 +333,11 @@ fn well_formed(
             expected: value(e)?,
             new: value(n)?,
         },
+        (b"MSET", args) if args.len() / 2 > MAX_MSET_PAIRS => {
+            return Err(ParseError::TooManyPairs {
+                max: MAX_MSET_PAIRS,
+            })
+        }
         (b"MSET", args) if !args.is_empty() && args.len() % 2 == 0 => Request::MSet {
             pairs: args
                 .chunks_exact(2)
@@ -701,6 +713,13 @@ mod tests {
                 "{odd}"
             );
         }
+        let many = format!("MSET{}", " k v".repeat(MAX_MSET_PAIRS + 1));
+        assert_eq!(
+            parse_request(many.as_bytes(), &TextLimits::default()),
+            Err(ParseError::TooManyPairs {
+                max: MAX_MSET_PAIRS
+            })
+        );
         assert_eq!(
             parse("MSET a 1 b 12345678901234567"),
             Err(ParseError::ValueTooLong { len: 17, max: 16 })
