@@ -70,6 +70,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Changes the largest frame accepted from here on (a peer's hello is
+    /// held to a few bytes, what a member sends afterwards to more).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// The stream, for reading what is left (draining before a close).
     pub fn into_inner(self) -> R {
         self.inner

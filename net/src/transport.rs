@@ -12,7 +12,7 @@
 //! For the simulation, `NetFaults` drops, duplicates and delays (hence
 //! reorders) messages on the sending side, seeded; it is off by default.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,13 +24,21 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::frame::{encode_frame, FrameReader};
 use crate::log_limit::LogLimiter;
 
 /// How often each kind of refusal is logged.
 const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// The largest hello accepted: a connection that has not yet said who it
+/// is never makes this node hold more than this of what it sends.
+const HELLO_MAX_BYTES: usize = 1024;
+
+/// How long the accept loop waits for an evicted stranger to give its slot
+/// back.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
 
 /// Seeded message faults injected before the socket (simulation only).
 #[derive(Debug, Clone, Default)]
@@ -525,6 +533,7 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_inbound_connections));
+    let strangers = Arc::new(Strangers::default());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -533,7 +542,19 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, from)) => {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                let permit = match slots.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    // Every slot is held: the oldest connection that has
+                    // not said who it is makes room.
+                    Err(_) if strangers.evict_oldest() => {
+                        tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    }
+                    Err(_) => None,
+                };
+                let Some(permit) = permit else {
                     let detail = format!("{} held", cfg.max_inbound_connections);
                     counters.refuse(cfg.node_id, from, "too many peer connections", &detail);
                     drop(stream);
@@ -547,6 +568,7 @@ async fn accept_loop(
                     inbound.clone(),
                     counters.clone(),
                     shutdown.clone(),
+                    strangers.enter(),
                 );
                 tokio::spawn(async move {
                     reading.await;
@@ -571,19 +593,88 @@ async fn serve_inbound(
     inbound: mpsc::Sender<Message>,
     counters: Arc<Counters>,
     shutdown: watch::Receiver<bool>,
+    stranger: StrangerTicket,
 ) {
     #[cfg(not(madsim))]
     if let Some(tls) = cfg.tls.clone() {
-        let handshake = tls.peer_acceptor.accept(stream);
-        return match tokio::time::timeout(cfg.hello_timeout, handshake).await {
-            Ok(Ok(stream)) => read_loop(stream, from, cfg, inbound, counters, shutdown).await,
+        let handshake = tokio::time::timeout(cfg.hello_timeout, tls.peer_acceptor.accept(stream));
+        let shaken = tokio::select! {
+            shaken = handshake => shaken,
+            () = stranger.evicted() => {
+                return counters.refuse(cfg.node_id, from, "evicted before its TLS handshake", "");
+            }
+        };
+        return match shaken {
+            Ok(Ok(stream)) => {
+                read_loop(stream, from, cfg, inbound, counters, shutdown, stranger).await
+            }
             Ok(Err(e)) => {
                 counters.refuse(cfg.node_id, from, "TLS handshake failed", &e.to_string())
             }
             Err(_) => counters.refuse(cfg.node_id, from, "no TLS handshake in time", ""),
         };
     }
-    read_loop(stream, from, cfg, inbound, counters, shutdown).await
+    read_loop(stream, from, cfg, inbound, counters, shutdown, stranger).await
+}
+
+/// Inbound connections that have not yet said who they are, oldest first.
+/// When every slot is held, the oldest of them is closed to make room, so
+/// strangers opening connections cannot keep out a member that redials.
+#[derive(Debug, Default)]
+struct Strangers {
+    next: AtomicU64,
+    waiting: Mutex<VecDeque<(u64, Arc<Notify>)>>,
+}
+
+impl Strangers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Arc<Notify>)>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new connection as a stranger until it is dropped.
+    fn enter(self: &Arc<Self>) -> StrangerTicket {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let evict = Arc::new(Notify::new());
+        self.lock().push_back((id, evict.clone()));
+        StrangerTicket {
+            id,
+            evict,
+            strangers: self.clone(),
+        }
+    }
+
+    /// Tells the oldest stranger to go; false if there is none.
+    fn evict_oldest(&self) -> bool {
+        match self.lock().pop_front() {
+            Some((_, evict)) => {
+                evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A connection's place among the strangers, given up once it has said
+/// hello (dropped) or when it ends.
+#[derive(Debug)]
+struct StrangerTicket {
+    id: u64,
+    evict: Arc<Notify>,
+    strangers: Arc<Strangers>,
+}
+
+impl StrangerTicket {
+    /// Completes once the accept loop needs this connection's slot.
+    async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+}
+
+impl Drop for StrangerTicket {
+    fn drop(&mut self) {
+        self.strangers.lock().retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// Reads envelopes from one inbound connection until it closes: first the
@@ -598,9 +689,11 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     inbound: mpsc::Sender<Message>,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
+    stranger: StrangerTicket,
 ) {
     let (read, mut write) = tokio::io::split(stream);
-    let mut frames = FrameReader::new(read, cfg.max_frame_bytes);
+    let mut frames = FrameReader::new(read, HELLO_MAX_BYTES);
+    let mut stranger = Some(stranger);
     let mut peer = None;
     let mut acked = tokio::time::Instant::now();
     loop {
@@ -614,6 +707,9 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             biased;
             f = frames.next_frame() => f,
             _ = shutdown.changed() => return,
+            () = until_evicted(stranger.as_ref()) => {
+                return counters.refuse(cfg.node_id, from, "evicted before its hello", "");
+            }
             _ = tokio::time::sleep(silence) => {
                 if peer.is_none() {
                     return counters.refuse(cfg.node_id, from, "no hello in time", "");
@@ -625,6 +721,9 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         let payload = match frame {
             Ok(Some(p)) => p,
             Ok(None) => return,
+            Err(e) if peer.is_none() => {
+                return counters.refuse(cfg.node_id, from, "bad hello frame", &e.to_string());
+            }
             Err(e) => {
                 tracing::debug!(node = cfg.node_id, %from, error = %e, "peer connection closed");
                 return;
@@ -632,7 +731,11 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let Some(sender) = peer else {
             match check_hello(&cfg, &payload) {
-                Ok(sender) => peer = Some(sender),
+                Ok(sender) => {
+                    peer = Some(sender);
+                    stranger = None;
+                    frames.set_max(cfg.max_frame_bytes);
+                }
                 Err((kind, detail)) => return counters.refuse(cfg.node_id, from, kind, &detail),
             }
             continue;
@@ -656,6 +759,14 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         if inbound.send(msg).await.is_err() {
             return;
         }
+    }
+}
+
+/// Completes when a stranger is evicted; never for a member.
+async fn until_evicted(stranger: Option<&StrangerTicket>) {
+    match stranger {
+        Some(s) => s.evicted().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1146,21 +1257,69 @@ mod tests {
         }
         let (tx, mut rx) = mpsc::channel(64);
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
-        // Four silent connections take every slot; a fifth is closed at once.
+        // Four silent connections take every slot; a fifth takes the
+        // oldest one's place.
         let mut silent = Vec::new();
         for _ in 0..4 {
             silent.push(TcpStream::connect(addrs[&1]).await.unwrap());
         }
-        let mut fifth = TcpStream::connect(addrs[&1]).await.unwrap();
-        assert!(closed_within(&mut fifth, Duration::from_millis(200)).await);
-        // The silent ones are closed once the hello timeout passes...
-        for s in &mut silent {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        silent.push(TcpStream::connect(addrs[&1]).await.unwrap());
+        assert!(closed_within(&mut silent[0], Duration::from_millis(200)).await);
+        // The others are closed once the hello timeout passes...
+        for s in &mut silent[1..] {
             assert!(closed_within(s, Duration::from_secs(2)).await);
         }
         // ... and a member gets in again.
         let _good = raw_peer(addrs[&1], hello(7, 2, 1), vec![(7, msg(2, 1, 4))]).await;
         assert_eq!(recv(&mut rx).await.unwrap().term, 4);
         assert_eq!(t1.stats().refused, 5);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_redials_gets_in_while_strangers_hold_every_slot() {
+        let mut addrs = BTreeMap::new();
+        for id in 1..=2 {
+            addrs.insert(id, free_addr().await);
+        }
+        let (tx, mut rx) = mpsc::channel(64);
+        let slow_hello = TransportConfig {
+            hello_timeout: Duration::from_secs(30),
+            ..config(1, &addrs)
+        };
+        let _t1 = PeerTransport::start(slow_hello, tx).await.unwrap();
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(TcpStream::connect(addrs[&1]).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _member = raw_peer(addrs[&1], hello(7, 2, 1), vec![(7, msg(2, 1, 4))]).await;
+        assert_eq!(
+            recv(&mut rx).await.map(|m| m.term),
+            Some(4),
+            "the oldest stranger made room for the member"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stranger_s_first_frame_is_held_to_the_size_of_a_hello() {
+        let mut addrs = BTreeMap::new();
+        for id in 1..=2 {
+            addrs.insert(id, free_addr().await);
+        }
+        let (tx, _rx) = mpsc::channel(64);
+        let slow_hello = TransportConfig {
+            hello_timeout: Duration::from_secs(30),
+            ..config(1, &addrs)
+        };
+        let t1 = PeerTransport::start(slow_hello, tx).await.unwrap();
+        // It announces half a MiB (within the frame limit for members),
+        // then sends it slowly: closed at once instead of read.
+        let mut stranger = TcpStream::connect(addrs[&1]).await.unwrap();
+        let announced = u32::try_from(512 << 10).unwrap();
+        stranger.write_all(&announced.to_be_bytes()).await.unwrap();
+        assert!(closed_within(&mut stranger, Duration::from_secs(2)).await);
+        assert_eq!(t1.stats().refused, 1);
     }
 
     #[tokio::test]
