@@ -237,7 +237,9 @@ fn a_pipeline_of_large_reads_through_a_follower_is_relayed_not_hoarded() {
     }
     let mut hog = TcpStream::connect(c.client(follower_id)).unwrap();
     hog.write_all(mget.repeat(64).as_bytes()).unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    // Longer than the request timeout (5 s): a client slow to read gets
+    // every answer all the same (the write timeout is what bounds it).
+    std::thread::sleep(Duration::from_secs(6));
     let grew_mib = proc_status_kib(pid, "VmHWM")
         .unwrap()
         .saturating_sub(idle_kib)

@@ -716,7 +716,9 @@ impl Forwarder {
         timeout: Duration,
         out: &mut Spill<'_, W>,
     ) -> bool {
-        let deadline = Instant::now() + timeout;
+        // The time the leader has; what the client takes to read the
+        // answers relayed is not counted (the write timeout bounds that).
+        let mut deadline = Instant::now() + timeout;
         let mut c = match self.kept(leader, version).await {
             Some(c) => c,
             None => {
@@ -756,11 +758,13 @@ impl Forwarder {
                     break;
                 };
                 answered += 1;
+                let relaying = Instant::now();
                 if !out.push(&raw).await {
                     // Answers may still be on their way: the connection
                     // is not kept.
                     return false;
                 }
+                deadline += relaying.elapsed();
             }
         }
         if answered == batch.len() {
