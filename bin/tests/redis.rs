@@ -91,6 +91,17 @@ fn strings_as_redis_answers_them(conn: &mut Connection, p: &str) {
         Some("3".into())
     );
     assert!(err(conn, &["SET", &k("t"), "1", "EX", "10"]).contains("expir"));
+    // As in Redis: a flag may repeat, NX and XX exclude each other, and
+    // KEEPTTL keeps a TTL no key has here.
+    assert_eq!(
+        q::<Option<String>>(conn, &["SET", &k("a"), "3", "NX", "NX"]).unwrap(),
+        None
+    );
+    assert!(err(conn, &["SET", &k("a"), "3", "NX", "XX"]).contains("syntax error"));
+    assert_eq!(
+        q::<String>(conn, &["SET", &k("kt"), "1", "KEEPTTL"]).unwrap(),
+        "OK"
+    );
 
     assert_eq!(
         q::<String>(conn, &["MSET", &k("m1"), "x", &k("m2"), "y"]).unwrap(),
@@ -124,6 +135,8 @@ fn strings_as_redis_answers_them(conn: &mut Connection, p: &str) {
     assert_eq!(q::<i64>(conn, &["DECR", &k("n")]).unwrap(), 41);
     assert_eq!(q::<i64>(conn, &["DECRBY", &k("n"), "-9"]).unwrap(), 50);
     assert!(err(conn, &["INCR", &k("m1")]).contains("not an integer"));
+    let e = err(conn, &["DECRBY", &k("n"), "-9223372036854775808"]);
+    assert!(e.contains("decrement would overflow"), "{e}");
     assert_eq!(q::<i64>(conn, &["APPEND", &k("s"), "ab"]).unwrap(), 2);
     assert_eq!(q::<i64>(conn, &["APPEND", &k("s"), "cd"]).unwrap(), 4);
     assert_eq!(q::<i64>(conn, &["STRLEN", &k("s")]).unwrap(), 4);
@@ -191,6 +204,24 @@ fn keyspace_commands_see_every_key(conn: &mut Connection, p: &str) {
         "SCAN saw every key once"
     );
     assert!(calls > 1, "COUNT 20 pages the 250 keys");
+    // As in Redis: COUNT 0 is a syntax error; TYPE of another type pages
+    // through the keys and finds none of it.
+    assert!(err(conn, &["SCAN", "0", "COUNT", "0"]).contains("syntax error"));
+    let mut cursor = 0u64;
+    for _ in 0..1000 {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("TYPE")
+            .arg("hash")
+            .query(conn)
+            .unwrap();
+        assert!(page.is_empty(), "no hash here: {page:?}");
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!(cursor, 0, "SCAN ... TYPE hash ends");
     let mut listed: Vec<String> = q(conn, &["KEYS", &pattern]).unwrap();
     listed.sort();
     assert_eq!(listed, keys);

@@ -8,9 +8,9 @@
 //! answer is `-TRYAGAIN`.
 //!
 //! Commands: PING ECHO HELLO AUTH CLIENT COMMAND SELECT QUIT INFO CONFIG
-//! (GET only, empty), GET SET (NX XX GET) SETNX GETSET MGET MSET MSETNX
-//! DEL EXISTS INCR INCRBY DECR DECRBY APPEND STRLEN DBSIZE SCAN (MATCH
-//! COUNT) KEYS (at most `crate::api::MAX_KEYS_ANSWERED`) FLUSHDB FLUSHALL, and
+//! (GET only, empty), GET SET (NX XX GET KEEPTTL) SETNX GETSET MGET MSET
+//! MSETNX DEL EXISTS INCR INCRBY DECR DECRBY APPEND STRLEN DBSIZE SCAN
+//! (MATCH COUNT TYPE) KEYS (at most `crate::api::MAX_KEYS_ANSWERED`) FLUSHDB FLUSHALL, and
 //! `CAS key expected new` (`:1` if swapped, `:0` if not). Expiry (EX, PX,
 //! EXPIRE, TTL, ...) is refused: a TTL needs time carried in the log, and
 //! this store keeps none. Transactions and other data types answer
@@ -131,6 +131,9 @@ enum Render {
     Values,
     /// `[cursor, [keys]]` (SCAN).
     Page,
+    /// `[cursor, []]`: SCAN ... TYPE of a type this store holds none of
+    /// (every value is a string); the cursor still moves on.
+    EmptyPage,
     /// An array of keys (KEYS).
     Keys,
 }
@@ -1194,8 +1197,11 @@ fn string_command(name: &str, rest: &[Bytes]) -> Option<Action> {
             Some(by) => node(incr(key, by), Render::Int),
             None => Some(Action::Local(not_integer())),
         },
-        ("DECRBY", [key, by]) => match int_arg(by).and_then(i64::checked_neg) {
-            Some(by) => node(incr(key, by), Render::Int),
+        ("DECRBY", [key, by]) => match int_arg(by).map(i64::checked_neg) {
+            Some(Some(by)) => node(incr(key, by), Render::Int),
+            Some(None) => Some(Action::Local(Reply::Error(
+                "ERR decrement would overflow".into(),
+            ))),
             None => Some(Action::Local(not_integer())),
         },
         ("APPEND", [key, value]) => node(
@@ -1271,10 +1277,13 @@ fn set(key: &Bytes, value: &Bytes, opts: &[Bytes]) -> Action {
     let (mut condition, mut return_old) = (SetCondition::Always, false);
     for opt in opts {
         match opt.to_ascii_uppercase().as_slice() {
-            b"NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
-            b"XX" if condition == SetCondition::Always => condition = SetCondition::IfPresent,
+            // As in Redis, a flag may repeat but NX and XX exclude each other.
+            b"NX" if condition != SetCondition::IfPresent => condition = SetCondition::IfAbsent,
+            b"XX" if condition != SetCondition::IfAbsent => condition = SetCondition::IfPresent,
             b"GET" => return_old = true,
-            b"EX" | b"PX" | b"EXAT" | b"PXAT" | b"KEEPTTL" => return Action::Local(no_expiry()),
+            // Keeping a key's TTL: no key has one here.
+            b"KEEPTTL" => {}
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" => return Action::Local(no_expiry()),
             _ => return Action::Local(syntax_error()),
         }
     }
@@ -1307,7 +1316,7 @@ fn scan(cursor: &Bytes, opts: &[Bytes], cursors: &ScanCursors) -> Action {
     else {
         return Action::Local(Reply::Error("ERR invalid cursor".into()));
     };
-    let (mut pattern, mut count) = (None, 10usize);
+    let (mut pattern, mut count, mut render) = (None, 10usize, Render::Page);
     let mut it = opts.iter();
     while let Some(opt) = it.next() {
         match (opt.to_ascii_uppercase().as_slice(), it.next()) {
@@ -1321,9 +1330,12 @@ fn scan(cursor: &Bytes, opts: &[Bytes], cursors: &ScanCursors) -> Action {
                         .unwrap_or(MAX_SCAN_COUNT)
                         .min(MAX_SCAN_COUNT)
                 }
-                _ => return Action::Local(not_integer()),
+                // Redis: a count below one is a syntax error.
+                Some(_) => return Action::Local(syntax_error()),
+                None => return Action::Local(not_integer()),
             },
-            (b"TYPE", Some(t)) if t.eq_ignore_ascii_case(b"string") => {}
+            (b"TYPE", Some(t)) if t.eq_ignore_ascii_case(b"string") => render = Render::Page,
+            (b"TYPE", Some(_)) => render = Render::EmptyPage,
             _ => return Action::Local(syntax_error()),
         }
     }
@@ -1333,7 +1345,7 @@ fn scan(cursor: &Bytes, opts: &[Bytes], cursors: &ScanCursors) -> Action {
             pattern,
             count,
         },
-        Render::Page,
+        render,
     )
 }
 
@@ -1354,6 +1366,10 @@ fn render_reply(reply: ClientReply, render: Render, cursors: &ScanCursors) -> Re
         (ClientReply::Values(vs), _) => {
             Reply::Array(vs.into_iter().map(Reply::bulk_or_null).collect())
         }
+        (ClientReply::Page { next, .. }, Render::EmptyPage) => Reply::Array(vec![
+            Reply::text(next.map_or(0, |key| cursors.mint(key)).to_string()),
+            Reply::Array(Vec::new()),
+        ]),
         (ClientReply::Page { next, keys }, _) => Reply::Array(vec![
             Reply::text(next.map_or(0, |key| cursors.mint(key)).to_string()),
             Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
