@@ -216,7 +216,7 @@ fn a_redis_client_echoing_without_reading_is_held_to_the_request_budget() {
 
 /// A follower forwards a Redis pipeline of large reads to the leader and
 /// relays the answers as they come, never holding the whole pipeline's
-/// answers (64 MGETs of 15 values of 512 KiB: 480 MiB) while its client
+/// answers (64 MGETs of 4 values of 512 KiB: 128 MiB) while its client
 /// does not read; once the client reads, every byte arrives, in order.
 #[test]
 fn a_pipeline_of_large_reads_through_a_follower_is_relayed_not_hoarded() {
@@ -224,7 +224,7 @@ fn a_pipeline_of_large_reads_through_a_follower_is_relayed_not_hoarded() {
     let leader_id = c.leader(Duration::from_secs(10));
     let follower_id = (1..=3).find(|&id| id != leader_id).unwrap();
     let value = vec![b'r'; (512 << 10) - 64];
-    let keys: Vec<String> = (0..15).map(|i| format!("big{i}")).collect();
+    let keys: Vec<String> = (0..4).map(|i| format!("big{i}")).collect();
     for key in &keys {
         store(c.client(leader_id), key, &value);
     }
@@ -245,11 +245,12 @@ fn a_pipeline_of_large_reads_through_a_follower_is_relayed_not_hoarded() {
         .saturating_sub(idle_kib)
         / 1024;
     println!("the follower grew by {grew_mib} MiB while its client did not read");
-    assert!(grew_mib < 128, "the follower grew by {grew_mib} MiB");
+    assert!(grew_mib < 64, "the follower grew by {grew_mib} MiB");
 
     let one = format!(
-        "*15\r\n{}",
-        format!("${}\r\n{}\r\n", value.len(), "r".repeat(value.len())).repeat(15)
+        "*{}\r\n{}",
+        keys.len(),
+        format!("${}\r\n{}\r\n", value.len(), "r".repeat(value.len())).repeat(keys.len())
     );
     let expected = 64 * one.len() as u64;
     hog.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

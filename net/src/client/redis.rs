@@ -707,8 +707,8 @@ impl Forwarder {
 
     /// Sends the commands of `batch` to the leader at `leader` as one
     /// pipeline and relays its raw answers to `out` in order, each as it
-    /// comes. Those it did not answer (within `timeout` for the whole
-    /// batch) get `TRYAGAIN` if they surely did not reach it or are reads,
+    /// comes. Those it did not answer (within `timeout` of the one
+    /// before) get `TRYAGAIN` if they surely did not reach it or are reads,
     /// `outcome unknown` if they are writes that may have; nothing is sent
     /// twice. False: the client stopped taking its answers.
     async fn forward_batch<W: AsyncWrite + Unpin>(
@@ -719,8 +719,10 @@ impl Forwarder {
         timeout: Duration,
         out: &mut Spill<'_, W>,
     ) -> bool {
-        // The time the leader has; what the client takes to read the
-        // answers relayed is not counted (the write timeout bounds that).
+        // The time the leader has for its next answer: what the client
+        // takes to read the answers relayed is not counted (the write
+        // timeout bounds that), and a long pipeline of large answers is
+        // not cut short while they keep coming.
         let mut deadline = Instant::now() + timeout;
         let mut c = match self.kept(leader, version).await {
             Some(c) => c,
@@ -761,13 +763,12 @@ impl Forwarder {
                     break;
                 };
                 answered += 1;
-                let relaying = Instant::now();
                 if !out.push(&raw).await {
                     // Answers may still be on their way: the connection
                     // is not kept.
                     return false;
                 }
-                deadline += relaying.elapsed();
+                deadline = Instant::now() + timeout;
             }
         }
         if answered == batch.len() {
