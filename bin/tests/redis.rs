@@ -328,6 +328,13 @@ fn auth_is_required_when_a_password_is_configured() {
     let leader = c.leader(Duration::from_secs(10));
     let mut conn = connect(&c, leader, false);
     assert!(err(&mut conn, &["GET", "a"]).contains("NOAUTH"));
+    // A malformed HELLO changes nothing, its AUTH included.
+    let e = err(
+        &mut conn,
+        &["HELLO", "2", "AUTH", "default", "s3cret", "SETNAME"],
+    );
+    assert!(e.contains("syntax error"), "{e}");
+    assert!(err(&mut conn, &["GET", "a"]).contains("NOAUTH"));
     assert!(err(&mut conn, &["AUTH", "wrong"]).contains("WRONGPASS"));
     assert!(err(&mut conn, &["AUTH", "admin", "s3cret"]).contains("WRONGPASS"));
     assert_eq!(

@@ -990,22 +990,31 @@ fn hello(rest: &[Bytes], s: &mut Session, shared: &RedisShared, node: &NodeHandl
             _ => return Reply::Error("NOPROTO unsupported protocol version".into()),
         }
     }
+    // Every option is read before any takes effect: a malformed HELLO
+    // changes nothing, authentication included (as in Redis).
+    let (mut credentials, mut name) = (None, None);
     while let Some(opt) = args.next() {
         match opt.to_ascii_uppercase().as_slice() {
             b"AUTH" => {
                 let (Some(user), Some(pass)) = (args.next(), args.next()) else {
                     return syntax_error();
                 };
-                if let Reply::Error(e) = auth(&[user.clone(), pass.clone()], s, shared) {
-                    return Reply::Error(e);
-                }
+                credentials = Some([user.clone(), pass.clone()]);
             }
             b"SETNAME" => match args.next() {
-                Some(name) => s.name = Some(name.clone()),
+                Some(given) => name = Some(given.clone()),
                 None => return syntax_error(),
             },
             _ => return syntax_error(),
         }
+    }
+    if let Some(credentials) = credentials {
+        if let Reply::Error(e) = auth(&credentials, s, shared) {
+            return Reply::Error(e);
+        }
+    }
+    if let Some(name) = name {
+        s.name = Some(name);
     }
     if !s.authed {
         return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
