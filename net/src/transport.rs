@@ -1101,6 +1101,15 @@ mod tests {
         l.local_addr().unwrap()
     }
 
+    /// Free loopback addresses for nodes 1..=n.
+    async fn free_addrs(n: u64) -> BTreeMap<u64, SocketAddr> {
+        let mut addrs = BTreeMap::new();
+        for id in 1..=n {
+            addrs.insert(id, free_addr().await);
+        }
+        addrs
+    }
+
     fn config(id: u64, addrs: &BTreeMap<u64, SocketAddr>) -> TransportConfig {
         TransportConfig {
             cluster_id: 7,
@@ -1133,10 +1142,7 @@ mod tests {
 
     #[tokio::test]
     async fn three_nodes_exchange_messages() {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=3 {
-            addrs.insert(id, free_addr().await);
-        }
+        let addrs = free_addrs(3).await;
         let mut nodes = Vec::new();
         let mut rxs = Vec::new();
         for id in 1..=3 {
@@ -1156,10 +1162,7 @@ mod tests {
     /// Opens a raw connection to `addr` that says `hello` and sends `msgs`.
     #[tokio::test]
     async fn an_idle_link_stays_up_and_a_silent_member_is_closed() {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=2 {
-            addrs.insert(id, free_addr().await);
-        }
+        let addrs = free_addrs(2).await;
         let (tx1, _rx1) = mpsc::channel(64);
         let (tx2, mut rx2) = mpsc::channel(64);
         // Keepalives of 400 ms: a link is dead after 1.6 s of silence, room
@@ -1218,10 +1221,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_whose_hello_names_another_cluster_node_or_stranger_is_refused() {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=2 {
-            addrs.insert(id, free_addr().await);
-        }
+        let addrs = free_addrs(2).await;
         let (tx, mut rx) = mpsc::channel(64);
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
         let mut kept = Vec::new();
@@ -1251,10 +1251,7 @@ mod tests {
 
     #[tokio::test]
     async fn strangers_are_closed_without_a_hello_and_beyond_the_connection_limit() {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=2 {
-            addrs.insert(id, free_addr().await);
-        }
+        let addrs = free_addrs(2).await;
         let (tx, mut rx) = mpsc::channel(64);
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
         // Four silent connections take every slot; a fifth takes the
@@ -1278,10 +1275,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_member_that_redials_gets_in_while_strangers_hold_every_slot() {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=2 {
-            addrs.insert(id, free_addr().await);
-        }
+        let addrs = free_addrs(2).await;
         let (tx, mut rx) = mpsc::channel(64);
         let slow_hello = TransportConfig {
             hello_timeout: Duration::from_secs(30),
@@ -1303,10 +1297,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stranger_s_first_frame_is_held_to_the_size_of_a_hello() {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=2 {
-            addrs.insert(id, free_addr().await);
-        }
+        let addrs = free_addrs(2).await;
         let (tx, _rx) = mpsc::channel(64);
         let slow_hello = TransportConfig {
             hello_timeout: Duration::from_secs(30),
@@ -1324,10 +1315,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_member_that_sends_for_another_sender_is_cut_off() {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=3 {
-            addrs.insert(id, free_addr().await);
-        }
+        let addrs = free_addrs(3).await;
         let (tx, mut rx) = mpsc::channel(64);
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
         let msgs = vec![(7, msg(2, 1, 1)), (7, msg(3, 1, 2)), (7, msg(2, 1, 3))];
@@ -1344,10 +1332,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dead_peer_never_blocks_send_and_its_queue_stays_bounded() {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=2 {
-            addrs.insert(id, free_addr().await);
-        }
+        let addrs = free_addrs(2).await;
         let (tx, _rx) = mpsc::channel(64);
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
         for i in 0..10_000 {
@@ -1362,10 +1347,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_starts_late_receives_after_reconnect() {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=2 {
-            addrs.insert(id, free_addr().await);
-        }
+        let addrs = free_addrs(2).await;
         let (tx1, _rx1) = mpsc::channel(64);
         let t1 = PeerTransport::start(config(1, &addrs), tx1).await.unwrap();
         t1.send(msg(1, 2, 1));
@@ -1387,10 +1369,7 @@ mod tests {
 
     #[tokio::test]
     async fn injected_faults_drop_everything_or_duplicate_everything() {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=2 {
-            addrs.insert(id, free_addr().await);
-        }
+        let addrs = free_addrs(2).await;
         let (tx2, mut rx2) = mpsc::channel(64);
         let _t2 = PeerTransport::start(config(2, &addrs), tx2).await.unwrap();
         let mut cfg = config(1, &addrs);
