@@ -335,6 +335,8 @@ fn auth_is_required_when_a_password_is_configured() {
     );
     assert!(e.contains("syntax error"), "{e}");
     assert!(err(&mut conn, &["GET", "a"]).contains("NOAUTH"));
+    // Nor does a HELLO that fails for want of authentication.
+    assert!(err(&mut conn, &["HELLO", "2", "SETNAME", "sneaky"]).contains("NOAUTH"));
     assert!(err(&mut conn, &["AUTH", "wrong"]).contains("WRONGPASS"));
     assert!(err(&mut conn, &["AUTH", "admin", "s3cret"]).contains("WRONGPASS"));
     assert_eq!(
@@ -342,6 +344,11 @@ fn auth_is_required_when_a_password_is_configured() {
         "OK"
     );
     assert_eq!(q::<String>(&mut conn, &["SET", "a", "1"]).unwrap(), "OK");
+    assert_eq!(
+        q::<Option<String>>(&mut conn, &["CLIENT", "GETNAME"]).unwrap(),
+        None,
+        "the refused HELLO named nothing"
+    );
     // A client library given the password in its URL just works.
     let url = format!("redis://:s3cret@{}/", c.client(follower_of(leader)));
     let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();

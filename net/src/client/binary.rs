@@ -56,6 +56,12 @@ pub enum RequestError {
         /// The limit.
         max: usize,
     },
+    /// An MSET of more pairs than `MAX_MSET_PAIRS`.
+    #[error("MSET of more than {max} pairs")]
+    TooManyPairs {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Turns a request into a node operation (`None` for PING), checking sizes.
@@ -95,6 +101,11 @@ pub fn request_to_op(
             expected: value(&c.expected)?,
             new: value(&c.new)?,
         }),
+        Some(Op::Mset(m)) if m.pairs.len() > MAX_MSET_PAIRS => {
+            return Err(RequestError::TooManyPairs {
+                max: MAX_MSET_PAIRS,
+            })
+        }
         Some(Op::Mset(m)) => Some(ClientOp::MSet {
             pairs: m
                 .pairs
@@ -339,9 +350,18 @@ fn decode_request(
     payload: Bytes,
     limits: &ClientLimits,
 ) -> Result<(pb::Request, ClientOp), Box<pb::Response>> {
-    if mset_pairs(&payload).is_some_and(|n| n > MAX_MSET_PAIRS) {
-        let msg = format!("MSET of more than {MAX_MSET_PAIRS} pairs");
-        return Err(Box::new(error(0, pb::error::Kind::BadRequest, msg)));
+    match mset_pairs(&payload) {
+        Some(n) if n > MAX_MSET_PAIRS => {
+            let msg = format!("MSET of more than {MAX_MSET_PAIRS} pairs");
+            return Err(Box::new(error(0, pb::error::Kind::BadRequest, msg)));
+        }
+        Some(_) => {}
+        // Malformed, or holding groups (which no request has, and which
+        // the scan does not look into): refused before decoding.
+        None => {
+            let msg = "undecodable request: not a well-formed protobuf Request".to_string();
+            return Err(Box::new(error(0, pb::error::Kind::BadRequest, msg)));
+        }
     }
     let req = pb::Request::decode(payload).map_err(|e| {
         let msg = format!("undecodable request: {e}");
@@ -765,6 +785,19 @@ mod tests {
         twice.extend_from_slice(&mset(MAX_MSET_PAIRS / 2 + 1)[2..]);
         assert_eq!(mset_pairs(&twice), Some(MAX_MSET_PAIRS + 2));
         assert_eq!(mset_pairs(&[0x3a, 0x05, 0x0a]), None, "truncated");
+        // A group (field 15) after the pairs: prost would skip it, the scan
+        // does not look into it, so the request is refused.
+        let mut grouped = mset(MAX_MSET_PAIRS + 1).to_vec();
+        grouped.extend_from_slice(&[0x7b, 0x7c]);
+        assert!(decode_request(Bytes::from(grouped), &ClientLimits::default()).is_err());
+        // Past the scan, the decoded request is checked too.
+        let pairs = vec![pb::KeyValue::default(); MAX_MSET_PAIRS + 1];
+        assert_eq!(
+            request_to_op(&req(6, Op::Mset(pb::MSet { pairs })), &limits()),
+            Err(RequestError::TooManyPairs {
+                max: MAX_MSET_PAIRS
+            })
+        );
     }
 
     #[test]

@@ -1013,11 +1013,11 @@ fn hello(rest: &[Bytes], s: &mut Session, shared: &RedisShared, node: &NodeHandl
             return Reply::Error(e);
         }
     }
-    if let Some(name) = name {
-        s.name = Some(name);
-    }
     if !s.authed {
         return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
+    }
+    if let Some(name) = name {
+        s.name = Some(name);
     }
     s.version = version;
     let status = node.status();

@@ -5,7 +5,7 @@
 //!
 //! Spec: <https://redis.io/docs/latest/develop/reference/protocol-spec/>.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::budget::{Charge, ConnectionBudget};
@@ -120,7 +120,10 @@ impl<R: AsyncRead + Unpin> RespReader<R> {
             }
             self.charge_pending().await;
             self.buf.reserve(PENDING_BASE);
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            // At most what the charge leaves room for, whatever capacity
+            // the buffer grew to.
+            let room = &mut (&mut self.buf).limit(3 * PENDING_BASE);
+            if self.inner.read_buf(room).await? == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
