@@ -1273,6 +1273,8 @@ mod tests {
         assert_eq!(t1.stats().refused, 5);
     }
 
+    // The unwraps in the two tests below are on loopback sockets the test
+    // opens itself: a failure is the test failing.
     #[tokio::test]
     async fn a_member_that_redials_gets_in_while_strangers_hold_every_slot() {
         let addrs = free_addrs(2).await;

@@ -583,6 +583,8 @@ mod tests {
         let mut command = format!("*2\r\n$4\r\nECHO\r\n${}\r\n", 400 << 10).into_bytes();
         command.extend(std::iter::repeat_n(b'x', 400 << 10));
         command.extend_from_slice(b"\r\n");
+        // The unwraps below are on an in-memory pipe the test owns and on
+        // a command it built whole: a failure is the test failing.
         crate::test_util::block_on(async {
             let (mut client, server) = tokio::io::duplex(1 << 20);
             let mut reader = RespReader::new(server, limits, b"").charging(budget.connection());
