@@ -362,7 +362,7 @@ impl Answering {
         &mut self,
         pending: Pending,
         outbox: &mut Outbox,
-        out: &mut Spill<'_, W>,
+        out: &mut Spill<W>,
     ) -> bool {
         let (submitted, asked) = match pending {
             Pending::Ready(bytes, _charge) => return out.push(&bytes).await,
@@ -445,33 +445,40 @@ impl Answering {
 /// Most bytes of answers gathered into one write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
-/// Answers gathered for the client, written out whenever they reach
-/// `WRITE_BATCH_BYTES`: however many large answers a forwarded pipeline
-/// brings back, a connection holds about one write's worth of them.
-struct Spill<'a, W> {
-    writer: &'a mut W,
-    buf: &'a mut Vec<u8>,
+/// The connection's way out: answers gathered for the client, written
+/// whenever they reach `WRITE_BATCH_BYTES` and when the writer flushes.
+/// However many large answers a forwarded pipeline brings back, a
+/// connection holds about one write's worth of them.
+struct Spill<W> {
+    writer: W,
+    buf: Vec<u8>,
     write_timeout: Duration,
 }
 
-impl<'a, W: AsyncWrite + Unpin> Spill<'a, W> {
-    fn new(writer: &'a mut W, buf: &'a mut Vec<u8>, write_timeout: Duration) -> Self {
+impl<W: AsyncWrite + Unpin> Spill<W> {
+    fn new(writer: W, write_timeout: Duration) -> Self {
         Spill {
             writer,
-            buf,
+            buf: Vec::with_capacity(16 * 1024),
             write_timeout,
         }
     }
 
-    /// Adds one answer. False: the client did not take a full batch
-    /// within the write timeout.
+    /// Adds one answer, writing the batch once it is full. False: the
+    /// client did not take it within the write timeout.
     async fn push(&mut self, answer: &[u8]) -> bool {
         self.buf.extend_from_slice(answer);
-        if self.buf.len() < WRITE_BATCH_BYTES {
+        self.buf.len() < WRITE_BATCH_BYTES || self.flush().await
+    }
+
+    /// Writes what is gathered. False: the client did not take it within
+    /// the write timeout.
+    async fn flush(&mut self) -> bool {
+        if self.buf.is_empty() {
             return true;
         }
         let write = async {
-            self.writer.write_all(self.buf).await?;
+            self.writer.write_all(&self.buf).await?;
             self.writer.flush().await
         };
         let written = matches!(
@@ -479,6 +486,9 @@ impl<'a, W: AsyncWrite + Unpin> Spill<'a, W> {
             Ok(Ok(()))
         );
         self.buf.clear();
+        if self.buf.capacity() > 2 * WRITE_BATCH_BYTES {
+            self.buf = Vec::with_capacity(16 * 1024);
+        }
         written
     }
 }
@@ -519,7 +529,7 @@ impl Outbox {
 /// commands therefore reach the leader in order too. Stops when the
 /// client does not take its answers within `write_timeout`.
 async fn write_answers<W: AsyncWrite + Unpin>(
-    mut writer: W,
+    writer: W,
     in_order: mpsc::Receiver<Pending>,
     mut answering: Answering,
     write_timeout: Duration,
@@ -528,45 +538,29 @@ async fn write_answers<W: AsyncWrite + Unpin>(
         in_order,
         peeked: None,
     };
-    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut out = Spill::new(writer, write_timeout);
     while let Some(next) = outbox.next().await {
-        buf.clear();
-        let mut out = Spill::new(&mut writer, &mut buf, write_timeout);
         if !answering.answer_into(next, &mut outbox, &mut out).await {
             return;
         }
-        // Whatever else is answered already goes in the same write.
-        while buf.len() < WRITE_BATCH_BYTES {
-            let Some(more) = outbox.try_next() else {
-                break;
-            };
-            match answering.ready_now(more) {
-                Ok(bytes) => buf.extend_from_slice(&bytes),
+        // Whatever else is answered already goes in the same write; what
+        // was gathered goes out before waiting for an answer not ready.
+        while let Some(more) = outbox.try_next() {
+            let taken = match answering.ready_now(more) {
+                Ok(bytes) => out.push(&bytes).await,
                 Err(waiting) => {
-                    let w = writer.write_all(&buf);
-                    if !matches!(tokio::time::timeout(write_timeout, w).await, Ok(Ok(()))) {
-                        return;
-                    }
-                    buf.clear();
-                    let mut out = Spill::new(&mut writer, &mut buf, write_timeout);
-                    if !answering.answer_into(waiting, &mut outbox, &mut out).await {
-                        return;
-                    }
+                    out.flush().await && answering.answer_into(waiting, &mut outbox, &mut out).await
                 }
+            };
+            if !taken {
+                return;
             }
         }
-        let write = async {
-            writer.write_all(&buf).await?;
-            writer.flush().await
-        };
-        if !matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(()))) {
+        if !out.flush().await {
             return;
         }
-        if buf.capacity() > 2 * WRITE_BATCH_BYTES {
-            buf = Vec::with_capacity(16 * 1024);
-        }
     }
-    let _ = writer.shutdown().await;
+    let _ = out.writer.shutdown().await;
 }
 
 /// The time left until `deadline` (the simulation's clock has no
@@ -717,7 +711,7 @@ impl Forwarder {
         version: u8,
         batch: &[Asked],
         timeout: Duration,
-        out: &mut Spill<'_, W>,
+        out: &mut Spill<W>,
     ) -> bool {
         // The time the leader has for its next answer: what the client
         // takes to read the answers relayed is not counted (the write

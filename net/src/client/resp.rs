@@ -588,6 +588,7 @@ mod tests {
         crate::test_util::block_on(async {
             let (mut client, server) = tokio::io::duplex(1 << 20);
             let mut reader = RespReader::new(server, limits, b"").charging(budget.connection());
+            // Test only: into the test's own in-memory pipe, with room for it all.
             client.write_all(&command[..300 << 10]).await.unwrap();
             let waiting =
                 tokio::time::timeout(std::time::Duration::from_millis(50), reader.next_command());
@@ -597,6 +598,7 @@ mod tests {
                 "what arrived is charged: {} bytes",
                 full - budget.available()
             );
+            // Test only: into the test's own in-memory pipe, with room for it all.
             client.write_all(&command[300 << 10..]).await.unwrap();
             let args = reader.next_command().await.unwrap().unwrap();
             assert_eq!(args.get(1).map(Bytes::len), Some(400 << 10));
