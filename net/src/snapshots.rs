@@ -83,6 +83,23 @@ impl<F: FileSystem> SnapshotFileOut<F> {
         Ok(())
     }
 
+    /// The snapshot this file is for.
+    pub fn meta(&self) -> SnapshotMeta {
+        self.meta
+    }
+
+    /// Gives the file up (the leader started over with another snapshot):
+    /// removes the temp file, so abandoned transfers do not pile up on disk.
+    pub fn abandon(self) -> Result<(), StorageError> {
+        let tmp = temp_path(&self.dir, self.meta.index);
+        drop(self.file);
+        match self.fs.remove(&tmp) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &tmp)(e)),
+        }
+    }
+
     /// Bytes of data so far.
     pub fn data_len(&self) -> u64 {
         self.writer.data_len()

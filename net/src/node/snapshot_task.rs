@@ -203,8 +203,13 @@ fn receive<F: FileSystem>(
 ) -> (Option<SnapshotFileOut<F>>, SnapshotDone) {
     let step = || -> Result<(Option<SnapshotFileOut<F>>, SnapshotDone), StorageError> {
         let mut file = match current {
-            Some(f) if chunk.offset != 0 => f,
-            _ => SnapshotFileOut::start(fs, dir, chunk.meta)?,
+            Some(f) if chunk.offset != 0 && f.meta() == chunk.meta => f,
+            replaced => {
+                if let Some(f) = replaced {
+                    f.abandon()?;
+                }
+                SnapshotFileOut::start(fs, dir, chunk.meta)?
+            }
         };
         debug_assert_eq!(file.data_len(), chunk.offset, "chunks arrive in order");
         file.append(&chunk.data)?;
@@ -245,7 +250,12 @@ async fn off_task<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use kv_engine::storage::recovery::{snapshot_name, TEMP_SUFFIX};
+
     use super::*;
+    use crate::fs::MemFs;
 
     fn request(to: u64, offset: u64) -> SnapshotChunkOut {
         SnapshotChunkOut {
@@ -258,6 +268,44 @@ mod tests {
             done: false,
             round: 0,
         }
+    }
+
+    fn chunk(index: u64, offset: u64) -> SnapshotChunkIn {
+        SnapshotChunkIn {
+            meta: SnapshotMeta { index, term: 1 },
+            offset,
+            data: bytes::Bytes::from_static(b"0123456789"),
+            done: false,
+        }
+    }
+
+    /// Receives `chunks` in order, as the receiver task does.
+    fn receive_all(fs: &MemFs, dir: &Path, chunks: Vec<SnapshotChunkIn>) {
+        let mut file = None;
+        for c in chunks {
+            let (kept, report) = receive(fs, dir, file, c);
+            assert!(matches!(report, SnapshotDone::ChunkWritten { .. }));
+            file = kept;
+        }
+    }
+
+    #[test]
+    fn a_transfer_started_over_removes_the_partial_file_of_the_one_it_replaces() {
+        let (fs, dir) = (MemFs::new(), PathBuf::from("/node"));
+        fs.create_dir_all(&dir).unwrap();
+        receive_all(&fs, &dir, vec![chunk(9, 0), chunk(9, 10), chunk(20, 0)]);
+        let names: Vec<_> = fs
+            .files_in(&dir)
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            vec![format!("/node/{}{TEMP_SUFFIX}", snapshot_name(20))]
+        );
+        // Offset 0 of the same snapshot starts it over too, in place.
+        receive_all(&fs, &dir, vec![chunk(20, 0), chunk(20, 0)]);
+        assert_eq!(fs.files_in(&dir).len(), 1);
     }
 
     #[test]
