@@ -855,14 +855,24 @@ fn commit_with_node_3(c: &mut RaftCore, n: u64) -> u64 {
     last
 }
 
+/// Ticks the leader through an election timeout without a word from its
+/// followers: none counts as live, so compaction keeps nothing for them.
+fn followers_fall_silent(c: &mut RaftCore) {
+    for _ in 0..=config(1, 3).election_ticks {
+        c.tick();
+        let _ = ready_and_persist(c);
+    }
+}
+
 /// §7, with a slow transfer: a leader that snapshots again while a follower
 /// still receives its previous snapshot keeps the entries after that one,
 /// so the follower catches up with appends once it has installed it,
 /// instead of starting over with the newer snapshot (and, on a slow disk,
-/// never catching up). With no transfer under way, compaction keeps nothing.
+/// never catching up). With every follower caught up, compaction keeps nothing.
 #[test]
 fn a_follower_receiving_the_previous_snapshot_catches_up_by_appends() {
     let mut c = leader(3);
+    followers_fall_silent(&mut c);
     let first = commit_with_node_3(&mut c, 10);
     let older = SnapshotMeta {
         index: first,
@@ -919,8 +929,8 @@ fn a_follower_receiving_the_previous_snapshot_catches_up_by_appends() {
     assert!(caught_up, "{:?}", rd.messages);
 
     // Everyone caught up: the next snapshot compacts everything before it.
-    c.step(ack(2, 1, second));
     let third = commit_with_node_3(&mut c, 5);
+    c.step(ack(2, 1, third));
     c.compact(SnapshotInfo {
         meta: SnapshotMeta {
             index: third,
@@ -929,6 +939,99 @@ fn a_follower_receiving_the_previous_snapshot_catches_up_by_appends() {
         size: 100,
     });
     assert_eq!(c.log().first_index(), third + 1);
+}
+
+/// §7, for a follower catching up by appends: one that answers but lags
+/// behind the leader's snapshot keeps the log after its match, so it goes
+/// on by appends instead of starting over with the snapshot.
+#[test]
+fn a_live_follower_behind_a_snapshot_goes_on_by_appends() {
+    let mut c = leader(3);
+    let first = commit_with_node_3(&mut c, 10);
+    c.step(ack(2, 1, 5));
+    let _ = ready_and_persist(&mut c);
+    c.compact(SnapshotInfo {
+        meta: SnapshotMeta {
+            index: first,
+            term: 1,
+        },
+        size: 100,
+    });
+    assert_eq!(c.log().first_index(), 6, "kept after node 2's match");
+}
+
+/// §7, with a transfer slower than several snapshots: the leader keeps the
+/// log after the snapshot being sent through any number of newer ones
+/// while it weighs at most `max_log_kept_for_transfer_bytes`, so steady
+/// writes cannot make a slow transfer start over for ever; past that it
+/// keeps one snapshot interval, and the follower is sent the newest.
+#[test]
+fn the_log_kept_for_a_slow_transfer_is_bounded_in_bytes() {
+    let mut cfg = config(1, 3);
+    // Each round below is 10 entries of 2 bytes: two rounds fit, three not.
+    cfg.max_log_kept_for_transfer_bytes = 50;
+    let mut c = elected_with(cfg);
+    followers_fall_silent(&mut c);
+    let snapshot_at = |c: &mut RaftCore, index: u64| {
+        let meta = SnapshotMeta { index, term: 1 };
+        c.compact(SnapshotInfo { meta, size: 100 });
+        meta
+    };
+    let first = commit_with_node_3(&mut c, 10);
+    let older = snapshot_at(&mut c, first);
+    let reject = AppendEntriesResponse {
+        success: false,
+        conflict_index: 2,
+        rejected_index: first,
+        ..Default::default()
+    };
+    c.step(msg(2, 1, 1, Body::AppendEntriesResponse(reject)));
+    let rd = ready_and_persist(&mut c);
+    assert!(rd
+        .snapshot_chunks_out
+        .iter()
+        .any(|ch| ch.to == 2 && ch.meta == older));
+
+    for kept in [20, 40] {
+        let index = commit_with_node_3(&mut c, 10);
+        snapshot_at(&mut c, index);
+        assert_eq!(
+            c.log().first_index(),
+            first + 1,
+            "{kept} bytes kept for node 2"
+        );
+    }
+    let third = c.log().last_index();
+    let fourth = commit_with_node_3(&mut c, 10);
+    snapshot_at(&mut c, fourth);
+    assert_eq!(
+        c.log().first_index(),
+        third + 1,
+        "60 bytes: one interval kept"
+    );
+    let fifth = commit_with_node_3(&mut c, 10);
+    let newest = snapshot_at(&mut c, fifth);
+    assert_eq!(
+        c.log().first_index(),
+        fourth + 1,
+        "nothing kept for a transfer the log no longer serves"
+    );
+
+    let installed = InstallSnapshotResponse {
+        meta: Some(older),
+        next_offset: 100,
+        done: true,
+        ..Default::default()
+    };
+    c.step(msg(2, 1, 1, Body::InstallSnapshotResponse(installed)));
+    let rd = ready_and_persist(&mut c);
+    assert!(
+        rd.snapshot_chunks_out
+            .iter()
+            .any(|ch| ch.to == 2 && ch.meta == newest),
+        "the entries after the older snapshot are gone: {:?}",
+        rd.snapshot_chunks_out
+    );
 }
 
 /// Flow control in bytes: proposals are refused while too many payload

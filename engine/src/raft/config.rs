@@ -38,6 +38,10 @@ pub struct Config {
     pub max_apply_bytes: usize,
     /// Size of one `InstallSnapshot` chunk.
     pub snapshot_chunk_bytes: usize,
+    /// A leader that takes a new snapshot while a follower still receives
+    /// an older one keeps the log after the older one, for the follower to
+    /// catch up with, while it holds at most this many payload bytes.
+    pub max_log_kept_for_transfer_bytes: u64,
     /// How a leader confirms it still leads before serving a read.
     pub read_mode: ReadMode,
     /// For lease reads: how far apart, in percent, two members' clocks may
@@ -81,6 +85,7 @@ impl Config {
             max_uncommitted_bytes: 64 << 20,
             max_apply_bytes: 4 << 20,
             snapshot_chunk_bytes: 256 << 10,
+            max_log_kept_for_transfer_bytes: 256 << 20,
             read_mode: ReadMode::Index,
             max_clock_drift_percent: 10,
         }

@@ -182,6 +182,8 @@ impl NodeConfig {
         cfg.max_clock_drift_percent = self.max_clock_drift_percent;
         cfg.max_uncommitted_bytes = self.max_uncommitted_bytes;
         cfg.max_inflight_bytes = self.max_inflight_bytes;
+        // A slow snapshot transfer may outlast a few snapshot intervals.
+        cfg.max_log_kept_for_transfer_bytes = self.snapshot_bytes.saturating_mul(4);
         // An append must fit a peer frame with room to spare.
         cfg.max_append_bytes = cfg.max_append_bytes.min(self.max_peer_frame_bytes / 4);
         cfg.snapshot_chunk_bytes = cfg.snapshot_chunk_bytes.min(self.max_peer_frame_bytes / 4);

@@ -39,8 +39,9 @@ pub(crate) struct WriteJob {
 pub(crate) enum StorageJob {
     /// Persist a Ready's writes.
     Write(WriteJob),
-    /// A locally taken snapshot is durable: compact the WAL behind it.
-    Compact(SnapshotMeta),
+    /// A locally taken snapshot is durable: drop the WAL and the snapshot
+    /// files behind it, but for the file of a snapshot still being sent.
+    Compact(SnapshotMeta, Option<u64>),
 }
 
 /// What the storage task reports back, in queue order.
@@ -122,9 +123,9 @@ async fn run<F: FileSystem + Send + 'static>(
                 write_batch(storage, batch, must_sync, &disk).await
             }
             StorageJob::Write(job) => install_snapshot(storage, job).await,
-            StorageJob::Compact(meta) => {
+            StorageJob::Compact(meta, in_transfer) => {
                 blocking(storage, move |s| {
-                    (s.compact(meta), vec![StorageDone::Compacted])
+                    (s.compact(meta, in_transfer), vec![StorageDone::Compacted])
                 })
                 .await
             }

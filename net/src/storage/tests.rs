@@ -75,7 +75,7 @@ fn state_at(index: u64) -> KvStore {
 /// A snapshot taken locally at `index`: its file, then the WAL compacted.
 fn save(s: &mut Storage<MemFs>, fs: &MemFs, index: u64, term: u64) -> SnapshotInfo {
     let info = snapshot(fs, index, term);
-    s.compact(info.meta).unwrap();
+    s.compact(info.meta, None).unwrap();
     info
 }
 
@@ -411,6 +411,30 @@ fn a_snapshot_compacts_covered_segments_and_restart_gives_the_same_state() {
 }
 
 #[test]
+fn a_snapshot_still_being_sent_outlives_the_newer_ones() {
+    let fs = MemFs::new();
+    let (mut s, _) = open(&fs).unwrap();
+    s.append(Some(&hs(1, 50)), &entries(1, 50, 1)).unwrap();
+    let snapshots = |fs: &MemFs| -> Vec<u64> {
+        let names: Vec<String> = fs
+            .files_in(&dir())
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .collect();
+        DirListing::from_names(&names).snapshots
+    };
+    save(&mut s, &fs, 10, 1);
+    for index in [20, 30, 40] {
+        let info = snapshot(&fs, index, 1);
+        s.compact(info.meta, Some(10)).unwrap();
+    }
+    assert_eq!(snapshots(&fs), vec![40, 30, 10], "10 is still sent");
+    let info = snapshot(&fs, 41, 1);
+    s.compact(info.meta, None).unwrap();
+    assert_eq!(snapshots(&fs), vec![41, 40], "the newest two otherwise");
+}
+
+#[test]
 fn an_installed_snapshot_replaces_the_whole_log() {
     let fs = MemFs::new();
     let (mut s, _) = open(&fs).unwrap();
@@ -709,7 +733,7 @@ fn a_local_snapshot_cut_short_at_any_step_loses_nothing() {
         finished = open(&fs).is_ok_and(|(mut s, _)| {
             let meta = SnapshotMeta { index: 30, term: 1 };
             crate::snapshots::write_snapshot(&fs, &dir(), meta, &state_at(30).capture())
-                .and_then(|_| s.compact(meta))
+                .and_then(|_| s.compact(meta, None))
                 .is_ok()
         });
         fs.crash(u64::from(step));

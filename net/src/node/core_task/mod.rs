@@ -387,7 +387,9 @@ impl<'a> CoreTask<'a> {
         self.serve_reads(rd.read_states, rd.failed_reads);
         self.maybe_snapshot();
         if let Some(meta) = self.plan.compact_due.take() {
-            if self.storage.send(StorageJob::Compact(meta)).await.is_err() {
+            let in_transfer = self.core.oldest_snapshot_in_transfer();
+            let job = StorageJob::Compact(meta, in_transfer);
+            if self.storage.send(job).await.is_err() {
                 return Err(stopped("storage task"));
             }
         }
