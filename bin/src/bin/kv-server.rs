@@ -92,7 +92,8 @@ struct Args {
     #[arg(long, env = "KV_SNAPSHOT_ENTRIES", default_value_t = 100_000)]
     snapshot_entries: u64,
 
-    /// ... or after this many bytes of applied entries.
+    /// ... or after this many bytes of applied entries. A leader keeps up
+    /// to 4x this much log for a follower that is catching up.
     #[arg(long, env = "KV_SNAPSHOT_BYTES", default_value_t = 64 << 20)]
     snapshot_bytes: u64,
 
