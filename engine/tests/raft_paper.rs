@@ -943,9 +943,10 @@ fn a_follower_receiving_the_previous_snapshot_catches_up_by_appends() {
 
 /// §7, for a follower catching up by appends: one that answers but lags
 /// behind the leader's snapshot keeps the log after its match, so it goes
-/// on by appends instead of starting over with the snapshot.
+/// on by appends instead of starting over with the snapshot; once silent
+/// for an election timeout, it holds nothing back.
 #[test]
-fn a_live_follower_behind_a_snapshot_goes_on_by_appends() {
+fn a_live_follower_behind_a_snapshot_keeps_the_log_after_its_match() {
     let mut c = leader(3);
     let first = commit_with_node_3(&mut c, 10);
     c.step(ack(2, 1, 5));
@@ -958,6 +959,21 @@ fn a_live_follower_behind_a_snapshot_goes_on_by_appends() {
         size: 100,
     });
     assert_eq!(c.log().first_index(), 6, "kept after node 2's match");
+
+    followers_fall_silent(&mut c);
+    let second = commit_with_node_3(&mut c, 10);
+    c.compact(SnapshotInfo {
+        meta: SnapshotMeta {
+            index: second,
+            term: 1,
+        },
+        size: 100,
+    });
+    assert_eq!(
+        c.log().first_index(),
+        second + 1,
+        "node 2, silent, holds nothing back"
+    );
 }
 
 /// §7, with a transfer slower than several snapshots: the leader keeps the
@@ -968,8 +984,9 @@ fn a_live_follower_behind_a_snapshot_goes_on_by_appends() {
 #[test]
 fn the_log_kept_for_a_slow_transfer_is_bounded_in_bytes() {
     let mut cfg = config(1, 3);
-    // Each round below is 10 entries of 2 bytes: two rounds fit, three not.
-    cfg.max_log_kept_for_transfer_bytes = 50;
+    // Each round below is 10 entries of 2 bytes, 660 bytes with the cost
+    // per entry (64): two rounds fit, three not.
+    cfg.max_log_kept_for_transfer_bytes = 1_500;
     let mut c = elected_with(cfg);
     followers_fall_silent(&mut c);
     let snapshot_at = |c: &mut RaftCore, index: u64| {
@@ -992,7 +1009,7 @@ fn the_log_kept_for_a_slow_transfer_is_bounded_in_bytes() {
         .iter()
         .any(|ch| ch.to == 2 && ch.meta == older));
 
-    for kept in [20, 40] {
+    for kept in [660, 1_320] {
         let index = commit_with_node_3(&mut c, 10);
         snapshot_at(&mut c, index);
         assert_eq!(
@@ -1007,7 +1024,7 @@ fn the_log_kept_for_a_slow_transfer_is_bounded_in_bytes() {
     assert_eq!(
         c.log().first_index(),
         third + 1,
-        "60 bytes: one interval kept"
+        "1,980 bytes: one interval kept"
     );
     let fifth = commit_with_node_3(&mut c, 10);
     let newest = snapshot_at(&mut c, fifth);

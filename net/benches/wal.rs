@@ -198,7 +198,7 @@ fn restart_1m() -> (Duration, Duration, usize) {
                     term: 1,
                 };
                 write_snapshot(&StdFs::new(), &dir, meta, &kv.capture()).unwrap();
-                storage.compact(meta, None).unwrap();
+                storage.compact(meta, &[]).unwrap();
             }
         }
     }

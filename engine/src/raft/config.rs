@@ -38,9 +38,10 @@ pub struct Config {
     pub max_apply_bytes: usize,
     /// Size of one `InstallSnapshot` chunk.
     pub snapshot_chunk_bytes: usize,
-    /// A leader that takes a new snapshot while a follower still receives
-    /// an older one keeps the log after the older one, for the follower to
-    /// catch up with, while it holds at most this many payload bytes.
+    /// A leader keeps the log a follower still needs behind a new snapshot
+    /// (after a snapshot it is being sent, or after its match while it
+    /// catches up by appends) while that holds at most this many bytes
+    /// (payload plus a fixed cost per entry). See `compaction.rs`.
     pub max_log_kept_for_transfer_bytes: u64,
     /// How a leader confirms it still leads before serving a read.
     pub read_mode: ReadMode,

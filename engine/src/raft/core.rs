@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::config::{Config, ConfigError};
 use super::log::RaftLog;
-use super::progress::{Progress, ReplicationState};
+use super::progress::Progress;
 use super::read_index::ReadIndex;
 use super::ready::{
     ProposeError, Proposed, ReadState, Ready, Role, SnapshotChunkIn, SnapshotChunkOut,
@@ -309,71 +309,6 @@ impl RaftCore {
         } else {
             self.maybe_finish_repair();
         }
-    }
-
-    /// The driver saved a snapshot (covering applied entries) durably; the
-    /// log before it can go, but for what a live follower still needs: the
-    /// entries after a snapshot it is still being sent, or after its match
-    /// while it catches up by appends. Otherwise a transfer or a catch-up
-    /// slower than the snapshots under steady writes would start over with
-    /// the newest snapshot for ever. Those entries are kept while they
-    /// weigh at most `max_log_kept_for_transfer_bytes`, and one snapshot
-    /// interval in any case. The driver keeps the file of
-    /// [`RaftCore::oldest_snapshot_in_transfer`] too.
-    pub fn compact(&mut self, snapshot: SnapshotInfo) {
-        let meta = snapshot.meta;
-        let previous = self.snapshot.map_or(0, |s| s.meta.index);
-        if meta.index <= previous {
-            return;
-        }
-        assert!(
-            meta.index <= self.log.applied(),
-            "a snapshot covers only applied entries"
-        );
-        assert_eq!(
-            self.log.term(meta.index),
-            Some(meta.term),
-            "snapshot term matches the log"
-        );
-        let needed = self.oldest_index_followers_need();
-        // The log must still hold what follows it, within the budget.
-        let kept_for_followers = (self.log.snapshot_index()..meta.index).contains(&needed)
-            && self.log.bytes_between(needed + 1, meta.index)
-                <= self.cfg.max_log_kept_for_transfer_bytes;
-        let keep_after = if kept_for_followers {
-            needed
-        } else {
-            meta.index.min(previous.max(needed))
-        };
-        self.log.compact(keep_after);
-        self.snapshot = Some(snapshot);
-    }
-
-    /// The oldest snapshot being sent to a follower (leader only).
-    pub fn oldest_snapshot_in_transfer(&self) -> Option<u64> {
-        self.progress
-            .values()
-            .filter_map(|p| p.transfer.as_ref())
-            .map(|t| t.info.meta.index)
-            .min()
-    }
-
-    /// The index after which some live follower still needs the log: the
-    /// snapshot it is being sent, or its match while it replicates and was
-    /// heard from within an election timeout. `u64::MAX` for none.
-    fn oldest_index_followers_need(&self) -> u64 {
-        let live = |p: &Progress| {
-            p.heard_at > 0 && self.ticks.saturating_sub(p.heard_at) <= self.cfg.election_ticks
-        };
-        self.progress
-            .values()
-            .filter_map(|p| match &p.transfer {
-                Some(t) => Some(t.info.meta.index),
-                None if p.state == ReplicationState::Replicate && live(p) => Some(p.match_index),
-                None => None,
-            })
-            .min()
-            .unwrap_or(u64::MAX)
     }
 
     /// Handles a message from a peer (Figure 2, "All Servers": a higher term

@@ -3,6 +3,7 @@
 //! | file | what |
 //! |---|---|
 //! | `core.rs` | the state machine, its inputs, term rules, `ready()` |
+//! | `compaction.rs` | how much log a leader keeps behind a snapshot for its followers |
 //! | `display.rs` | a compact text form of messages and Readys, for tests |
 //! | `election.rs` | pre-vote, RequestVote, becoming leader |
 //! | `replication.rs` | the leader: appends, commit rule, heartbeats, snapshots out |
@@ -16,6 +17,7 @@
 //! | `transfer.rs` | leadership transfer (TimeoutNow) and lease reads |
 //! | `validate.rs` | peer input checked and refused, never asserted |
 
+mod compaction;
 mod config;
 mod core;
 mod display;

@@ -192,9 +192,10 @@ async fn receiver<F: FileSystem>(
     }
 }
 
-/// Appends one chunk to the snapshot being received (a chunk at offset 0
-/// starts a new one); at the last chunk, finishes the file and rebuilds the
-/// state machine from it.
+/// Appends one chunk to the snapshot being received (a chunk at offset 0,
+/// or of another snapshot, starts a new file and removes the one it
+/// replaces); at the last chunk, finishes the file and rebuilds the state
+/// machine from it.
 fn receive<F: FileSystem>(
     fs: &F,
     dir: &std::path::Path,
@@ -205,8 +206,9 @@ fn receive<F: FileSystem>(
         let mut file = match current {
             Some(f) if chunk.offset != 0 && f.meta() == chunk.meta => f,
             replaced => {
-                if let Some(f) = replaced {
-                    f.abandon()?;
+                if let Some(Err(e)) = replaced.map(SnapshotFileOut::abandon) {
+                    // Only space is lost; the next start or restart retries.
+                    tracing::warn!(error = %e, "could not remove a snapshot transfer given up");
                 }
                 SnapshotFileOut::start(fs, dir, chunk.meta)?
             }
@@ -303,7 +305,7 @@ mod tests {
             names,
             vec![format!("/node/{}{TEMP_SUFFIX}", snapshot_name(20))]
         );
-        // Offset 0 of the same snapshot starts it over too, in place.
+        // Offset 0 of the same snapshot starts it over too (in place).
         receive_all(&fs, &dir, vec![chunk(20, 0), chunk(20, 0)]);
         assert_eq!(fs.files_in(&dir).len(), 1);
     }

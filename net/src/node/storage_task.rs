@@ -40,8 +40,8 @@ pub(crate) enum StorageJob {
     /// Persist a Ready's writes.
     Write(WriteJob),
     /// A locally taken snapshot is durable: drop the WAL and the snapshot
-    /// files behind it, but for the file of a snapshot still being sent.
-    Compact(SnapshotMeta, Option<u64>),
+    /// files behind it, but for those of the snapshots still being sent.
+    Compact(SnapshotMeta, Vec<u64>),
 }
 
 /// What the storage task reports back, in queue order.
@@ -123,9 +123,9 @@ async fn run<F: FileSystem + Send + 'static>(
                 write_batch(storage, batch, must_sync, &disk).await
             }
             StorageJob::Write(job) => install_snapshot(storage, job).await,
-            StorageJob::Compact(meta, in_transfer) => {
+            StorageJob::Compact(meta, being_sent) => {
                 blocking(storage, move |s| {
-                    (s.compact(meta, in_transfer), vec![StorageDone::Compacted])
+                    (s.compact(meta, &being_sent), vec![StorageDone::Compacted])
                 })
                 .await
             }

@@ -365,12 +365,8 @@ impl<F: FileSystem> Storage<F> {
 
     /// A snapshot taken locally at `meta` is durable: removes the WAL
     /// segments and older snapshot files it makes unnecessary, but for the
-    /// snapshot file at `in_transfer` (a follower is still being sent it).
-    pub fn compact(
-        &mut self,
-        meta: SnapshotMeta,
-        in_transfer: Option<u64>,
-    ) -> Result<(), StorageError> {
+    /// files of the snapshots at `being_sent` (followers still read them).
+    pub fn compact(&mut self, meta: SnapshotMeta, being_sent: &[u64]) -> Result<(), StorageError> {
         self.check_usable()?;
         if meta.index <= self.snapshot_index {
             return Ok(());
@@ -383,7 +379,7 @@ impl<F: FileSystem> Storage<F> {
             .take_while(|s| s.max_index <= meta.index)
             .count();
         self.remove_segments(covered)?;
-        self.remove_old_snapshots(in_transfer)
+        self.remove_old_snapshots(being_sent)
     }
 
     /// A snapshot received from the leader is durable in its file: starts a
@@ -403,7 +399,7 @@ impl<F: FileSystem> Storage<F> {
         self.rotate(Some(meta))?;
         let older = self.segments.len().saturating_sub(1);
         self.remove_segments(older)?;
-        self.remove_old_snapshots(None)
+        self.remove_old_snapshots(&[])
     }
 
     fn remove_segments(&mut self, count: usize) -> Result<(), StorageError> {
@@ -420,15 +416,15 @@ impl<F: FileSystem> Storage<F> {
             .map_err(io_err("sync directory", &self.dir))
     }
 
-    /// Removes snapshot files but for the newest `snapshots_kept` and the
-    /// one at `in_transfer`.
-    fn remove_old_snapshots(&mut self, in_transfer: Option<u64>) -> Result<(), StorageError> {
+    /// Removes snapshot files but for the newest `snapshots_kept` and those
+    /// at `being_sent`.
+    fn remove_old_snapshots(&mut self, being_sent: &[u64]) -> Result<(), StorageError> {
         let names = self.fs.list(&self.dir).map_err(io_err("list", &self.dir))?;
         let old: Vec<u64> = DirListing::from_names(&names)
             .snapshots
             .into_iter()
             .skip(self.opts.snapshots_kept.max(1))
-            .filter(|&index| Some(index) != in_transfer)
+            .filter(|index| !being_sent.contains(index))
             .collect();
         for index in &old {
             let path = self.dir.join(snapshot_name(*index));

@@ -75,7 +75,7 @@ fn state_at(index: u64) -> KvStore {
 /// A snapshot taken locally at `index`: its file, then the WAL compacted.
 fn save(s: &mut Storage<MemFs>, fs: &MemFs, index: u64, term: u64) -> SnapshotInfo {
     let info = snapshot(fs, index, term);
-    s.compact(info.meta, None).unwrap();
+    s.compact(info.meta, &[]).unwrap();
     info
 }
 
@@ -424,13 +424,14 @@ fn a_snapshot_still_being_sent_outlives_the_newer_ones() {
         DirListing::from_names(&names).snapshots
     };
     save(&mut s, &fs, 10, 1);
-    for index in [20, 30, 40] {
+    save(&mut s, &fs, 20, 1);
+    for index in [30, 40] {
         let info = snapshot(&fs, index, 1);
-        s.compact(info.meta, Some(10)).unwrap();
+        s.compact(info.meta, &[10, 20]).unwrap();
     }
-    assert_eq!(snapshots(&fs), vec![40, 30, 10], "10 is still sent");
+    assert_eq!(snapshots(&fs), vec![40, 30, 20, 10], "10 and 20 are sent");
     let info = snapshot(&fs, 41, 1);
-    s.compact(info.meta, None).unwrap();
+    s.compact(info.meta, &[]).unwrap();
     assert_eq!(snapshots(&fs), vec![41, 40], "the newest two otherwise");
 }
 
@@ -733,7 +734,7 @@ fn a_local_snapshot_cut_short_at_any_step_loses_nothing() {
         finished = open(&fs).is_ok_and(|(mut s, _)| {
             let meta = SnapshotMeta { index: 30, term: 1 };
             crate::snapshots::write_snapshot(&fs, &dir(), meta, &state_at(30).capture())
-                .and_then(|_| s.compact(meta, None))
+                .and_then(|_| s.compact(meta, &[]))
                 .is_ok()
         });
         fs.crash(u64::from(step));

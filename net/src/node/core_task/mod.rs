@@ -387,8 +387,8 @@ impl<'a> CoreTask<'a> {
         self.serve_reads(rd.read_states, rd.failed_reads);
         self.maybe_snapshot();
         if let Some(meta) = self.plan.compact_due.take() {
-            let in_transfer = self.core.oldest_snapshot_in_transfer();
-            let job = StorageJob::Compact(meta, in_transfer);
+            let being_sent = self.core.snapshots_being_sent();
+            let job = StorageJob::Compact(meta, being_sent);
             if self.storage.send(job).await.is_err() {
                 return Err(stopped("storage task"));
             }
