@@ -855,10 +855,10 @@ fn commit_with_node_3(c: &mut RaftCore, n: u64) -> u64 {
     last
 }
 
-/// Ticks the leader through an election timeout without a word from its
+/// Ticks the leader through 20 election timeouts without a word from its
 /// followers: none counts as live, so compaction keeps nothing for them.
 fn followers_fall_silent(c: &mut RaftCore) {
-    for _ in 0..=config(1, 3).election_ticks {
+    for _ in 0..=20 * config(1, 3).election_ticks {
         c.tick();
         let _ = ready_and_persist(c);
     }
@@ -974,6 +974,34 @@ fn a_live_follower_behind_a_snapshot_keeps_the_log_after_its_match() {
         second + 1,
         "node 2, silent, holds nothing back"
     );
+}
+
+/// §7, for a follower being repaired after losing its disk: it counts
+/// toward no quorum, but while it answers it catches up, so the log after
+/// its match is kept for it like for any other.
+#[test]
+fn a_follower_being_repaired_keeps_the_log_after_its_match() {
+    let mut c = leader(3);
+    followers_fall_silent(&mut c);
+    let first = commit_with_node_3(&mut c, 10);
+    for match_index in [0, 5] {
+        let r = AppendEntriesResponse {
+            success: match_index > 0,
+            match_index,
+            recovering: true,
+            ..Default::default()
+        };
+        c.step(msg(2, 1, 1, Body::AppendEntriesResponse(r)));
+        let _ = ready_and_persist(&mut c);
+    }
+    c.compact(SnapshotInfo {
+        meta: SnapshotMeta {
+            index: first,
+            term: 1,
+        },
+        size: 100,
+    });
+    assert_eq!(c.log().first_index(), 6, "kept after node 2's match");
 }
 
 /// §7, with a transfer slower than several snapshots: the leader keeps the

@@ -6,9 +6,10 @@
 //!
 //! - the entries after a snapshot a follower is being sent, so that once
 //!   it has installed it, it goes on by appends;
-//! - the entries after the match of a follower that catches up by appends
-//!   and was heard from within an election timeout (one that is down
-//!   holds nothing back).
+//! - the entries after the match of any other follower that answered
+//!   within `LIVE_ELECTION_TIMEOUTS` election timeouts, one being repaired
+//!   after losing its disk included (one that is down soon holds nothing
+//!   back).
 //!
 //! Each need is met while the entries after it weigh at most
 //! `Config::max_log_kept_for_transfer_bytes` (payload plus a fixed cost per
@@ -16,8 +17,15 @@
 //! the log still keeps one snapshot interval for a transfer under way.
 
 use super::core::RaftCore;
-use super::progress::{Progress, ReplicationState};
+use super::progress::Progress;
 use super::ready::SnapshotInfo;
+
+/// A follower that answered within this many election timeouts counts as
+/// live: one catching up on a machine busy with the very writes it catches
+/// up with may answer late, and being compacted past costs it a whole
+/// snapshot. One that is down holds the log back only this long, and never
+/// beyond the budget.
+const LIVE_ELECTION_TIMEOUTS: u64 = 20;
 
 /// What an entry held in memory costs beyond its payload (its struct and
 /// its slot in the log's queue), counted against the budget.
@@ -69,8 +77,13 @@ impl RaftCore {
     /// needs the log still holds and the budget allows, for a snapshot at
     /// `snapshot_index`.
     fn oldest_need_met(&self, snapshot_index: u64) -> Option<u64> {
+        let live_ticks = self
+            .cfg
+            .election_ticks
+            .saturating_mul(LIVE_ELECTION_TIMEOUTS);
+        // A follower being repaired (recovering) catches up too.
         let live = |p: &Progress| {
-            p.heard_at > 0 && self.ticks.saturating_sub(p.heard_at) <= self.cfg.election_ticks
+            p.answered_at > 0 && self.ticks.saturating_sub(p.answered_at) <= live_ticks
         };
         let weight = |from: u64| {
             let entries = snapshot_index - from;
@@ -80,7 +93,7 @@ impl RaftCore {
             .values()
             .filter_map(|p| match &p.transfer {
                 Some(t) => Some(t.info.meta.index),
-                None if p.state == ReplicationState::Replicate && live(p) => Some(p.match_index),
+                None if live(p) => Some(p.match_index),
                 None => None,
             })
             .filter(|&need| (self.log.snapshot_index()..snapshot_index).contains(&need))

@@ -61,6 +61,9 @@ pub struct Progress {
     /// The leader's tick when the follower last answered as a voter (0:
     /// not in this term).
     pub heard_at: u64,
+    /// The leader's tick when the follower last answered at all, recovering
+    /// or not (0: not in this term): whether it still catches up.
+    pub answered_at: u64,
     /// Highest read round the follower has acknowledged in this term.
     pub acked_round: u64,
     /// The follower says its storage is recovering: it counts toward no
@@ -82,6 +85,7 @@ impl Progress {
             transfer: None,
             recent_active: false,
             heard_at: 0,
+            answered_at: 0,
             acked_round: 0,
             recovering: false,
         }

@@ -232,6 +232,7 @@ impl RaftCore {
             p.mark_recovering(next);
         }
         p.recovering = recovering;
+        p.answered_at = now;
         if !recovering {
             p.recent_active = true;
             p.heard_at = now;

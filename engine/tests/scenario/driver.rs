@@ -100,7 +100,7 @@ impl Driver {
     ///
     /// - `add-nodes N [pre-vote=B] [check-quorum=B] [read-mode=index|lease]
     ///   [async-storage=B] [max-append=N] [max-inflight=N] [chunk=N]
-    ///   [fresh=B]`: nodes 1..=N of a new cluster (election 10 ticks,
+    ///   [keep-for-followers=BYTES] [fresh=B]`: nodes 1..=N of a new cluster (election 10 ticks,
     ///   heartbeat 2), known to be new, or with `fresh=true` started on
     ///   empty disks as the runtime finds them (they must find out);
     /// - `tick ID [N]`, `tick-heartbeat ID...`, `tick-election ID...` (twice
@@ -179,6 +179,8 @@ impl Driver {
             cfg.max_append_entries = args.opt("max-append", 8);
             cfg.max_inflight_appends = args.opt("max-inflight", 4);
             cfg.snapshot_chunk_bytes = args.opt("chunk", 64);
+            cfg.max_log_kept_for_transfer_bytes =
+                args.opt("keep-for-followers", cfg.max_log_kept_for_transfer_bytes);
             cfg.read_mode = match args.opt("read-mode", "index".to_string()).as_str() {
                 "lease" => ReadMode::Lease,
                 _ => ReadMode::Index,
