@@ -855,6 +855,49 @@ fn commit_with_node_3(c: &mut RaftCore, n: u64) -> u64 {
     last
 }
 
+/// The leader saved a snapshot at `index` (term 1): compacts and returns its meta.
+fn compact_at(c: &mut RaftCore, index: u64) -> SnapshotMeta {
+    let meta = SnapshotMeta { index, term: 1 };
+    c.compact(SnapshotInfo { meta, size: 100 });
+    meta
+}
+
+/// Node 2 says it has installed the 100-byte snapshot at `meta`.
+fn installed_by_node_2(meta: SnapshotMeta) -> Message {
+    let done = InstallSnapshotResponse {
+        meta: Some(meta),
+        next_offset: 100,
+        done: true,
+        ..Default::default()
+    };
+    msg(2, 1, 1, Body::InstallSnapshotResponse(done))
+}
+
+/// With its followers silent, the leader commits 10 entries with node 3,
+/// snapshots at the last, and starts sending that snapshot to node 2, which
+/// has nothing but the no-op. Returns the index and the snapshot.
+fn snapshot_sent_to_node_2(c: &mut RaftCore) -> (u64, SnapshotMeta) {
+    followers_fall_silent(c);
+    let first = commit_with_node_3(c, 10);
+    let older = compact_at(c, first);
+    let reject = AppendEntriesResponse {
+        success: false,
+        conflict_index: 2,
+        rejected_index: first,
+        ..Default::default()
+    };
+    c.step(msg(2, 1, 1, Body::AppendEntriesResponse(reject)));
+    let rd = ready_and_persist(c);
+    assert!(
+        rd.snapshot_chunks_out
+            .iter()
+            .any(|ch| ch.to == 2 && ch.meta == older),
+        "{:?}",
+        rd.snapshot_chunks_out
+    );
+    (first, older)
+}
+
 /// Ticks the leader through 20 election timeouts without a word from its
 /// followers: none counts as live, so compaction keeps nothing for them.
 fn followers_fall_silent(c: &mut RaftCore) {
@@ -872,54 +915,17 @@ fn followers_fall_silent(c: &mut RaftCore) {
 #[test]
 fn a_follower_receiving_the_previous_snapshot_catches_up_by_appends() {
     let mut c = leader(3);
-    followers_fall_silent(&mut c);
-    let first = commit_with_node_3(&mut c, 10);
-    let older = SnapshotMeta {
-        index: first,
-        term: 1,
-    };
-    c.compact(SnapshotInfo {
-        meta: older,
-        size: 100,
-    });
-    // Node 2 has nothing but the no-op: it needs the snapshot.
-    let reject = AppendEntriesResponse {
-        success: false,
-        conflict_index: 2,
-        rejected_index: first,
-        ..Default::default()
-    };
-    c.step(msg(2, 1, 1, Body::AppendEntriesResponse(reject)));
-    let rd = ready_and_persist(&mut c);
-    assert!(
-        rd.snapshot_chunks_out
-            .iter()
-            .any(|ch| ch.to == 2 && ch.meta == older),
-        "{:?}",
-        rd.snapshot_chunks_out
-    );
+    let (first, older) = snapshot_sent_to_node_2(&mut c);
 
     let second = commit_with_node_3(&mut c, 10);
-    c.compact(SnapshotInfo {
-        meta: SnapshotMeta {
-            index: second,
-            term: 1,
-        },
-        size: 100,
-    });
+    compact_at(&mut c, second);
     assert_eq!(
         c.log().first_index(),
         first + 1,
         "kept after the older snapshot"
     );
 
-    let installed = InstallSnapshotResponse {
-        meta: Some(older),
-        next_offset: 100,
-        done: true,
-        ..Default::default()
-    };
-    c.step(msg(2, 1, 1, Body::InstallSnapshotResponse(installed)));
+    c.step(installed_by_node_2(older));
     let rd = ready_and_persist(&mut c);
     assert!(rd.snapshot_chunks_out.is_empty(), "no second transfer");
     let caught_up = rd.messages.iter().any(|m| {
@@ -931,13 +937,7 @@ fn a_follower_receiving_the_previous_snapshot_catches_up_by_appends() {
     // Everyone caught up: the next snapshot compacts everything before it.
     let third = commit_with_node_3(&mut c, 5);
     c.step(ack(2, 1, third));
-    c.compact(SnapshotInfo {
-        meta: SnapshotMeta {
-            index: third,
-            term: 1,
-        },
-        size: 100,
-    });
+    compact_at(&mut c, third);
     assert_eq!(c.log().first_index(), third + 1);
 }
 
@@ -951,24 +951,12 @@ fn a_live_follower_behind_a_snapshot_keeps_the_log_after_its_match() {
     let first = commit_with_node_3(&mut c, 10);
     c.step(ack(2, 1, 5));
     let _ = ready_and_persist(&mut c);
-    c.compact(SnapshotInfo {
-        meta: SnapshotMeta {
-            index: first,
-            term: 1,
-        },
-        size: 100,
-    });
+    compact_at(&mut c, first);
     assert_eq!(c.log().first_index(), 6, "kept after node 2's match");
 
     followers_fall_silent(&mut c);
     let second = commit_with_node_3(&mut c, 10);
-    c.compact(SnapshotInfo {
-        meta: SnapshotMeta {
-            index: second,
-            term: 1,
-        },
-        size: 100,
-    });
+    compact_at(&mut c, second);
     assert_eq!(
         c.log().first_index(),
         second + 1,
@@ -994,13 +982,7 @@ fn a_follower_being_repaired_keeps_the_log_after_its_match() {
         c.step(msg(2, 1, 1, Body::AppendEntriesResponse(r)));
         let _ = ready_and_persist(&mut c);
     }
-    c.compact(SnapshotInfo {
-        meta: SnapshotMeta {
-            index: first,
-            term: 1,
-        },
-        size: 100,
-    });
+    compact_at(&mut c, first);
     assert_eq!(c.log().first_index(), 6, "kept after node 2's match");
 }
 
@@ -1016,30 +998,11 @@ fn the_log_kept_for_a_slow_transfer_is_bounded_in_bytes() {
     // per entry (64): two rounds fit, three not.
     cfg.max_log_kept_for_transfer_bytes = 1_500;
     let mut c = elected_with(cfg);
-    followers_fall_silent(&mut c);
-    let snapshot_at = |c: &mut RaftCore, index: u64| {
-        let meta = SnapshotMeta { index, term: 1 };
-        c.compact(SnapshotInfo { meta, size: 100 });
-        meta
-    };
-    let first = commit_with_node_3(&mut c, 10);
-    let older = snapshot_at(&mut c, first);
-    let reject = AppendEntriesResponse {
-        success: false,
-        conflict_index: 2,
-        rejected_index: first,
-        ..Default::default()
-    };
-    c.step(msg(2, 1, 1, Body::AppendEntriesResponse(reject)));
-    let rd = ready_and_persist(&mut c);
-    assert!(rd
-        .snapshot_chunks_out
-        .iter()
-        .any(|ch| ch.to == 2 && ch.meta == older));
+    let (first, older) = snapshot_sent_to_node_2(&mut c);
 
     for kept in [660, 1_320] {
         let index = commit_with_node_3(&mut c, 10);
-        snapshot_at(&mut c, index);
+        compact_at(&mut c, index);
         assert_eq!(
             c.log().first_index(),
             first + 1,
@@ -1048,27 +1011,21 @@ fn the_log_kept_for_a_slow_transfer_is_bounded_in_bytes() {
     }
     let third = c.log().last_index();
     let fourth = commit_with_node_3(&mut c, 10);
-    snapshot_at(&mut c, fourth);
+    compact_at(&mut c, fourth);
     assert_eq!(
         c.log().first_index(),
         third + 1,
         "1,980 bytes: one interval kept"
     );
     let fifth = commit_with_node_3(&mut c, 10);
-    let newest = snapshot_at(&mut c, fifth);
+    let newest = compact_at(&mut c, fifth);
     assert_eq!(
         c.log().first_index(),
         fourth + 1,
         "nothing kept for a transfer the log no longer serves"
     );
 
-    let installed = InstallSnapshotResponse {
-        meta: Some(older),
-        next_offset: 100,
-        done: true,
-        ..Default::default()
-    };
-    c.step(msg(2, 1, 1, Body::InstallSnapshotResponse(installed)));
+    c.step(installed_by_node_2(older));
     let rd = ready_and_persist(&mut c);
     assert!(
         rd.snapshot_chunks_out
