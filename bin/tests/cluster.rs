@@ -121,8 +121,10 @@ fn all_nodes_killed_and_restarted_keep_their_data() {
 #[test]
 fn a_follower_down_across_compactions_catches_up_by_snapshot() {
     // Down for longer than the leader keeps the log for a silent follower
-    // (20 election timeouts: 3 s), so compactions leave nothing for it.
-    let log = follower_down_across_compactions("snapshot", Duration::from_millis(3_500));
+    // (20 election timeouts: 2 s with the tests' timing), so compactions
+    // leave nothing for it.
+    let timing = ["--election-ticks", "10", "--heartbeat-ticks", "2"];
+    let log = follower_down_across_compactions("snapshot", &timing, Duration::from_millis(3_500));
     assert!(
         log.contains("installed snapshot from leader"),
         "the lagging node caught up by InstallSnapshot"
@@ -131,20 +133,25 @@ fn a_follower_down_across_compactions_catches_up_by_snapshot() {
 
 #[test]
 fn a_follower_down_briefly_across_compactions_catches_up_by_appends() {
-    // Back within 3 s: the leader kept the log after its match for it.
-    let log = follower_down_across_compactions("briefly", Duration::ZERO);
+    // Back within 20 election timeouts (12 s here, well past the writes on
+    // a slow machine): the leader kept the log after its match for it.
+    let timing = ["--election-ticks", "60", "--heartbeat-ticks", "6"];
+    let log = follower_down_across_compactions("briefly", &timing, Duration::ZERO);
     assert!(
         !log.contains("installed snapshot from leader"),
         "the lagging node caught up by appends"
     );
 }
 
-/// Kills a follower, waits `silent`, writes 200 keys (five snapshots, at
-/// one every 40 entries), restarts it, and reads every seventh key through
-/// the leader with the third node down, so that each read needs the
-/// restarted node. Returns the restarted node's log.
-fn follower_down_across_compactions(name: &str, silent: Duration) -> String {
-    let mut c = Cluster::start(name, 3, &["--snapshot-entries", "40"]);
+/// With Raft `timing` (10 ms ticks), kills a follower, waits `silent`,
+/// writes 200 keys (4 or 5 snapshots, at one every 40-50 entries),
+/// restarts it, and reads every seventh key through the leader with the
+/// third node down, so that each read needs the restarted node. Returns
+/// the restarted node's log.
+fn follower_down_across_compactions(name: &str, timing: &[&str], silent: Duration) -> String {
+    let mut args = vec!["--snapshot-entries", "40", "--tick-ms", "10"];
+    args.extend_from_slice(timing);
+    let mut c = Cluster::start(name, 3, &args);
     let leader = c.leader(Duration::from_secs(10));
     // Test only: a cluster of 3 has followers.
     let lagging = (1..=3).find(|&i| i != leader).unwrap();

@@ -93,7 +93,8 @@ struct Args {
     snapshot_entries: u64,
 
     /// ... or after this many bytes of applied entries. A leader keeps up
-    /// to 4x this much log for a follower that is catching up.
+    /// to 4x this much log (payload plus 64 bytes an entry) for a follower
+    /// that is catching up.
     #[arg(long, env = "KV_SNAPSHOT_BYTES", default_value_t = 64 << 20)]
     snapshot_bytes: u64,
 

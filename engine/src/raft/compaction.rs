@@ -5,7 +5,8 @@
 //! ever. So the log keeps what a follower still needs, within a budget:
 //!
 //! - the entries after a snapshot a follower is being sent, so that once
-//!   it has installed it, it goes on by appends;
+//!   it has installed it, it goes on by appends (however slowly its disk
+//!   answers: a transfer lasts until it ends or the leader changes);
 //! - the entries after the match of any other follower that answered
 //!   within `LIVE_ELECTION_TIMEOUTS` election timeouts, one being repaired
 //!   after losing its disk included (one that is down soon holds nothing
@@ -13,8 +14,9 @@
 //!
 //! Each need is met while the entries after it weigh at most
 //! `Config::max_log_kept_for_transfer_bytes` (payload plus a fixed cost per
-//! entry); the oldest need met sets where the log starts. With none met,
-//! the log still keeps one snapshot interval for a transfer under way.
+//! entry); the oldest need met sets where the log starts. Whatever is
+//! met, the log keeps one snapshot interval for a transfer under way, as
+//! it did before the needs were counted.
 
 use super::core::RaftCore;
 use super::progress::Progress;
@@ -51,9 +53,11 @@ impl RaftCore {
             Some(meta.term),
             "snapshot term matches the log"
         );
+        // One interval is kept for a transfer under way in any case.
+        let for_transfer = meta.index.min(previous.max(self.oldest_transfer()));
         let keep_after = self
             .oldest_need_met(meta.index)
-            .unwrap_or_else(|| meta.index.min(previous.max(self.oldest_transfer())));
+            .map_or(for_transfer, |need| need.min(for_transfer));
         self.log.compact(keep_after);
         self.snapshot = Some(snapshot);
     }

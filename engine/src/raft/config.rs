@@ -39,9 +39,9 @@ pub struct Config {
     /// Size of one `InstallSnapshot` chunk.
     pub snapshot_chunk_bytes: usize,
     /// A leader keeps the log a follower still needs behind a new snapshot
-    /// (after a snapshot it is being sent, or after its match while it
-    /// catches up by appends) while that holds at most this many bytes
-    /// (payload plus a fixed cost per entry). See `compaction.rs`.
+    /// (after a snapshot it is being sent, or after the match of one that
+    /// answered lately) while that holds at most this many bytes (payload
+    /// plus 64 bytes an entry). See `compaction.rs`.
     pub max_log_kept_for_transfer_bytes: u64,
     /// How a leader confirms it still leads before serving a read.
     pub read_mode: ReadMode,
