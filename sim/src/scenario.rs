@@ -114,6 +114,15 @@ pub enum Script {
     /// that one's disk is then replaced by an empty one, and the leader dies
     /// as the network heals. A wiped node that votes loses those commits.
     ReplacedDisk,
+    /// A follower is cut off for 6 s while the clients write, so the leader
+    /// compacts past it (it keeps the log for a silent follower 20 election
+    /// timeouts, 3 s by default); once healed, with the writes still going on, it
+    /// must catch up (apply what was committed at the heal) before the
+    /// clients stop. With a loaded state on a slow disk, a snapshot takes
+    /// longer to send than to take: a leader that keeps neither the
+    /// snapshot in transfer nor the log after it starts the transfer over
+    /// for as long as the writes last.
+    FollowerRejoinsUnderWrites,
 }
 
 impl Scenario {
@@ -766,6 +775,18 @@ async fn run_script(
         }
         Script::PageCacheLoss => page_cache_loss(cluster, &net, &mut clogged, leader).await,
         Script::ReplacedDisk => replaced_disk(cluster, &net, &mut clogged, leader).await,
+        Script::FollowerRejoinsUnderWrites => {
+            let follower = ids.iter().copied().find(|&i| i != leader).unwrap_or(ids[0]);
+            for &b in ids.iter().filter(|&&b| b != follower) {
+                clog(cluster, &net, &mut clogged, follower, b);
+                clog(cluster, &net, &mut clogged, b, follower);
+            }
+            cluster.checker.note(&format!("isolate n{follower}"));
+            sleep(Duration::from_secs(6)).await;
+            unclog_all(cluster, &net, &mut clogged);
+            cluster.checker.note("heal network");
+            catch_up_before(cluster, follower, until).await;
+        }
         Script::LeaderDiskFails => {
             if let Some(disk) = cluster.disk(leader) {
                 disk.fail_next(kv_net::fs::DiskOp::Sync, 1);
@@ -810,6 +831,37 @@ async fn run_script(
         sleep(until - now).await;
     }
     damaged_at
+}
+
+/// Waits until `node` has applied what the cluster had committed when this
+/// was called, and notes how long that took; a violation if that is not
+/// by `until` (the clients write until then).
+async fn catch_up_before(cluster: &SimCluster, node: u64, until: Instant) {
+    let since = Instant::now();
+    let target = cluster
+        .ids()
+        .iter()
+        .map(|&i| cluster.checker.commit_of(i))
+        .max()
+        .unwrap_or(0);
+    loop {
+        let applied = cluster.checker.last_applied().get(&node).copied();
+        if applied.unwrap_or(0) >= target {
+            let ms = since.elapsed().as_millis();
+            cluster
+                .checker
+                .note(&format!("n{node} caught up after {ms} ms"));
+            return;
+        }
+        if Instant::now() >= until {
+            cluster.checker.violation(&format!(
+                "liveness: n{node} had not applied index {target} {} ms after rejoining, with the writes still going on (applied {applied:?})",
+                since.elapsed().as_millis()
+            ));
+            return;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Waits (up to 5 s) until a node other than `old` leads, and notes in the
