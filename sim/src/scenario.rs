@@ -757,14 +757,7 @@ async fn run_script(
             cluster.restart(leader);
         }
         Script::PartitionHeal => {
-            for &b in ids.iter().filter(|&&b| b != leader) {
-                clog(cluster, &net, &mut clogged, leader, b);
-                clog(cluster, &net, &mut clogged, b, leader);
-            }
-            cluster.checker.note(&format!("isolate n{leader}"));
-            sleep(Duration::from_secs(4)).await;
-            unclog_all(cluster, &net, &mut clogged);
-            cluster.checker.note("heal network");
+            isolate_for(cluster, &net, leader, Duration::from_secs(4)).await;
         }
         Script::TornWalTail => {
             let follower = ids.iter().copied().find(|&i| i != leader).unwrap_or(ids[0]);
@@ -777,14 +770,7 @@ async fn run_script(
         Script::ReplacedDisk => replaced_disk(cluster, &net, &mut clogged, leader).await,
         Script::FollowerRejoinsUnderWrites => {
             let follower = ids.iter().copied().find(|&i| i != leader).unwrap_or(ids[0]);
-            for &b in ids.iter().filter(|&&b| b != follower) {
-                clog(cluster, &net, &mut clogged, follower, b);
-                clog(cluster, &net, &mut clogged, b, follower);
-            }
-            cluster.checker.note(&format!("isolate n{follower}"));
-            sleep(Duration::from_secs(6)).await;
-            unclog_all(cluster, &net, &mut clogged);
-            cluster.checker.note("heal network");
+            isolate_for(cluster, &net, follower, Duration::from_secs(6)).await;
             catch_up_before(cluster, follower, until).await;
         }
         Script::LeaderDiskFails => {
@@ -831,6 +817,20 @@ async fn run_script(
         sleep(until - now).await;
     }
     damaged_at
+}
+
+/// Cuts `node` off from every other node both ways for `how_long`, then
+/// heals the network, noting both in the trace.
+async fn isolate_for(cluster: &SimCluster, net: &NetSim, node: u64, how_long: Duration) {
+    let mut clogged = BTreeSet::new();
+    for b in cluster.ids().into_iter().filter(|&b| b != node) {
+        clog(cluster, net, &mut clogged, node, b);
+        clog(cluster, net, &mut clogged, b, node);
+    }
+    cluster.checker.note(&format!("isolate n{node}"));
+    sleep(how_long).await;
+    unclog_all(cluster, net, &mut clogged);
+    cluster.checker.note("heal network");
 }
 
 /// Waits until `node` has applied what the cluster had committed when this
