@@ -600,6 +600,7 @@ mod tests {
             );
             // Test only: into the test's own in-memory pipe, with room for it all.
             client.write_all(&command[300 << 10..]).await.unwrap();
+            // Test only: the command the test just wrote whole; a failure is the finding.
             let args = reader.next_command().await.unwrap().unwrap();
             assert_eq!(args.get(1).map(Bytes::len), Some(400 << 10));
             assert_eq!(budget.available(), full, "the charge is the command's now");
@@ -613,6 +614,7 @@ mod tests {
             parse_all(b"a a a a a a a a a a a a a a a a a\r\n"),
             Err(RespError::TooLarge(_))
         ));
+        // Test only: a fixed, valid inline command.
         assert_eq!(parse_all(b"a a a\r\n").unwrap().len(), 1);
     }
 

@@ -294,6 +294,7 @@ mod tests {
     #[test]
     fn a_transfer_started_over_removes_the_partial_file_of_the_one_it_replaces() {
         let (fs, dir) = (MemFs::new(), PathBuf::from("/node"));
+        // Test only: an in-memory file system, which has no faults unless set.
         fs.create_dir_all(&dir).unwrap();
         receive_all(&fs, &dir, vec![chunk(9, 0), chunk(9, 10), chunk(20, 0)]);
         let names: Vec<_> = fs

@@ -75,6 +75,7 @@ fn state_at(index: u64) -> KvStore {
 /// A snapshot taken locally at `index`: its file, then the WAL compacted.
 fn save(s: &mut Storage<MemFs>, fs: &MemFs, index: u64, term: u64) -> SnapshotInfo {
     let info = snapshot(fs, index, term);
+    // Test only: an in-memory file system, which has no faults unless set.
     s.compact(info.meta, &[]).unwrap();
     info
 }
@@ -431,6 +432,7 @@ fn a_snapshot_still_being_sent_outlives_the_newer_ones() {
     }
     assert_eq!(snapshots(&fs), vec![40, 30, 20, 10], "10 and 20 are sent");
     let info = snapshot(&fs, 41, 1);
+    // Test only: an in-memory file system, which has no faults unless set.
     s.compact(info.meta, &[]).unwrap();
     assert_eq!(snapshots(&fs), vec![41, 40], "the newest two otherwise");
 }
