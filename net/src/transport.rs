@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kv_proto::raft::{message, Envelope, Hello, Message};
+use kv_proto::raft::{message, Entry, Envelope, Hello, Message};
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::frame::{encode_frame, FrameReader};
 use crate::log_limit::LogLimiter;
+use crate::peer_wire::entries_in_envelope;
 
 /// How often each kind of refusal is logged.
 const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
@@ -804,7 +805,20 @@ fn check_hello(cfg: &TransportConfig, payload: &[u8]) -> Result<u64, Refusal> {
 }
 
 /// Decodes and checks one envelope: our cluster, to us, from `sender`.
+/// A frame whose entries would take more memory than the frame limit is
+/// refused before it is decoded (`peer_wire`).
 fn validate(cfg: &TransportConfig, payload: &[u8], sender: u64) -> Result<Message, Refusal> {
+    let entries = entries_in_envelope(payload).map_err(|e| ("undecodable frame", e.to_string()))?;
+    let max_entries = cfg.max_frame_bytes / std::mem::size_of::<Entry>();
+    if entries > max_entries {
+        return Err((
+            "too many entries",
+            format!(
+                "{entries} entries in {} bytes (at most {max_entries})",
+                payload.len()
+            ),
+        ));
+    }
     let envelope = Envelope::decode(payload).map_err(|e| ("undecodable frame", e.to_string()))?;
     if envelope.cluster_id != cfg.cluster_id {
         return Err((
@@ -1328,6 +1342,44 @@ mod tests {
                 .await
                 .is_err(),
             "after a message claiming to be from node 3, the connection is closed"
+        );
+        assert_eq!(t1.stats().refused, 1);
+    }
+
+    fn append_of_empty_entries(term: u64, n: usize) -> Message {
+        Message {
+            body: Some(Body::AppendEntries(AppendEntries {
+                entries: vec![Entry::default(); n],
+                ..Default::default()
+            })),
+            ..msg(2, 1, term)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_whose_entries_would_decode_past_the_frame_limit_is_refused_undecoded() {
+        let addrs = free_addrs(2).await;
+        let (tx, mut rx) = mpsc::channel(64);
+        let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
+        // The frame limit is 1 MiB: 30,000 empty entries are a 60 kB frame
+        // that would decode into 30,000 x size_of::<Entry>() = 1.4 MB.
+        let most = (1 << 20) / std::mem::size_of::<Entry>();
+        let msgs = vec![
+            (7, append_of_empty_entries(1, 4096)),
+            (7, append_of_empty_entries(2, most + 1)),
+            (7, msg(2, 1, 3)),
+        ];
+        let _conn = raw_peer(addrs[&1], hello(7, 2, 1), msgs).await;
+        assert_eq!(
+            recv(&mut rx).await.unwrap().term,
+            1,
+            "a usual append gets in"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err(),
+            "after the frame of too many entries, the connection is closed"
         );
         assert_eq!(t1.stats().refused, 1);
     }
