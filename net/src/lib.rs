@@ -11,6 +11,7 @@
 //! | `status` | the node's status board (STATUS, `/status`, metrics) |
 //! | `transport` | peer connections (framed protobuf), fault injection |
 //! | `frame` | length-prefixed frames |
+//! | `peer_inbox` | the queue from peer connections to the core, bounded in bytes |
 //! | `peer_wire` | a peer frame's entries counted before it is decoded |
 //! | `storage` | WAL segments, recovery, the data dir's identity and lock |
 //! | `snapshots` | snapshot files, streamed: written, sent, received, restored |
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod log_limit;
 pub mod metrics;
 pub mod node;
+pub mod peer_inbox;
 pub mod peer_wire;
 pub mod server;
 pub mod snapshots;

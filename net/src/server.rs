@@ -51,7 +51,8 @@ impl Node {
             opened => opened,
         };
 
-        let (peer_tx, peer_rx) = mpsc::channel(cfg.peer_inbound_capacity);
+        let (peer_tx, peer_rx) =
+            crate::peer_inbox::channel(cfg.peer_inbound_capacity, cfg.peer_inbound_bytes);
         let transport = PeerTransport::start(cfg.transport_config(), peer_tx).await?;
         let (request_tx, request_rx) = mpsc::channel(cfg.client_queue_capacity);
         let members = cfg

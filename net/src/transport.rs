@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::frame::{encode_frame, FrameReader};
 use crate::log_limit::LogLimiter;
+use crate::peer_inbox::InboxSender;
 use crate::peer_wire::entries_in_envelope;
 
 /// How often each kind of refusal is logged.
@@ -371,10 +372,7 @@ pub struct PeerTransport {
 
 impl PeerTransport {
     /// Binds the peer port and starts the accept task and one dialing task per peer.
-    pub async fn start(
-        cfg: TransportConfig,
-        inbound: mpsc::Sender<Message>,
-    ) -> Result<Self, TransportError> {
+    pub async fn start(cfg: TransportConfig, inbound: InboxSender) -> Result<Self, TransportError> {
         let listener =
             TcpListener::bind(cfg.listen_addr)
                 .await
@@ -529,7 +527,7 @@ impl Drop for PeerTransport {
 async fn accept_loop(
     listener: TcpListener,
     cfg: Arc<TransportConfig>,
-    inbound: mpsc::Sender<Message>,
+    inbound: InboxSender,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -591,7 +589,7 @@ async fn serve_inbound(
     stream: TcpStream,
     from: SocketAddr,
     cfg: Arc<TransportConfig>,
-    inbound: mpsc::Sender<Message>,
+    inbound: InboxSender,
     counters: Arc<Counters>,
     shutdown: watch::Receiver<bool>,
     stranger: StrangerTicket,
@@ -687,7 +685,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     from: SocketAddr,
     cfg: Arc<TransportConfig>,
-    inbound: mpsc::Sender<Message>,
+    inbound: InboxSender,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
     stranger: StrangerTicket,
@@ -751,13 +749,13 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         if payload.is_empty() {
             continue; // a ping: the link is idle, not dead
         }
-        let msg = match validate(&cfg, &payload, sender) {
-            Ok(msg) => msg,
+        let (msg, bytes) = match validate(&cfg, &payload, sender) {
+            Ok(checked) => checked,
             Err((kind, detail)) => return counters.refuse(cfg.node_id, from, kind, &detail),
         };
         counters.received.fetch_add(1, Ordering::Relaxed);
         // Backpressure: a busy core slows this connection, not memory.
-        if inbound.send(msg).await.is_err() {
+        if inbound.send(msg, bytes).await.is_err() {
             return;
         }
     }
@@ -804,10 +802,15 @@ fn check_hello(cfg: &TransportConfig, payload: &[u8]) -> Result<u64, Refusal> {
     Ok(hello.from)
 }
 
-/// Decodes and checks one envelope: our cluster, to us, from `sender`.
-/// A frame whose entries would take more memory than the frame limit is
-/// refused before it is decoded (`peer_wire`).
-fn validate(cfg: &TransportConfig, payload: &[u8], sender: u64) -> Result<Message, Refusal> {
+/// Decodes and checks one envelope: our cluster, to us, from `sender`;
+/// gives the message and the bytes it holds in memory (at most about twice
+/// its frame). A frame whose entries would take more memory than the frame
+/// limit is refused before it is decoded (`peer_wire`).
+fn validate(
+    cfg: &TransportConfig,
+    payload: &[u8],
+    sender: u64,
+) -> Result<(Message, usize), Refusal> {
     let entries = entries_in_envelope(payload).map_err(|e| ("undecodable frame", e.to_string()))?;
     let max_entries = cfg.max_frame_bytes / std::mem::size_of::<Entry>();
     if entries > max_entries {
@@ -836,7 +839,7 @@ fn validate(cfg: &TransportConfig, payload: &[u8], sender: u64) -> Result<Messag
             ),
         ));
     }
-    Ok(msg)
+    Ok((msg, payload.len() + entries * std::mem::size_of::<Entry>()))
 }
 
 /// Keeps a connection to one peer and writes its queue to it. Reconnects
@@ -1147,7 +1150,7 @@ mod tests {
         }
     }
 
-    async fn recv(rx: &mut mpsc::Receiver<Message>) -> Option<Message> {
+    async fn recv(rx: &mut crate::peer_inbox::Inbox) -> Option<Message> {
         tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .ok()
@@ -1160,7 +1163,7 @@ mod tests {
         let mut nodes = Vec::new();
         let mut rxs = Vec::new();
         for id in 1..=3 {
-            let (tx, rx) = mpsc::channel(64);
+            let (tx, rx) = crate::peer_inbox::channel(64, 1 << 30);
             nodes.push(PeerTransport::start(config(id, &addrs), tx).await.unwrap());
             rxs.push(rx);
         }
@@ -1177,8 +1180,8 @@ mod tests {
     #[tokio::test]
     async fn an_idle_link_stays_up_and_a_silent_member_is_closed() {
         let addrs = free_addrs(2).await;
-        let (tx1, _rx1) = mpsc::channel(64);
-        let (tx2, mut rx2) = mpsc::channel(64);
+        let (tx1, _rx1) = crate::peer_inbox::channel(64, 1 << 30);
+        let (tx2, mut rx2) = crate::peer_inbox::channel(64, 1 << 30);
         // Keepalives of 400 ms: a link is dead after 1.6 s of silence, room
         // enough on a loaded 2-core machine running other tests. (This test
         // failed now and then at 200 ms: the dialer pinged only when a tick
@@ -1236,7 +1239,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_whose_hello_names_another_cluster_node_or_stranger_is_refused() {
         let addrs = free_addrs(2).await;
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = crate::peer_inbox::channel(64, 1 << 30);
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
         let mut kept = Vec::new();
         for bad in [hello(8, 2, 1), hello(7, 2, 3), hello(7, 9, 1)] {
@@ -1266,7 +1269,7 @@ mod tests {
     #[tokio::test]
     async fn strangers_are_closed_without_a_hello_and_beyond_the_connection_limit() {
         let addrs = free_addrs(2).await;
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = crate::peer_inbox::channel(64, 1 << 30);
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
         // Four silent connections take every slot; a fifth takes the
         // oldest one's place.
@@ -1292,7 +1295,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_that_redials_gets_in_while_strangers_hold_every_slot() {
         let addrs = free_addrs(2).await;
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = crate::peer_inbox::channel(64, 1 << 30);
         let slow_hello = TransportConfig {
             hello_timeout: Duration::from_secs(30),
             ..config(1, &addrs)
@@ -1314,7 +1317,7 @@ mod tests {
     #[tokio::test]
     async fn a_stranger_s_first_frame_is_held_to_the_size_of_a_hello() {
         let addrs = free_addrs(2).await;
-        let (tx, _rx) = mpsc::channel(64);
+        let (tx, _rx) = crate::peer_inbox::channel(64, 1 << 30);
         let slow_hello = TransportConfig {
             hello_timeout: Duration::from_secs(30),
             ..config(1, &addrs)
@@ -1332,7 +1335,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_that_sends_for_another_sender_is_cut_off() {
         let addrs = free_addrs(3).await;
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = crate::peer_inbox::channel(64, 1 << 30);
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
         let msgs = vec![(7, msg(2, 1, 1)), (7, msg(3, 1, 2)), (7, msg(2, 1, 3))];
         let _conn = raw_peer(addrs[&1], hello(7, 2, 1), msgs).await;
@@ -1359,7 +1362,7 @@ mod tests {
     #[tokio::test]
     async fn a_frame_whose_entries_would_decode_past_the_frame_limit_is_refused_undecoded() {
         let addrs = free_addrs(2).await;
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = crate::peer_inbox::channel(64, 1 << 30);
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
         // The frame limit is 1 MiB: 30,000 empty entries are a 60 kB frame
         // that would decode into 30,000 x size_of::<Entry>() = 1.4 MB.
@@ -1385,9 +1388,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_member_flooding_a_core_that_does_not_read_is_held_to_the_inbox_bytes() {
+        let addrs = free_addrs(2).await;
+        let (tx, mut rx) = crate::peer_inbox::channel(1000, 64 << 10);
+        let _t1 = PeerTransport::start(config(1, &addrs), tx.clone())
+            .await
+            .unwrap();
+        let append = |term| Message {
+            body: Some(Body::AppendEntries(AppendEntries {
+                entries: vec![Entry {
+                    data: vec![b'x'; 10_000].into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..msg(2, 1, term)
+        };
+        let msgs = (1..=50).map(|term| (7, append(term))).collect();
+        let _conn = raw_peer(addrs[&1], hello(7, 2, 1), msgs).await;
+        // Wait until the inbox is about full, then give the connection time
+        // to push more if it could.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tx.queued_bytes() < 50_000 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let queued = tx.queued_bytes();
+        assert!(
+            (50_000..=64 << 10).contains(&queued),
+            "500 kB were sent; {queued} bytes are queued"
+        );
+        for term in 1..=50 {
+            assert_eq!(
+                recv(&mut rx).await.map(|m| m.term),
+                Some(term),
+                "held back, never dropped"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_dead_peer_never_blocks_send_and_its_queue_stays_bounded() {
         let addrs = free_addrs(2).await;
-        let (tx, _rx) = mpsc::channel(64);
+        let (tx, _rx) = crate::peer_inbox::channel(64, 1 << 30);
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
         for i in 0..10_000 {
             t1.send(msg(1, 2, i));
@@ -1402,11 +1445,11 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_starts_late_receives_after_reconnect() {
         let addrs = free_addrs(2).await;
-        let (tx1, _rx1) = mpsc::channel(64);
+        let (tx1, _rx1) = crate::peer_inbox::channel(64, 1 << 30);
         let t1 = PeerTransport::start(config(1, &addrs), tx1).await.unwrap();
         t1.send(msg(1, 2, 1));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (tx2, mut rx2) = mpsc::channel(64);
+        let (tx2, mut rx2) = crate::peer_inbox::channel(64, 1 << 30);
         let _t2 = PeerTransport::start(config(2, &addrs), tx2).await.unwrap();
         // Keep sending until one arrives: the first may sit in a dead connection.
         let mut got = None;
@@ -1424,14 +1467,14 @@ mod tests {
     #[tokio::test]
     async fn injected_faults_drop_everything_or_duplicate_everything() {
         let addrs = free_addrs(2).await;
-        let (tx2, mut rx2) = mpsc::channel(64);
+        let (tx2, mut rx2) = crate::peer_inbox::channel(64, 1 << 30);
         let _t2 = PeerTransport::start(config(2, &addrs), tx2).await.unwrap();
         let mut cfg = config(1, &addrs);
         cfg.faults = NetFaults {
             drop_probability: 1.0,
             ..NetFaults::default()
         };
-        let (tx1, _rx1) = mpsc::channel(64);
+        let (tx1, _rx1) = crate::peer_inbox::channel(64, 1 << 30);
         let dropper = PeerTransport::start(cfg, tx1).await.unwrap();
         for i in 0..10 {
             dropper.send(msg(1, 2, i));
@@ -1448,7 +1491,7 @@ mod tests {
             duplicate_probability: 1.0,
             ..NetFaults::default()
         };
-        let (tx1, _rx1) = mpsc::channel(64);
+        let (tx1, _rx1) = crate::peer_inbox::channel(64, 1 << 30);
         let dup = PeerTransport::start(cfg, tx1).await.unwrap();
         dup.send(msg(1, 2, 42));
         assert_eq!(recv(&mut rx2).await.unwrap().term, 42);

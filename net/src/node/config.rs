@@ -53,6 +53,10 @@ pub struct NodeConfig {
     pub client_queue_capacity: usize,
     /// Capacity of the queue of peer messages into the core.
     pub peer_inbound_capacity: usize,
+    /// Bytes that queue may hold (each message charged its frame plus its
+    /// entries' in-memory size); a connection whose message does not fit
+    /// waits for the core.
+    pub peer_inbound_bytes: usize,
     /// Capacity of each peer's outbound queue.
     pub peer_queue_capacity: usize,
     /// Capacity of the queue of writes to the storage task.
@@ -119,6 +123,7 @@ impl NodeConfig {
             client: ClientLimits::default(),
             client_queue_capacity: 16_384,
             peer_inbound_capacity: 4096,
+            peer_inbound_bytes: 128 << 20,
             peer_queue_capacity: 4096,
             storage_queue_capacity: 1024,
             max_peer_frame_bytes: 64 << 20,

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use kv_engine::kv::KvStore;
 use kv_engine::raft::{RaftCore, Restored};
-use kv_proto::raft::Message;
 use tokio::sync::{mpsc, watch};
 
 use super::core_task::CoreTask;
@@ -23,6 +22,7 @@ use crate::api::{ClientOp, ClientReply, ClientRequest, FailKind};
 use crate::fs::FileSystem;
 use crate::metrics::Metrics;
 use crate::node::sim_disk::SimDisk;
+use crate::peer_inbox::Inbox;
 use crate::status::StatusBoard;
 use crate::storage::{Recovered, Storage, StorageError};
 use crate::transport::PeerTransport;
@@ -33,7 +33,7 @@ const DISK_RETRY_MOST: Duration = Duration::from_secs(10);
 
 /// What reaches a node from outside; it outlives each life of the core.
 pub(crate) struct Inputs {
-    pub(crate) peer_rx: mpsc::Receiver<Message>,
+    pub(crate) peer_rx: Inbox,
     pub(crate) request_rx: mpsc::Receiver<ClientRequest>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Where the node's status is published.

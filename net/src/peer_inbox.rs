@@ -1,0 +1,148 @@
+//! The queue from the peer connections to the core, bounded in bytes as
+//! well as in messages.
+//!
+//! A bound in messages alone lets a member that the core does not keep up
+//! with queue thousands of frames of up to the frame limit each. Here each
+//! message is charged what it holds in memory (its frame, plus its entries'
+//! in-memory size, see `peer_wire`) before it is queued, and the charge is
+//! given back when the core takes it: a connection whose message does not
+//! fit waits, which slows that connection and no one's memory. A single
+//! message larger than the whole budget is charged the whole budget, so it
+//! still gets through once the queue is empty.
+
+use std::sync::Arc;
+
+use kv_proto::raft::Message;
+use tokio::sync::{mpsc, Semaphore};
+
+/// The largest budget: a semaphore takes at most `u32::MAX` permits at once.
+const MAX_BUDGET: usize = u32::MAX as usize;
+
+/// Makes a queue of at most `capacity` messages and `max_bytes` charged.
+pub fn channel(capacity: usize, max_bytes: usize) -> (InboxSender, Inbox) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let max = max_bytes.clamp(1, MAX_BUDGET);
+    let budget = Arc::new(Semaphore::new(max));
+    (
+        InboxSender {
+            tx,
+            budget: budget.clone(),
+            max,
+        },
+        Inbox { rx, budget },
+    )
+}
+
+/// The queue is closed: the core has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the peer inbox is closed")]
+pub struct Closed;
+
+/// The sending side, one clone per peer connection.
+#[derive(Debug, Clone)]
+pub struct InboxSender {
+    tx: mpsc::Sender<(Message, u32)>,
+    budget: Arc<Semaphore>,
+    max: usize,
+}
+
+impl InboxSender {
+    /// Queues `msg`, charged `bytes`, once both a slot and the bytes are free.
+    pub async fn send(&self, msg: Message, bytes: usize) -> Result<(), Closed> {
+        // `max` fits in a u32 (see `channel`), so the cast cannot truncate.
+        let charge = bytes.clamp(1, self.max) as u32;
+        let permit = self.budget.acquire_many(charge).await.map_err(|_| Closed)?;
+        permit.forget();
+        if self.tx.send((msg, charge)).await.is_err() {
+            self.budget.add_permits(charge as usize);
+            return Err(Closed);
+        }
+        Ok(())
+    }
+
+    /// Bytes charged to messages queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.max - self.budget.available_permits()
+    }
+}
+
+/// The core's side.
+#[derive(Debug)]
+pub struct Inbox {
+    rx: mpsc::Receiver<(Message, u32)>,
+    budget: Arc<Semaphore>,
+}
+
+impl Inbox {
+    /// The next message, its charge given back.
+    pub async fn recv(&mut self) -> Option<Message> {
+        let (msg, charge) = self.rx.recv().await?;
+        self.budget.add_permits(charge as usize);
+        Some(msg)
+    }
+
+    /// The next message if one is queued, its charge given back.
+    pub fn try_recv(&mut self) -> Result<Message, mpsc::error::TryRecvError> {
+        let (msg, charge) = self.rx.try_recv()?;
+        self.budget.add_permits(charge as usize);
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+// Test code: its inputs are fixed here; an unwrap that fails is how a test reports.
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn msg(term: u64) -> Message {
+        Message {
+            from: 2,
+            to: 1,
+            term,
+            body: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_that_does_not_fit_waits_until_the_core_takes_one() {
+        let (tx, mut rx) = channel(100, 1000);
+        tx.send(msg(1), 600).await.unwrap();
+        tx.send(msg(2), 400).await.unwrap();
+        assert_eq!(tx.queued_bytes(), 1000);
+        let sender = tx.clone();
+        let third = tokio::spawn(async move { sender.send(msg(3), 500).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!third.is_finished(), "1,500 bytes would be queued");
+        assert_eq!(rx.recv().await.unwrap().term, 1);
+        third.await.unwrap().unwrap();
+        assert_eq!(tx.queued_bytes(), 900);
+        assert_eq!(rx.try_recv().unwrap().term, 2);
+        assert_eq!(rx.recv().await.unwrap().term, 3);
+        assert_eq!(tx.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_the_budget_passes_alone() {
+        let (tx, mut rx) = channel(100, 1000);
+        tx.send(msg(1), 10).await.unwrap();
+        let sender = tx.clone();
+        let big = tokio::spawn(async move { sender.send(msg(2), 5000).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!big.is_finished(), "it waits for the queue to empty");
+        assert_eq!(rx.recv().await.unwrap().term, 1);
+        big.await.unwrap().unwrap();
+        assert_eq!(tx.queued_bytes(), 1000);
+        assert_eq!(rx.recv().await.unwrap().term, 2);
+        assert_eq!(tx.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn sending_to_a_stopped_core_fails_and_charges_nothing() {
+        let (tx, rx) = channel(100, 1000);
+        drop(rx);
+        assert_eq!(tx.send(msg(1), 10).await, Err(Closed));
+        assert_eq!(tx.queued_bytes(), 0);
+    }
+}
