@@ -311,12 +311,26 @@ impl WalScan {
 }
 
 /// Whether `snapshot` is one received from a leader whose install never
-/// finished: its file is durable, but the WAL never recorded it (its term is
-/// above every term the WAL's hard state reached). Nothing was acknowledged
-/// for it, so it is dropped, not trusted and not counted as damage. A
-/// snapshot taken locally never has a term above the node's.
+/// finished: its file is durable, but the WAL never recorded it. Nothing was
+/// acknowledged for it, so it is dropped, not trusted and not counted as
+/// damage. Two signs tell it (a marker for it in the WAL shows neither):
+/// - its term is above every term the WAL's hard state reached (a snapshot
+///   taken locally never has a term above the node's);
+/// - the WAL holds the entry at its index with another term (a snapshot
+///   taken locally covers the entry the node applied there, and an applied
+///   entry is never rewritten).
+///
+/// Trusting such a snapshot anyway would make the node build on a log the
+/// WAL does not say was replaced: were the snapshot's file lost later, an
+/// older snapshot and the WAL would bring the replaced entries back as if
+/// committed.
 pub fn unfinished_install(snapshot: &SnapshotInfo, log: &ReplayedLog) -> bool {
-    snapshot.meta.term > log.hard_state.term
+    // A marker for the snapshot resets `term_at_snapshot`: entries written
+    // before it no longer count.
+    let disagrees = log
+        .term_at_snapshot
+        .is_some_and(|term| term != snapshot.meta.term);
+    snapshot.meta.term > log.hard_state.term || disagrees
 }
 
 /// A node's term never falls behind the entries it holds (a batch writes

@@ -16,6 +16,12 @@ pub struct ReplayedLog {
     pub entries: Vec<Entry>,
     /// The last hard state written.
     pub hard_state: HardState,
+    /// The term of the entry the WAL still holds at `snapshot_index`, if it
+    /// holds one written since the snapshot boundary was set (by the start
+    /// or by a marker) and not cut away by a later rewrite below it. A
+    /// snapshot taken locally agrees with it; one received from a leader
+    /// whose install never reached the WAL may not (see `unfinished_install`).
+    pub term_at_snapshot: Option<u64>,
 }
 
 /// A contradiction in the WAL: acknowledged state cannot be trusted.
@@ -69,6 +75,7 @@ impl ReplayedLog {
                 self.snapshot_index = meta.index;
                 self.snapshot_term = meta.term;
                 self.entries.clear();
+                self.term_at_snapshot = None;
                 Ok(())
             }
         }
@@ -76,13 +83,17 @@ impl ReplayedLog {
 
     fn apply_entry(&mut self, e: Entry) -> Result<(), ReplayError> {
         if e.index <= self.snapshot_index {
-            // Covered by the snapshot (a segment older than it).
+            // Covered by the snapshot (a segment older than it). A rewrite
+            // below the snapshot's index cuts away the entry at it.
+            self.term_at_snapshot = (e.index == self.snapshot_index).then_some(e.term);
             return Ok(());
         }
         if e.term < self.snapshot_term {
             // Terms never decrease along a log, so this entry cannot follow
             // the snapshot: it is a stale suffix that a snapshot installed
-            // from the leader replaced (the crash came before its marker).
+            // from the leader replaced, in a segment older than the install's
+            // marker that the crash left behind. (Without the marker, the
+            // snapshot is dropped: see `unfinished_install`.)
             return Ok(());
         }
         let next = self.last_index() + 1;
@@ -181,11 +192,13 @@ mod tests {
     #[test]
     fn stale_entries_after_an_installed_snapshot_are_dropped() {
         // Entries 51..=52 of term 2 were on disk when a snapshot at (50, 3)
-        // was installed; the crash came before the marker was written.
+        // was installed; the crash came before their segment was removed.
         let mut log = ReplayedLog::new(50, 3);
-        for r in [e(50, 2), e(51, 2), e(52, 2), e(51, 3), hs(3, 51)] {
+        let marker = Record::Snapshot(SnapshotMeta { index: 50, term: 3 });
+        for r in [e(50, 2), e(51, 2), e(52, 2), marker, e(51, 3), hs(3, 51)] {
             log.apply(r).unwrap();
         }
+        assert_eq!(log.term_at_snapshot, None, "the marker outdates entry 50");
         let log = log.finish();
         assert_eq!(
             log.entries
@@ -194,6 +207,36 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(51, 3)]
         );
+    }
+
+    #[test]
+    fn the_entry_at_the_snapshot_index_is_remembered_until_cut_away_or_marked() {
+        let after = |records: Vec<Record>| {
+            let mut log = ReplayedLog::new(5, 2);
+            for r in records {
+                log.apply(r).unwrap();
+            }
+            log.term_at_snapshot
+        };
+        assert_eq!(after(vec![e(4, 1), e(5, 1)]), Some(1));
+        assert_eq!(
+            after(vec![e(5, 1), e(5, 2)]),
+            Some(2),
+            "the last write counts"
+        );
+        assert_eq!(
+            after(vec![e(5, 1), e(4, 2)]),
+            None,
+            "a rewrite below cuts it"
+        );
+        assert_eq!(
+            after(vec![e(5, 1), e(6, 2)]),
+            Some(1),
+            "entries after keep it"
+        );
+        let marker = Record::Snapshot(SnapshotMeta { index: 5, term: 2 });
+        assert_eq!(after(vec![e(5, 1), marker]), None);
+        assert_eq!(after(vec![]), None);
     }
 
     #[test]

@@ -343,11 +343,26 @@ impl<F: FileSystem> Storage<F> {
             encode_snapshot_marker(&meta, &mut self.buf);
         }
         encode_hard_state(&self.hard_state, &mut self.buf);
-        file.append(&self.buf).map_err(io_err("append", &path))?;
-        file.sync().map_err(io_err("fdatasync", &path))?;
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(io_err("sync directory", &self.dir))?;
+        let made_durable = file
+            .append(&self.buf)
+            .map_err(io_err("append", &path))
+            .and_then(|()| file.sync().map_err(io_err("fdatasync", &path)))
+            .and_then(|()| {
+                self.fs
+                    .sync_dir(&self.dir)
+                    .map_err(io_err("sync directory", &self.dir))
+            });
+        if let Err(e) = made_durable {
+            // What the page cache shows of the new segment may never reach
+            // the disk: a reopen must not read its marker and build on an
+            // install a power loss would undo. Cut it to nothing now, and
+            // again when the data dir is reopened.
+            if let Err(cut) = file.truncate(0) {
+                tracing::error!(file = %path.display(), error = %cut, "cutting back a new segment failed too");
+            }
+            self.failed = Some((path, 0));
+            return Err(e);
+        }
         self.current = file;
         if let Some(closed) = self.segments.last_mut() {
             closed.len = self.current_len;

@@ -633,6 +633,71 @@ fn a_snapshot_install_that_never_reached_the_wal_is_dropped_not_trusted() {
     assert!(r.state.is_empty(), "nothing from the dropped snapshot");
 }
 
+#[test]
+fn a_snapshot_the_wal_holds_with_another_term_at_its_index_is_an_unfinished_install() {
+    // A deposed leader's log: entries 1..=10 of term 1, of which only 1..=5
+    // were committed; it has since learned term 3.
+    let deposed = || {
+        let fs = MemFs::new();
+        let mut s = written(&fs, 10, 1 << 20);
+        s.append(Some(&hs(3, 5)), &[]).unwrap();
+        fs
+    };
+    // The leader's snapshot at 8 (term 2) reached its file, not the WAL.
+    let fs = deposed();
+    snapshot(&fs, 8, 2);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.found, Found::Intact);
+    assert_eq!(r.snapshot, None, "the WAL holds entry 8 of term 1");
+    assert_eq!(indexes(&r), (1..=10).collect::<Vec<_>>());
+    assert!(r.state.is_empty(), "nothing from the dropped snapshot");
+
+    // A snapshot the node took itself at 8 agrees with its WAL there.
+    let fs = deposed();
+    snapshot(&fs, 8, 1);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(
+        r.snapshot.map(|s| s.meta),
+        Some(SnapshotMeta { index: 8, term: 1 })
+    );
+    assert_eq!(indexes(&r), vec![9, 10]);
+}
+
+#[test]
+fn an_install_whose_marker_never_reached_the_disk_is_not_built_on() {
+    // Simulation seed 21698: a deposed leader (entries 6..=10 of term 1 never
+    // committed, a snapshot of its own at 5) is sent the leader's snapshot
+    // at 8, and the fsync of the install's marker fails.
+    let fs = MemFs::new();
+    let mut s = written(&fs, 10, 1 << 20);
+    save(&mut s, &fs, 5, 1);
+    s.append(Some(&hs(3, 5)), &[]).unwrap();
+    let received = snapshot(&fs, 8, 2);
+    fs.fail_next(DiskOp::Sync, 1);
+    assert!(s.install_snapshot(received.meta, Some(&hs(3, 8))).is_err());
+    let mut reopen = opts(200);
+    reopen.cut_back = s.cut_back();
+    drop(s);
+    // The node reopens its data dir. Had it trusted the marker its page
+    // cache still showed, it would have built on snapshot 8; a power loss
+    // would then take the marker, and with snapshot 8's file damaged too,
+    // snapshot 5 and the WAL would bring back entries 6..=8 of term 1
+    // under a commit index past them.
+    let (s, r) = Storage::open(fs.clone(), &dir(), reopen).unwrap();
+    let recovered = |r: &Recovered| (r.snapshot.map(|s| s.meta.index), indexes(r));
+    let before = recovered(&r);
+    assert_eq!(before, (Some(5), (6..=10).collect()), "the old log: {r:?}");
+    assert_eq!(r.hard_state.commit, 5);
+    drop(s);
+    fs.crash(1);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(
+        recovered(&r),
+        before,
+        "what it trusted survives a power loss"
+    );
+}
+
 /// A state machine of `keys` keys: its snapshot spans several chunks.
 fn many_keys(keys: u64) -> KvStore {
     let mut kv = KvStore::new();
