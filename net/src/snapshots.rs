@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use kv_engine::kv::{KvBuilder, KvSnapshot, KvStore};
 use kv_engine::raft::SnapshotInfo;
-use kv_engine::storage::recovery::{snapshot_name, TEMP_SUFFIX};
+use kv_engine::storage::recovery::{received_name, snapshot_name, TEMP_SUFFIX};
 use kv_engine::storage::snapshot_file::{
     data_len_of, stream_snapshot_file, SnapshotFileWriter, SnapshotReadError, HEADER_BYTES,
 };
@@ -31,6 +31,12 @@ pub const SYNC_EVERY_BYTES: u64 = 8 << 20;
 /// The snapshot file at `index` in `dir`.
 pub fn snapshot_path(dir: &Path, index: u64) -> PathBuf {
     dir.join(snapshot_name(index))
+}
+
+/// The file of the snapshot at `index` received from a leader, until its
+/// install is in the WAL (see `received_name`).
+pub fn received_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(received_name(index))
 }
 
 fn temp_path(dir: &Path, index: u64) -> PathBuf {
@@ -105,14 +111,27 @@ impl<F: FileSystem> SnapshotFileOut<F> {
         self.writer.data_len()
     }
 
-    /// Ends the file, makes it durable and puts it in place.
-    pub fn finish(mut self) -> Result<SnapshotInfo, StorageError> {
+    /// Ends the file of a snapshot taken locally, makes it durable and
+    /// puts it in place.
+    pub fn finish(self) -> Result<SnapshotInfo, StorageError> {
+        let path = snapshot_path(&self.dir, self.meta.index);
+        self.finish_as(path)
+    }
+
+    /// Ends the file of a snapshot received from a leader and makes it
+    /// durable under `received_path`: storage puts it in place once the
+    /// install's marker is durable (`Storage::install_snapshot`).
+    pub fn finish_received(self) -> Result<SnapshotInfo, StorageError> {
+        let path = received_path(&self.dir, self.meta.index);
+        self.finish_as(path)
+    }
+
+    fn finish_as(mut self, path: PathBuf) -> Result<SnapshotInfo, StorageError> {
         let tmp = temp_path(&self.dir, self.meta.index);
         let size = self.writer.data_len();
         let trailer = self.writer.trailer();
         self.file.append(&trailer).map_err(io_err("write", &tmp))?;
         self.file.sync().map_err(io_err("fsync", &tmp))?;
-        let path = snapshot_path(&self.dir, self.meta.index);
         self.fs
             .rename(&tmp, &path)
             .map_err(io_err("rename", &tmp))?;
@@ -168,18 +187,16 @@ pub fn read_chunk<F: FileSystem>(
     Ok(Bytes::from(bytes))
 }
 
-/// Reads the snapshot file at `index` through, handing its data to
+/// Reads the snapshot file at `path` through, handing its data to
 /// `on_data`; Ok only if the whole file checks out.
 fn stream<F: FileSystem>(
     fs: &F,
-    dir: &Path,
-    index: u64,
+    path: &Path,
     on_data: impl FnMut(&[u8]) -> Result<(), String>,
 ) -> Result<SnapshotInfo, String> {
-    let path = snapshot_path(dir, index);
-    let len = fs.file_len(&path).map_err(|e| e.to_string())?;
+    let len = fs.file_len(path).map_err(|e| e.to_string())?;
     let size = data_len_of(len).map_err(|e| e.to_string())?;
-    let read = |at: u64, n: usize| fs.read_range(&path, at, n);
+    let read = |at: u64, n: usize| fs.read_range(path, at, n);
     match stream_snapshot_file(len, PIECE_BYTES, read, on_data) {
         Ok(meta) => Ok(SnapshotInfo { meta, size }),
         Err(SnapshotReadError::Io(e)) => Err(e.to_string()),
@@ -188,28 +205,27 @@ fn stream<F: FileSystem>(
     }
 }
 
-/// Checks the snapshot file at `index` without building anything.
-pub fn verify<F: FileSystem>(fs: &F, dir: &Path, index: u64) -> Result<SnapshotInfo, String> {
-    stream(fs, dir, index, |_| Ok(()))
+/// Checks the snapshot file at `path` without building anything.
+pub fn verify<F: FileSystem>(fs: &F, path: &Path) -> Result<SnapshotInfo, String> {
+    stream(fs, path, |_| Ok(()))
 }
 
-/// Checks the snapshot file at `index` and rebuilds the state machine from
+/// Checks the snapshot file at `path` and rebuilds the state machine from
 /// it in the same pass.
 pub fn verify_and_restore<F: FileSystem>(
     fs: &F,
-    dir: &Path,
-    index: u64,
+    path: &Path,
 ) -> Result<(SnapshotInfo, KvStore), String> {
     let mut builder = KvBuilder::new();
-    let info = stream(fs, dir, index, |piece| {
+    let info = stream(fs, path, |piece| {
         builder.feed(piece).map_err(|e| e.to_string())
     })?;
     Ok((info, builder.finish().map_err(|e| e.to_string())?))
 }
 
-/// Rebuilds the state machine from the snapshot `info`, streamed.
-pub fn restore<F: FileSystem>(fs: &F, dir: &Path, info: SnapshotInfo) -> Result<KvStore, String> {
-    let (read, kv) = verify_and_restore(fs, dir, info.meta.index)?;
+/// Rebuilds the state machine from the snapshot `info`, streamed from `path`.
+pub fn restore<F: FileSystem>(fs: &F, path: &Path, info: SnapshotInfo) -> Result<KvStore, String> {
+    let (read, kv) = verify_and_restore(fs, path)?;
     if read != info {
         return Err(format!("snapshot file holds {read:?}, not {info:?}"));
     }
@@ -246,8 +262,8 @@ mod tests {
         let kv = store(5000);
         let info = write_snapshot(&fs, dir, META, &kv.capture()).unwrap();
         assert_eq!(info.meta, META);
-        assert_eq!(verify(&fs, dir, 77).unwrap(), info);
-        assert_eq!(restore(&fs, dir, info).unwrap(), kv);
+        assert_eq!(verify(&fs, &snapshot_path(dir, 77)).unwrap(), info);
+        assert_eq!(restore(&fs, &snapshot_path(dir, 77), info).unwrap(), kv);
         // Chunks read for a follower, received and written again: the same store.
         let mut incoming = SnapshotFileOut::start(&fs, Path::new("/f"), META).unwrap();
         let mut at = 0;
@@ -258,9 +274,14 @@ mod tests {
                 .unwrap();
             at += len;
         }
-        let received = incoming.finish().unwrap();
+        let received = incoming.finish_received().unwrap();
         assert_eq!(received, info);
-        assert_eq!(restore(&fs, Path::new("/f"), received).unwrap(), kv);
+        let path = received_path(Path::new("/f"), 77);
+        assert_eq!(restore(&fs, &path, received).unwrap(), kv);
+        assert!(
+            fs.read(&snapshot_path(Path::new("/f"), 77)).is_err(),
+            "not in place until installed"
+        );
     }
 
     #[test]
@@ -269,8 +290,8 @@ mod tests {
         let dir = Path::new("/d");
         let info = write_snapshot(&fs, dir, META, &store(300).capture()).unwrap();
         fs.corrupt(&snapshot_path(dir, 77), 500, 3).unwrap();
-        assert!(verify(&fs, dir, 77).is_err());
-        assert!(restore(&fs, dir, info).is_err());
+        assert!(verify(&fs, &snapshot_path(dir, 77)).is_err());
+        assert!(restore(&fs, &snapshot_path(dir, 77), info).is_err());
     }
 
     #[test]
@@ -281,7 +302,7 @@ mod tests {
         out.append(b"partial").unwrap();
         fs.crash(1);
         assert!(
-            verify(&fs, dir, 77).is_err(),
+            verify(&fs, &snapshot_path(dir, 77)).is_err(),
             "only a temp file, if anything"
         );
     }

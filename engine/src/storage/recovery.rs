@@ -52,6 +52,15 @@ pub fn snapshot_name(index: u64) -> String {
     format!("snap-{index:020}.snap")
 }
 
+/// The name a snapshot received from a leader has until its install is in
+/// the WAL (its marker durable): only then is it put in place under
+/// `snapshot_name`, so that every `.snap` file is either taken locally or
+/// witnessed by a marker, and a later fallback to an older snapshot always
+/// finds the marker that says the log was replaced.
+pub fn received_name(index: u64) -> String {
+    format!("snap-{index:020}.recv")
+}
+
 fn parse_number(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     name.strip_prefix(prefix)?
         .strip_suffix(suffix)?
@@ -70,6 +79,9 @@ pub struct DirListing {
     pub segments: Vec<u64>,
     /// Snapshot indexes, newest first.
     pub snapshots: Vec<u64>,
+    /// Indexes of snapshots received from a leader, not yet put in place
+    /// (see `received_name`), newest first.
+    pub received: Vec<u64>,
     /// Leftovers of writes that never finished (removed at start).
     pub temporaries: Vec<String>,
 }
@@ -89,10 +101,13 @@ impl DirListing {
                 listing.segments.push(seq);
             } else if let Some(index) = parse_number(name, "snap-", ".snap") {
                 listing.snapshots.push(index);
+            } else if let Some(index) = parse_number(name, "snap-", ".recv") {
+                listing.received.push(index);
             }
         }
         listing.segments.sort_unstable();
         listing.snapshots.sort_unstable_by(|a, b| b.cmp(a));
+        listing.received.sort_unstable_by(|a, b| b.cmp(a));
         listing
     }
 
@@ -310,10 +325,13 @@ impl WalScan {
     }
 }
 
-/// Whether `snapshot` is one received from a leader whose install never
-/// finished: its file is durable, but the WAL never recorded it. Nothing was
-/// acknowledged for it, so it is dropped, not trusted and not counted as
-/// damage. Two signs tell it (a marker for it in the WAL shows neither):
+/// Whether `snapshot`, a file in place, is one received from a leader whose
+/// install never finished: its file is durable, but the WAL never recorded
+/// it. Nothing was acknowledged for it, so it is dropped, not trusted and
+/// not counted as damage. Since received files are put in place only once
+/// their marker is durable (`received_name`), this is a second line for
+/// files put in place by older versions. Two signs tell it (a marker for it
+/// in the WAL shows neither):
 /// - its term is above every term the WAL's hard state reached (a snapshot
 ///   taken locally never has a term above the node's);
 /// - the WAL holds the entry at its index with another term (a snapshot
@@ -364,6 +382,10 @@ pub struct Recovery {
     pub remove: Vec<String>,
     /// Snapshot files that did not check out, and why.
     pub bad_snapshots: Vec<(u64, String)>,
+    /// A received snapshot whose install the WAL witnesses, to be put in
+    /// place (renamed from `received_name` to `snapshot_name`): the crash
+    /// came between its marker and the rename.
+    pub put_in_place: Option<u64>,
     /// What was wrong, the cause first.
     pub damage: Vec<Damage>,
     /// What the core is told.
@@ -376,7 +398,7 @@ impl Recovery {
     pub fn new(
         snapshot: Option<SnapshotInfo>,
         bad_snapshots: Vec<(u64, String)>,
-        unfinished: Vec<u64>,
+        unfinished: Vec<String>,
         scan: WalScan,
         repair_marker: bool,
     ) -> Self {
@@ -412,7 +434,7 @@ impl Recovery {
             evidence.push(segment_name(seq));
             remove.push(segment_name(seq));
         }
-        remove.extend(unfinished.iter().map(|&i| snapshot_name(i)));
+        remove.extend(unfinished);
         let empty =
             snapshot.is_none() && scan.records == 0 && log.hard_state == HardState::default();
         let found = if !damage.is_empty() {
@@ -430,6 +452,7 @@ impl Recovery {
             evidence,
             remove,
             bad_snapshots,
+            put_in_place: None,
             damage,
             found,
         }
@@ -443,6 +466,7 @@ impl Recovery {
             .iter()
             .map(|&s| segment_name(s))
             .chain(listing.snapshots.iter().map(|&i| snapshot_name(i)))
+            .chain(listing.received.iter().map(|&i| received_name(i)))
             .collect();
         Recovery {
             snapshot: None,
@@ -452,6 +476,7 @@ impl Recovery {
             evidence: names.clone(),
             remove: names,
             bad_snapshots: Vec::new(),
+            put_in_place: None,
             damage: vec![cause],
             found: Found::Damaged,
         }

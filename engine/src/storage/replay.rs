@@ -17,11 +17,15 @@ pub struct ReplayedLog {
     /// The last hard state written.
     pub hard_state: HardState,
     /// The term of the entry the WAL still holds at `snapshot_index`, if it
-    /// holds one written since the snapshot boundary was set (by the start
-    /// or by a marker) and not cut away by a later rewrite below it. A
+    /// holds one written since the snapshot boundary was set (by the start,
+    /// or by a marker at or past it; older markers are ignored) and not cut
+    /// away by a later rewrite below it. A
     /// snapshot taken locally agrees with it; one received from a leader
     /// whose install never reached the WAL may not (see `unfinished_install`).
     pub term_at_snapshot: Option<u64>,
+    /// A marker for the snapshot the log starts after was replayed: the
+    /// WAL witnesses its install.
+    pub marked: bool,
 }
 
 /// A contradiction in the WAL: acknowledged state cannot be trusted.
@@ -76,6 +80,7 @@ impl ReplayedLog {
                 self.snapshot_term = meta.term;
                 self.entries.clear();
                 self.term_at_snapshot = None;
+                self.marked = true;
                 Ok(())
             }
         }
@@ -92,8 +97,8 @@ impl ReplayedLog {
             // Terms never decrease along a log, so this entry cannot follow
             // the snapshot: it is a stale suffix that a snapshot installed
             // from the leader replaced, in a segment older than the install's
-            // marker that the crash left behind. (Without the marker, the
-            // snapshot is dropped: see `unfinished_install`.)
+            // marker that the crash left behind. (A received snapshot is
+            // trusted only with its marker: see `received_name`.)
             return Ok(());
         }
         let next = self.last_index() + 1;

@@ -223,10 +223,11 @@ fn receive<F: FileSystem>(
             };
             return Ok((Some(file), written));
         }
-        let info = file.finish()?;
-        let kv = restore(fs, dir, info).map_err(|e| StorageError::Io {
+        let info = file.finish_received()?;
+        let path = crate::snapshots::received_path(dir, info.meta.index);
+        let kv = restore(fs, &path, info).map_err(|e| StorageError::Io {
             op: "read back",
-            path: crate::snapshots::snapshot_path(dir, info.meta.index),
+            path,
             source: std::io::Error::other(e),
         })?;
         Ok((None, SnapshotDone::Received(info, Box::new(kv))))

@@ -42,6 +42,7 @@ use kv_proto::raft::{Entry, HardState, SnapshotMeta};
 
 pub use self::open::{inspect, Inspection};
 use crate::fs::{AppendFile, FileSystem};
+use crate::snapshots::{received_path, snapshot_path};
 
 /// Name of the lock file.
 pub const LOCK_FILE: &str = "LOCK";
@@ -412,9 +413,25 @@ impl<F: FileSystem> Storage<F> {
         }
         self.snapshot_index = self.snapshot_index.max(meta.index);
         self.rotate(Some(meta))?;
+        self.put_received_in_place(meta.index)?;
         let older = self.segments.len().saturating_sub(1);
         self.remove_segments(older)?;
         self.remove_old_snapshots(&[])
+    }
+
+    /// Renames the file of a snapshot received from a leader into place,
+    /// now that its marker is durable (see `received_name`). A snapshot
+    /// file already in place (one written here) is left as it is.
+    fn put_received_in_place(&self, index: u64) -> Result<(), StorageError> {
+        let received = received_path(&self.dir, index);
+        match self.fs.rename(&received, &snapshot_path(&self.dir, index)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("rename", &received)(e)),
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(io_err("sync directory", &self.dir))
     }
 
     fn remove_segments(&mut self, count: usize) -> Result<(), StorageError> {

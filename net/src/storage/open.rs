@@ -14,9 +14,9 @@ use kv_engine::storage::meta::{
 };
 use kv_engine::storage::record::encode_hard_state;
 use kv_engine::storage::recovery::{
-    check_identity, check_snapshot_file, segment_name, snapshot_name, unfinished_install, Damage,
-    DirListing, IdentityCheck, KeptSegment, Recovery, WalScan, DAMAGED_SUFFIX, META_FILE,
-    REPAIR_MARKER, TEMP_SUFFIX,
+    check_identity, check_snapshot_file, received_name, segment_name, snapshot_name,
+    unfinished_install, Damage, DirListing, IdentityCheck, KeptSegment, Recovery, WalScan,
+    DAMAGED_SUFFIX, META_FILE, REPAIR_MARKER, TEMP_SUFFIX,
 };
 use kv_proto::raft::{HardState, SnapshotMeta};
 
@@ -108,9 +108,22 @@ impl<F: FileSystem> Storage<F> {
             });
         }
         let current_path = segments.last().map(|s| s.path.clone()).unwrap_or_default();
-        let current = fs
+        let mut current = fs
             .open_append(&current_path)
             .map_err(io_err("open", &current_path))?;
+        let mut current_len = current_len;
+        if current_len == 0 && recovery.log.hard_state != HardState::default() {
+            // Every segment opens with the hard state, so compacting the
+            // ones before it never loses it: a new one, or one cut back to
+            // nothing after a failed rotation, gets it here.
+            let mut buf = Vec::new();
+            encode_hard_state(&recovery.log.hard_state, &mut buf);
+            current
+                .append(&buf)
+                .map_err(io_err("append", &current_path))?;
+            current.sync().map_err(io_err("fdatasync", &current_path))?;
+            current_len = buf.len() as u64;
+        }
         fs.sync_dir(dir).map_err(io_err("sync directory", dir))?;
         let snapshot_index = recovery
             .snapshot
@@ -208,9 +221,53 @@ fn sync_parent<F: FileSystem>(fs: &F, dir: &Path) -> Result<(), StorageError> {
         .map_err(io_err("sync directory", &parent))
 }
 
+/// A snapshot file recovery may start from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Candidate {
+    /// In place (`snapshot_name`): taken locally, or an install the WAL
+    /// witnessed.
+    InPlace(u64),
+    /// Received from a leader (`received_name`): trusted only if the WAL
+    /// holds its install's marker, which a crash before the rename left.
+    Received(u64),
+}
+
+impl Candidate {
+    fn index(self) -> u64 {
+        match self {
+            Candidate::InPlace(i) | Candidate::Received(i) => i,
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Candidate::InPlace(i) => snapshot_name(i),
+            Candidate::Received(i) => received_name(i),
+        }
+    }
+}
+
+/// Every snapshot file, newest first; at one index, the one in place first.
+fn candidates(listing: &DirListing) -> Vec<Candidate> {
+    let mut all: Vec<Candidate> = listing
+        .snapshots
+        .iter()
+        .map(|&i| Candidate::InPlace(i))
+        .chain(listing.received.iter().map(|&i| Candidate::Received(i)))
+        .collect();
+    all.sort_by_key(|c| {
+        (
+            std::cmp::Reverse(c.index()),
+            matches!(c, Candidate::Received(_)),
+        )
+    });
+    all
+}
+
 /// Reads what recovery needs: snapshots newest first until one checks out,
 /// then the segments in order (none after the first damage). A snapshot
-/// whose install never finished is dropped and the next older one tried.
+/// whose install never finished is dropped and the next older one tried;
+/// so is every received snapshot the WAL does not witness.
 fn scan<F: FileSystem>(
     fs: &F,
     dir: &Path,
@@ -219,42 +276,61 @@ fn scan<F: FileSystem>(
 ) -> Result<(Recovery, Option<KvStore>), StorageError> {
     let mut bad = Vec::new();
     let mut unfinished = Vec::new();
-    let mut candidates = listing.snapshots.iter().copied().peekable();
+    let mut candidates = candidates(listing).into_iter();
     loop {
-        let chosen = newest_valid_snapshot(fs, dir, &mut candidates, &mut bad, build);
-        let (snapshot, state) = match chosen {
-            Some((info, state)) => (Some(info), state),
-            None => (None, None),
-        };
+        let chosen =
+            newest_valid_snapshot(fs, dir, &mut candidates, &mut bad, &mut unfinished, build);
+        let picked = chosen.as_ref().map(|(c, info, _)| (*c, *info));
+        let state = chosen.and_then(|(_, _, state)| state);
+        let snapshot = picked.map(|(_, info)| info);
         let wal = scan_wal(fs, dir, listing, snapshot.map(|s| s.meta))?;
-        if let Some(s) = snapshot.filter(|s| unfinished_install(s, wal.log())) {
+        let received = matches!(picked, Some((Candidate::Received(_), _)));
+        let unwitnessed = received && !wal.log().marked;
+        if let Some((c, s)) =
+            picked.filter(|(_, s)| unwitnessed || unfinished_install(s, wal.log()))
+        {
             tracing::warn!(
                 index = s.meta.index,
                 "dropping a snapshot whose install from the leader never finished"
             );
-            unfinished.push(s.meta.index);
+            unfinished.push(c.name());
             continue;
         }
-        let recovery = Recovery::new(snapshot, bad, unfinished, wal, listing.repair_marker);
+        // Received files not chosen are leftovers of installs that never
+        // finished or were not needed.
+        unfinished.extend(
+            candidates
+                .by_ref()
+                .filter(|c| matches!(c, Candidate::Received(_)))
+                .map(Candidate::name),
+        );
+        let mut recovery = Recovery::new(snapshot, bad, unfinished, wal, listing.repair_marker);
+        if received {
+            recovery.put_in_place = snapshot.map(|s| s.meta.index);
+        }
         return Ok((recovery, state));
     }
 }
 
 /// The newest snapshot among `candidates` that checks out, and (if `build`)
 /// the state machine rebuilt from it in the same pass, so a large snapshot
-/// is read once at start, not twice. The ones that do not check out go to `bad`.
+/// is read once at start, not twice. Files in place that do not check out
+/// go to `bad`; received ones to `unfinished` (a received file the WAL
+/// witnesses is never lost that way: the marker then makes it damage).
 fn newest_valid_snapshot<F: FileSystem>(
     fs: &F,
     dir: &Path,
-    candidates: &mut impl Iterator<Item = u64>,
+    candidates: &mut impl Iterator<Item = Candidate>,
     bad: &mut Vec<(u64, String)>,
+    unfinished: &mut Vec<String>,
     build: bool,
-) -> Option<(SnapshotInfo, Option<KvStore>)> {
-    for index in candidates {
+) -> Option<(Candidate, SnapshotInfo, Option<KvStore>)> {
+    for candidate in candidates {
+        let (index, path) = (candidate.index(), dir.join(candidate.name()));
         let verified = if build {
-            snapshots::verify_and_restore(fs, dir, index).map(|(info, kv)| (info, Some(kv)))
+            snapshots::verify_and_restore(fs, &path).map(|(info, kv)| (info, Some(kv)))
         } else {
-            snapshots::verify(fs, dir, index).map(|info| (info, None))
+            snapshots::verify(fs, &path).map(|info| (info, None))
         };
         let (read, state) = match verified {
             Ok((info, kv)) => (Ok(info.meta), Some((info.size, kv))),
@@ -262,10 +338,13 @@ fn newest_valid_snapshot<F: FileSystem>(
         };
         let size = state.as_ref().map_or(0, |(size, _)| *size);
         match check_snapshot_file(index, read, size) {
-            Ok(s) => return Some((s, state.and_then(|(_, kv)| kv))),
+            Ok(s) => return Some((candidate, s, state.and_then(|(_, kv)| kv))),
             Err(reason) => {
-                tracing::error!(file = %dir.join(snapshot_name(index)).display(), %reason, "invalid snapshot; trying an older one");
-                bad.push((index, reason));
+                tracing::error!(file = %path.display(), %reason, "invalid snapshot; trying an older one");
+                match candidate {
+                    Candidate::InPlace(_) => bad.push((index, reason)),
+                    Candidate::Received(_) => unfinished.push(candidate.name()),
+                }
             }
         }
     }
@@ -302,8 +381,15 @@ fn tidy<F: FileSystem>(fs: &F, dir: &Path, recovery: &Recovery) -> Result<(), St
     set_aside(fs, dir, recovery)
 }
 
-/// Keeps a copy of each file named as evidence, then removes those to go.
+/// Puts a received snapshot the WAL witnesses in place, keeps a copy of
+/// each file named as evidence, then removes those to go.
 fn set_aside<F: FileSystem>(fs: &F, dir: &Path, recovery: &Recovery) -> Result<(), StorageError> {
+    if let Some(index) = recovery.put_in_place {
+        let from = dir.join(received_name(index));
+        tracing::info!(file = %from.display(), "putting in place a snapshot whose install the WAL records");
+        fs.rename(&from, &dir.join(snapshot_name(index)))
+            .map_err(io_err("rename", &from))?;
+    }
     for name in &recovery.evidence {
         let path = dir.join(name);
         let copy = dir.join(format!("{name}{DAMAGED_SUFFIX}"));

@@ -4,7 +4,7 @@ use kv_engine::raft::Found;
 use kv_engine::raft::SnapshotInfo;
 use kv_engine::storage::meta::DataDirMeta;
 use kv_engine::storage::record::{encode_entry, encode_hard_state};
-use kv_engine::storage::recovery::{segment_name, snapshot_name, DAMAGED_SUFFIX};
+use kv_engine::storage::recovery::{received_name, segment_name, snapshot_name, DAMAGED_SUFFIX};
 use kv_proto::command::{command::Op, Command, Set};
 use kv_proto::raft::{Entry, HardState, SnapshotMeta};
 
@@ -698,6 +698,91 @@ fn an_install_whose_marker_never_reached_the_disk_is_not_built_on() {
     );
 }
 
+/// The file of a snapshot received from a leader, as the receiving task
+/// leaves it: complete and durable, not yet in place.
+fn received(fs: &MemFs, index: u64, term: u64) -> SnapshotInfo {
+    let meta = SnapshotMeta { index, term };
+    let mut file = crate::snapshots::SnapshotFileOut::start(fs, &dir(), meta).unwrap();
+    let captured = state_at(index).capture();
+    let mut encoder = captured.encoder();
+    let mut chunk = Vec::new();
+    while {
+        chunk.clear();
+        let more = encoder.next_chunk(&mut chunk, 4096);
+        file.append(&chunk).unwrap();
+        more
+    } {}
+    file.finish_received().unwrap()
+}
+
+#[test]
+fn a_received_snapshot_the_wal_never_recorded_is_never_trusted_wherever_the_wal_stops() {
+    // The review's case: the WAL stops short of the snapshot's index, so it
+    // holds no entry there to disagree with, and the node's term is already
+    // the snapshot's. Whatever the WAL holds, a received file without its
+    // install's marker is dropped, and the node keeps its own log.
+    for last in [3, 8, 12] {
+        let fs = MemFs::new();
+        let mut s = written(&fs, last, 1 << 20);
+        s.append(Some(&hs(3, 2)), &[]).unwrap();
+        drop(s);
+        received(&fs, 8, 3);
+        fs.crash(1);
+        let (_, r) = open(&fs).unwrap();
+        assert_eq!(
+            (r.found, r.snapshot),
+            (Found::Intact, None),
+            "WAL to {last}"
+        );
+        assert_eq!(indexes(&r), (1..=last).collect::<Vec<_>>(), "WAL to {last}");
+        assert!(
+            fs.read(&dir().join(received_name(8))).is_err(),
+            "the leftover is removed"
+        );
+    }
+}
+
+#[test]
+fn a_received_snapshot_whose_marker_is_durable_is_put_in_place_at_start() {
+    let fs = MemFs::new();
+    let mut s = written(&fs, 5, 1 << 20);
+    let info = received(&fs, 8, 2);
+    // The marker is durable, then the machine dies at the rename.
+    fs.fail_next(DiskOp::Rename, 1);
+    assert!(s.install_snapshot(info.meta, Some(&hs(2, 8))).is_err());
+    drop(s);
+    fs.crash(1);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.found, Found::Intact);
+    assert_eq!(r.snapshot.map(|s| s.meta), Some(info.meta));
+    assert!(r.entries.is_empty(), "{:?}", indexes(&r));
+    assert!(fs.read(&dir().join(snapshot_name(8))).is_ok(), "in place");
+}
+
+#[test]
+fn a_segment_cut_back_to_nothing_gets_the_hard_state_so_compaction_cannot_lose_it() {
+    let fs = MemFs::new();
+    let mut s = written(&fs, 10, 1 << 20);
+    s.append(Some(&hs(3, 10)), &[]).unwrap();
+    // An install whose new segment fails its fsync: cut back to nothing.
+    let info = received(&fs, 20, 3);
+    fs.fail_next(DiskOp::Sync, 1);
+    assert!(s.install_snapshot(info.meta, Some(&hs(3, 20))).is_err());
+    let mut reopen = opts(1 << 20);
+    reopen.cut_back = s.cut_back();
+    drop(s);
+    let (mut s, r) = Storage::open(fs.clone(), &dir(), reopen).unwrap();
+    assert_eq!(r.hard_state, hs(3, 10));
+    // A local snapshot at 10 compacts the segment that held the hard state.
+    save(&mut s, &fs, 10, 1);
+    drop(s);
+    fs.crash(1);
+    let (_, r) = open(&fs).unwrap();
+    assert_eq!(r.found, Found::Intact, "{r:?}");
+    assert_eq!(r.hard_state, hs(3, 10), "term, vote and commit survive");
+    assert_eq!(r.snapshot.map(|s| s.meta.index), Some(10));
+}
+
 /// A state machine of `keys` keys: its snapshot spans several chunks.
 fn many_keys(keys: u64) -> KvStore {
     let mut kv = KvStore::new();
@@ -733,7 +818,7 @@ fn receive_and_install(
             break;
         }
     }
-    file.finish()?;
+    file.finish_received()?;
     s.install_snapshot(meta, Some(&hs(meta.term, meta.index)))
 }
 
