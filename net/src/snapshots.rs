@@ -39,8 +39,11 @@ pub fn received_path(dir: &Path, index: u64) -> PathBuf {
     dir.join(received_name(index))
 }
 
-fn temp_path(dir: &Path, index: u64) -> PathBuf {
-    dir.join(format!("{}{TEMP_SUFFIX}", snapshot_name(index)))
+/// Where a file being written lives until it is complete.
+fn temp_of(dest: &Path) -> PathBuf {
+    let mut name = dest.as_os_str().to_owned();
+    name.push(TEMP_SUFFIX);
+    PathBuf::from(name)
 }
 
 /// A snapshot file being written: its temp file and running checksum.
@@ -49,15 +52,33 @@ pub struct SnapshotFileOut<F: FileSystem> {
     dir: PathBuf,
     meta: SnapshotMeta,
     file: F::File,
+    /// Where the file is written (`dest` with `.tmp`), and where it goes
+    /// once complete. A snapshot taken here and one received from a leader
+    /// never share either, so neither job can touch the other's file.
+    tmp: PathBuf,
+    dest: PathBuf,
     writer: SnapshotFileWriter,
     /// Bytes written since the last sync.
     unsynced: u64,
 }
 
 impl<F: FileSystem> SnapshotFileOut<F> {
-    /// Starts the temp file of the snapshot at `meta` (replacing any leftover).
+    /// Starts the temp file of the snapshot at `meta`, taken locally
+    /// (replacing any leftover); `finish` puts it in place.
     pub fn start(fs: &F, dir: &Path, meta: SnapshotMeta) -> Result<Self, StorageError> {
-        let tmp = temp_path(dir, meta.index);
+        Self::begin(fs, dir, meta, snapshot_path(dir, meta.index))
+    }
+
+    /// Starts the temp file of the snapshot at `meta` received from a
+    /// leader; `finish` leaves it under `received_path`, and storage puts
+    /// it in place once the install's marker is durable
+    /// (`Storage::install_snapshot`).
+    pub fn start_received(fs: &F, dir: &Path, meta: SnapshotMeta) -> Result<Self, StorageError> {
+        Self::begin(fs, dir, meta, received_path(dir, meta.index))
+    }
+
+    fn begin(fs: &F, dir: &Path, meta: SnapshotMeta, dest: PathBuf) -> Result<Self, StorageError> {
+        let tmp = temp_of(&dest);
         match fs.remove(&tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -71,6 +92,8 @@ impl<F: FileSystem> SnapshotFileOut<F> {
             dir: dir.to_path_buf(),
             meta,
             file,
+            tmp,
+            dest,
             writer,
             unsynced: 0,
         })
@@ -79,12 +102,11 @@ impl<F: FileSystem> SnapshotFileOut<F> {
     /// Appends the next piece of data.
     pub fn append(&mut self, data: &[u8]) -> Result<(), StorageError> {
         self.writer.data(data);
-        let tmp = temp_path(&self.dir, self.meta.index);
-        self.file.append(data).map_err(io_err("write", &tmp))?;
+        self.file.append(data).map_err(io_err("write", &self.tmp))?;
         self.unsynced += data.len() as u64;
         if self.unsynced >= SYNC_EVERY_BYTES {
             self.unsynced = 0;
-            self.file.sync().map_err(io_err("fsync", &tmp))?;
+            self.file.sync().map_err(io_err("fsync", &self.tmp))?;
         }
         Ok(())
     }
@@ -97,12 +119,11 @@ impl<F: FileSystem> SnapshotFileOut<F> {
     /// Gives the file up (the leader started over with another snapshot):
     /// removes the temp file, so abandoned transfers do not pile up on disk.
     pub fn abandon(self) -> Result<(), StorageError> {
-        let tmp = temp_path(&self.dir, self.meta.index);
         drop(self.file);
-        match self.fs.remove(&tmp) {
+        match self.fs.remove(&self.tmp) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &tmp)(e)),
+            Err(e) => Err(io_err("remove", &self.tmp)(e)),
         }
     }
 
@@ -111,30 +132,18 @@ impl<F: FileSystem> SnapshotFileOut<F> {
         self.writer.data_len()
     }
 
-    /// Ends the file of a snapshot taken locally, makes it durable and
-    /// puts it in place.
-    pub fn finish(self) -> Result<SnapshotInfo, StorageError> {
-        let path = snapshot_path(&self.dir, self.meta.index);
-        self.finish_as(path)
-    }
-
-    /// Ends the file of a snapshot received from a leader and makes it
-    /// durable under `received_path`: storage puts it in place once the
-    /// install's marker is durable (`Storage::install_snapshot`).
-    pub fn finish_received(self) -> Result<SnapshotInfo, StorageError> {
-        let path = received_path(&self.dir, self.meta.index);
-        self.finish_as(path)
-    }
-
-    fn finish_as(mut self, path: PathBuf) -> Result<SnapshotInfo, StorageError> {
-        let tmp = temp_path(&self.dir, self.meta.index);
+    /// Ends the file, makes it durable and moves it to where it goes
+    /// (in place, or under `received_path`).
+    pub fn finish(mut self) -> Result<SnapshotInfo, StorageError> {
         let size = self.writer.data_len();
         let trailer = self.writer.trailer();
-        self.file.append(&trailer).map_err(io_err("write", &tmp))?;
-        self.file.sync().map_err(io_err("fsync", &tmp))?;
+        self.file
+            .append(&trailer)
+            .map_err(io_err("write", &self.tmp))?;
+        self.file.sync().map_err(io_err("fsync", &self.tmp))?;
         self.fs
-            .rename(&tmp, &path)
-            .map_err(io_err("rename", &tmp))?;
+            .rename(&self.tmp, &self.dest)
+            .map_err(io_err("rename", &self.tmp))?;
         self.fs
             .sync_dir(&self.dir)
             .map_err(io_err("sync directory", &self.dir))?;
@@ -265,7 +274,7 @@ mod tests {
         assert_eq!(verify(&fs, &snapshot_path(dir, 77)).unwrap(), info);
         assert_eq!(restore(&fs, &snapshot_path(dir, 77), info).unwrap(), kv);
         // Chunks read for a follower, received and written again: the same store.
-        let mut incoming = SnapshotFileOut::start(&fs, Path::new("/f"), META).unwrap();
+        let mut incoming = SnapshotFileOut::start_received(&fs, Path::new("/f"), META).unwrap();
         let mut at = 0;
         while at < info.size {
             let len = (info.size - at).min(4096);
@@ -274,7 +283,7 @@ mod tests {
                 .unwrap();
             at += len;
         }
-        let received = incoming.finish_received().unwrap();
+        let received = incoming.finish().unwrap();
         assert_eq!(received, info);
         let path = received_path(Path::new("/f"), 77);
         assert_eq!(restore(&fs, &path, received).unwrap(), kv);
@@ -282,6 +291,32 @@ mod tests {
             fs.read(&snapshot_path(Path::new("/f"), 77)).is_err(),
             "not in place until installed"
         );
+    }
+
+    #[test]
+    fn a_local_snapshot_and_a_received_one_at_one_index_never_share_a_file() {
+        // The saver and the receiving task run on their own threads: a
+        // transfer starting over must not remove or rename the saver's file.
+        let fs = MemFs::new();
+        let dir = Path::new("/d");
+        let kv = store(300);
+        let mut local = SnapshotFileOut::start(&fs, dir, META).unwrap();
+        let mut incoming = SnapshotFileOut::start_received(&fs, dir, META).unwrap();
+        incoming.append(b"a partial chunk").unwrap();
+        let captured = kv.capture();
+        let mut encoder = captured.encoder();
+        let mut piece = Vec::new();
+        while {
+            piece.clear();
+            let more = encoder.next_chunk(&mut piece, 4096);
+            local.append(&piece).unwrap();
+            more
+        } {}
+        let again = SnapshotFileOut::start_received(&fs, dir, META).unwrap();
+        let info = local.finish().unwrap();
+        assert_eq!(restore(&fs, &snapshot_path(dir, 77), info).unwrap(), kv);
+        again.abandon().unwrap();
+        assert!(fs.read(&received_path(dir, 77)).is_err());
     }
 
     #[test]

@@ -210,7 +210,7 @@ fn receive<F: FileSystem>(
                     // Only space is lost; the next start or restart retries.
                     tracing::warn!(error = %e, "could not remove a snapshot transfer given up");
                 }
-                SnapshotFileOut::start(fs, dir, chunk.meta)?
+                SnapshotFileOut::start_received(fs, dir, chunk.meta)?
             }
         };
         debug_assert_eq!(file.data_len(), chunk.offset, "chunks arrive in order");
@@ -223,7 +223,7 @@ fn receive<F: FileSystem>(
             };
             return Ok((Some(file), written));
         }
-        let info = file.finish_received()?;
+        let info = file.finish()?;
         let path = crate::snapshots::received_path(dir, info.meta.index);
         let kv = restore(fs, &path, info).map_err(|e| StorageError::Io {
             op: "read back",
@@ -255,7 +255,7 @@ async fn off_task<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 mod tests {
     use std::path::Path;
 
-    use kv_engine::storage::recovery::{snapshot_name, TEMP_SUFFIX};
+    use kv_engine::storage::recovery::{received_name, TEMP_SUFFIX};
 
     use super::*;
     use crate::fs::MemFs;
@@ -305,7 +305,7 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            vec![format!("/node/{}{TEMP_SUFFIX}", snapshot_name(20))]
+            vec![format!("/node/{}{TEMP_SUFFIX}", received_name(20))]
         );
         // Offset 0 of the same snapshot starts it over too (in place).
         receive_all(&fs, &dir, vec![chunk(20, 0), chunk(20, 0)]);

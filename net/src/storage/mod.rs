@@ -37,7 +37,9 @@ use kv_engine::kv::KvStore;
 use kv_engine::raft::{Found, SnapshotInfo};
 use kv_engine::storage::meta::DataDirMeta;
 use kv_engine::storage::record::{encode_entry, encode_hard_state, encode_snapshot_marker};
-use kv_engine::storage::recovery::{segment_name, snapshot_name, Damage, DirListing};
+use kv_engine::storage::recovery::{
+    received_name, segment_name, snapshot_name, Damage, DirListing,
+};
 use kv_proto::raft::{Entry, HardState, SnapshotMeta};
 
 pub use self::open::{inspect, Inspection};
@@ -420,13 +422,23 @@ impl<F: FileSystem> Storage<F> {
     }
 
     /// Renames the file of a snapshot received from a leader into place,
-    /// now that its marker is durable (see `received_name`). A snapshot
-    /// file already in place (one written here) is left as it is.
+    /// now that its marker is durable (see `received_name`). A file already
+    /// in place (a snapshot written here at that index) is kept; with
+    /// neither, the marker names a snapshot this node does not have, and
+    /// storage fails rather than go on.
     fn put_received_in_place(&self, index: u64) -> Result<(), StorageError> {
-        let received = received_path(&self.dir, index);
-        match self.fs.rename(&received, &snapshot_path(&self.dir, index)) {
+        let (received, in_place) = (
+            received_path(&self.dir, index),
+            snapshot_path(&self.dir, index),
+        );
+        match self.fs.rename(&received, &in_place) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return match self.fs.file_len(&in_place) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(io_err("find the snapshot to install", &in_place)(e)),
+                };
+            }
             Err(e) => return Err(io_err("rename", &received)(e)),
         }
         self.fs
@@ -452,14 +464,26 @@ impl<F: FileSystem> Storage<F> {
     /// at `being_sent`.
     fn remove_old_snapshots(&mut self, being_sent: &[u64]) -> Result<(), StorageError> {
         let names = self.fs.list(&self.dir).map_err(io_err("list", &self.dir))?;
-        let old: Vec<u64> = DirListing::from_names(&names)
+        let listing = DirListing::from_names(&names);
+        let old: Vec<String> = listing
             .snapshots
             .into_iter()
             .skip(self.opts.snapshots_kept.max(1))
             .filter(|index| !being_sent.contains(index))
+            .map(snapshot_name)
+            // A received snapshot at or below the one now in use is no
+            // longer needed (one the core did not install, as it had caught
+            // up by then); newer ones may still await their install.
+            .chain(
+                listing
+                    .received
+                    .into_iter()
+                    .filter(|&index| index <= self.snapshot_index)
+                    .map(received_name),
+            )
             .collect();
-        for index in &old {
-            let path = self.dir.join(snapshot_name(*index));
+        for name in &old {
+            let path = self.dir.join(name);
             self.fs.remove(&path).map_err(io_err("remove", &path))?;
         }
         if !old.is_empty() {

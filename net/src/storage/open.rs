@@ -381,15 +381,9 @@ fn tidy<F: FileSystem>(fs: &F, dir: &Path, recovery: &Recovery) -> Result<(), St
     set_aside(fs, dir, recovery)
 }
 
-/// Puts a received snapshot the WAL witnesses in place, keeps a copy of
-/// each file named as evidence, then removes those to go.
+/// Keeps a copy of each file named as evidence, removes those to go, then
+/// puts in place a received snapshot the WAL witnesses.
 fn set_aside<F: FileSystem>(fs: &F, dir: &Path, recovery: &Recovery) -> Result<(), StorageError> {
-    if let Some(index) = recovery.put_in_place {
-        let from = dir.join(received_name(index));
-        tracing::info!(file = %from.display(), "putting in place a snapshot whose install the WAL records");
-        fs.rename(&from, &dir.join(snapshot_name(index)))
-            .map_err(io_err("rename", &from))?;
-    }
     for name in &recovery.evidence {
         let path = dir.join(name);
         let copy = dir.join(format!("{name}{DAMAGED_SUFFIX}"));
@@ -407,6 +401,12 @@ fn set_aside<F: FileSystem>(fs: &F, dir: &Path, recovery: &Recovery) -> Result<(
     for name in &recovery.remove {
         let path = dir.join(name);
         fs.remove(&path).map_err(io_err("remove", &path))?;
+    }
+    if let Some(index) = recovery.put_in_place {
+        let from = dir.join(received_name(index));
+        tracing::info!(file = %from.display(), "putting in place a snapshot whose install the WAL records");
+        fs.rename(&from, &dir.join(snapshot_name(index)))
+            .map_err(io_err("rename", &from))?;
     }
     fs.sync_dir(dir).map_err(io_err("sync directory", dir))
 }

@@ -702,7 +702,7 @@ fn an_install_whose_marker_never_reached_the_disk_is_not_built_on() {
 /// leaves it: complete and durable, not yet in place.
 fn received(fs: &MemFs, index: u64, term: u64) -> SnapshotInfo {
     let meta = SnapshotMeta { index, term };
-    let mut file = crate::snapshots::SnapshotFileOut::start(fs, &dir(), meta).unwrap();
+    let mut file = crate::snapshots::SnapshotFileOut::start_received(fs, &dir(), meta).unwrap();
     let captured = state_at(index).capture();
     let mut encoder = captured.encoder();
     let mut chunk = Vec::new();
@@ -712,7 +712,7 @@ fn received(fs: &MemFs, index: u64, term: u64) -> SnapshotInfo {
         file.append(&chunk).unwrap();
         more
     } {}
-    file.finish_received().unwrap()
+    file.finish().unwrap()
 }
 
 #[test]
@@ -757,6 +757,25 @@ fn a_received_snapshot_whose_marker_is_durable_is_put_in_place_at_start() {
     assert_eq!(r.snapshot.map(|s| s.meta), Some(info.meta));
     assert!(r.entries.is_empty(), "{:?}", indexes(&r));
     assert!(fs.read(&dir().join(snapshot_name(8))).is_ok(), "in place");
+}
+
+#[test]
+fn received_snapshots_the_node_no_longer_needs_go_with_the_next_compaction() {
+    let fs = MemFs::new();
+    let mut s = written(&fs, 12, 200);
+    // Received, but the node caught up by appends before installing it.
+    received(&fs, 8, 1);
+    // Still waiting for its install.
+    received(&fs, 30, 2);
+    save(&mut s, &fs, 10, 1);
+    assert!(
+        fs.read(&dir().join(received_name(8))).is_err(),
+        "not needed"
+    );
+    assert!(
+        fs.read(&dir().join(received_name(30))).is_ok(),
+        "may be installed"
+    );
 }
 
 #[test]
@@ -806,7 +825,7 @@ fn receive_and_install(
     meta: SnapshotMeta,
 ) -> Result<(), StorageError> {
     let (mut s, _) = open(fs)?;
-    let mut file = crate::snapshots::SnapshotFileOut::start(fs, &dir(), meta)?;
+    let mut file = crate::snapshots::SnapshotFileOut::start_received(fs, &dir(), meta)?;
     let captured = state.capture();
     let mut encoder = captured.encoder();
     let mut chunk = Vec::new();
@@ -818,7 +837,7 @@ fn receive_and_install(
             break;
         }
     }
-    file.finish_received()?;
+    file.finish()?;
     s.install_snapshot(meta, Some(&hs(meta.term, meta.index)))
 }
 
