@@ -108,17 +108,23 @@ mod tests {
     #[tokio::test]
     async fn a_message_that_does_not_fit_waits_until_the_core_takes_one() {
         let (tx, mut rx) = channel(100, 1000);
+        // Test only: channels the test owns; a failure is the finding.
         tx.send(msg(1), 600).await.unwrap();
+        // Test only: channels the test owns; a failure is the finding.
         tx.send(msg(2), 400).await.unwrap();
         assert_eq!(tx.queued_bytes(), 1000);
         let sender = tx.clone();
         let third = tokio::spawn(async move { sender.send(msg(3), 500).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!third.is_finished(), "1,500 bytes would be queued");
+        // Test only: channels the test owns; a failure is the finding.
         assert_eq!(rx.recv().await.unwrap().term, 1);
+        // Test only: channels the test owns; a failure is the finding.
         third.await.unwrap().unwrap();
         assert_eq!(tx.queued_bytes(), 900);
+        // Test only: channels the test owns; a failure is the finding.
         assert_eq!(rx.try_recv().unwrap().term, 2);
+        // Test only: channels the test owns; a failure is the finding.
         assert_eq!(rx.recv().await.unwrap().term, 3);
         assert_eq!(tx.queued_bytes(), 0);
     }
@@ -126,14 +132,18 @@ mod tests {
     #[tokio::test]
     async fn a_message_larger_than_the_budget_passes_alone() {
         let (tx, mut rx) = channel(100, 1000);
+        // Test only: channels the test owns; a failure is the finding.
         tx.send(msg(1), 10).await.unwrap();
         let sender = tx.clone();
         let big = tokio::spawn(async move { sender.send(msg(2), 5000).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!big.is_finished(), "it waits for the queue to empty");
+        // Test only: channels the test owns; a failure is the finding.
         assert_eq!(rx.recv().await.unwrap().term, 1);
+        // Test only: channels the test owns; a failure is the finding.
         big.await.unwrap().unwrap();
         assert_eq!(tx.queued_bytes(), 1000);
+        // Test only: channels the test owns; a failure is the finding.
         assert_eq!(rx.recv().await.unwrap().term, 2);
         assert_eq!(tx.queued_bytes(), 0);
     }

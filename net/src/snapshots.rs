@@ -111,6 +111,20 @@ impl<F: FileSystem> SnapshotFileOut<F> {
         Ok(())
     }
 
+    /// Appends the whole of a captured state machine, in pieces.
+    pub fn append_all(&mut self, captured: &KvSnapshot) -> Result<(), StorageError> {
+        let mut encoder = captured.encoder();
+        let mut piece = Vec::with_capacity(PIECE_BYTES + 4096);
+        loop {
+            piece.clear();
+            let more = encoder.next_chunk(&mut piece, PIECE_BYTES);
+            self.append(&piece)?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
     /// The snapshot this file is for.
     pub fn meta(&self) -> SnapshotMeta {
         self.meta
@@ -162,16 +176,7 @@ pub fn write_snapshot<F: FileSystem>(
     captured: &KvSnapshot,
 ) -> Result<SnapshotInfo, StorageError> {
     let mut out = SnapshotFileOut::start(fs, dir, meta)?;
-    let mut encoder = captured.encoder();
-    let mut piece = Vec::with_capacity(PIECE_BYTES + 4096);
-    loop {
-        piece.clear();
-        let more = encoder.next_chunk(&mut piece, PIECE_BYTES);
-        out.append(&piece)?;
-        if !more {
-            break;
-        }
-    }
+    out.append_all(captured)?;
     out.finish()
 }
 
@@ -271,7 +276,9 @@ mod tests {
         let kv = store(5000);
         let info = write_snapshot(&fs, dir, META, &kv.capture()).unwrap();
         assert_eq!(info.meta, META);
+        // Test only: an in-memory file system, which has no faults unless set.
         assert_eq!(verify(&fs, &snapshot_path(dir, 77)).unwrap(), info);
+        // Test only: an in-memory file system, which has no faults unless set.
         assert_eq!(restore(&fs, &snapshot_path(dir, 77), info).unwrap(), kv);
         // Chunks read for a follower, received and written again: the same store.
         let mut incoming = SnapshotFileOut::start_received(&fs, Path::new("/f"), META).unwrap();
@@ -286,6 +293,7 @@ mod tests {
         let received = incoming.finish().unwrap();
         assert_eq!(received, info);
         let path = received_path(Path::new("/f"), 77);
+        // Test only: an in-memory file system, which has no faults unless set.
         assert_eq!(restore(&fs, &path, received).unwrap(), kv);
         assert!(
             fs.read(&snapshot_path(Path::new("/f"), 77)).is_err(),
@@ -300,21 +308,21 @@ mod tests {
         let fs = MemFs::new();
         let dir = Path::new("/d");
         let kv = store(300);
+        // Test only: an in-memory file system, which has no faults unless set.
         let mut local = SnapshotFileOut::start(&fs, dir, META).unwrap();
+        // Test only: an in-memory file system, which has no faults unless set.
         let mut incoming = SnapshotFileOut::start_received(&fs, dir, META).unwrap();
+        // Test only: an in-memory file system, which has no faults unless set.
         incoming.append(b"a partial chunk").unwrap();
-        let captured = kv.capture();
-        let mut encoder = captured.encoder();
-        let mut piece = Vec::new();
-        while {
-            piece.clear();
-            let more = encoder.next_chunk(&mut piece, 4096);
-            local.append(&piece).unwrap();
-            more
-        } {}
+        // Test only: an in-memory file system, which has no faults unless set.
+        local.append_all(&kv.capture()).unwrap();
+        // Test only: an in-memory file system, which has no faults unless set.
         let again = SnapshotFileOut::start_received(&fs, dir, META).unwrap();
+        // Test only: an in-memory file system, which has no faults unless set.
         let info = local.finish().unwrap();
+        // Test only: an in-memory file system, which has no faults unless set.
         assert_eq!(restore(&fs, &snapshot_path(dir, 77), info).unwrap(), kv);
+        // Test only: an in-memory file system, which has no faults unless set.
         again.abandon().unwrap();
         assert!(fs.read(&received_path(dir, 77)).is_err());
     }

@@ -1363,6 +1363,7 @@ mod tests {
     async fn a_frame_whose_entries_would_decode_past_the_frame_limit_is_refused_undecoded() {
         let addrs = free_addrs(2).await;
         let (tx, mut rx) = crate::peer_inbox::channel(64, 1 << 30);
+        // Test only: loopback sockets and channels the test owns; a failure is the finding.
         let t1 = PeerTransport::start(config(1, &addrs), tx).await.unwrap();
         // The frame limit is 1 MiB: 30,000 empty entries are a 60 kB frame
         // that would decode into 30,000 x size_of::<Entry>() = 1.4 MB.
@@ -1374,6 +1375,7 @@ mod tests {
         ];
         let _conn = raw_peer(addrs[&1], hello(7, 2, 1), msgs).await;
         assert_eq!(
+            // Test only: loopback sockets and channels the test owns; a failure is the finding.
             recv(&mut rx).await.unwrap().term,
             1,
             "a usual append gets in"
@@ -1393,6 +1395,7 @@ mod tests {
         let (tx, mut rx) = crate::peer_inbox::channel(1000, 64 << 10);
         let _t1 = PeerTransport::start(config(1, &addrs), tx.clone())
             .await
+            // Test only: loopback sockets and channels the test owns; a failure is the finding.
             .unwrap();
         let append = |term| Message {
             body: Some(Body::AppendEntries(AppendEntries {

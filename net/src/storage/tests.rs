@@ -640,12 +640,14 @@ fn a_snapshot_the_wal_holds_with_another_term_at_its_index_is_an_unfinished_inst
     let deposed = || {
         let fs = MemFs::new();
         let mut s = written(&fs, 10, 1 << 20);
+        // Test only: an in-memory file system, which has no faults unless set.
         s.append(Some(&hs(3, 5)), &[]).unwrap();
         fs
     };
     // The leader's snapshot at 8 (term 2) reached its file, not the WAL.
     let fs = deposed();
     snapshot(&fs, 8, 2);
+    // Test only: an in-memory file system, which has no faults unless set.
     let (_, r) = open(&fs).unwrap();
     assert_eq!(r.found, Found::Intact);
     assert_eq!(r.snapshot, None, "the WAL holds entry 8 of term 1");
@@ -655,6 +657,7 @@ fn a_snapshot_the_wal_holds_with_another_term_at_its_index_is_an_unfinished_inst
     // A snapshot the node took itself at 8 agrees with its WAL there.
     let fs = deposed();
     snapshot(&fs, 8, 1);
+    // Test only: an in-memory file system, which has no faults unless set.
     let (_, r) = open(&fs).unwrap();
     assert_eq!(
         r.snapshot.map(|s| s.meta),
@@ -671,6 +674,7 @@ fn an_install_whose_marker_never_reached_the_disk_is_not_built_on() {
     let fs = MemFs::new();
     let mut s = written(&fs, 10, 1 << 20);
     save(&mut s, &fs, 5, 1);
+    // Test only: an in-memory file system, which has no faults unless set.
     s.append(Some(&hs(3, 5)), &[]).unwrap();
     let received = snapshot(&fs, 8, 2);
     fs.fail_next(DiskOp::Sync, 1);
@@ -690,6 +694,7 @@ fn an_install_whose_marker_never_reached_the_disk_is_not_built_on() {
     assert_eq!(r.hard_state.commit, 5);
     drop(s);
     fs.crash(1);
+    // Test only: an in-memory file system, which has no faults unless set.
     let (_, r) = open(&fs).unwrap();
     assert_eq!(
         recovered(&r),
@@ -702,16 +707,11 @@ fn an_install_whose_marker_never_reached_the_disk_is_not_built_on() {
 /// leaves it: complete and durable, not yet in place.
 fn received(fs: &MemFs, index: u64, term: u64) -> SnapshotInfo {
     let meta = SnapshotMeta { index, term };
+    // Test only: an in-memory file system, which has no faults unless set.
     let mut file = crate::snapshots::SnapshotFileOut::start_received(fs, &dir(), meta).unwrap();
-    let captured = state_at(index).capture();
-    let mut encoder = captured.encoder();
-    let mut chunk = Vec::new();
-    while {
-        chunk.clear();
-        let more = encoder.next_chunk(&mut chunk, 4096);
-        file.append(&chunk).unwrap();
-        more
-    } {}
+    // Test only: an in-memory file system, which has no faults unless set.
+    file.append_all(&state_at(index).capture()).unwrap();
+    // Test only: an in-memory file system, which has no faults unless set.
     file.finish().unwrap()
 }
 
@@ -724,10 +724,12 @@ fn a_received_snapshot_the_wal_never_recorded_is_never_trusted_wherever_the_wal_
     for last in [3, 8, 12] {
         let fs = MemFs::new();
         let mut s = written(&fs, last, 1 << 20);
+        // Test only: an in-memory file system, which has no faults unless set.
         s.append(Some(&hs(3, 2)), &[]).unwrap();
         drop(s);
         received(&fs, 8, 3);
         fs.crash(1);
+        // Test only: an in-memory file system, which has no faults unless set.
         let (_, r) = open(&fs).unwrap();
         assert_eq!(
             (r.found, r.snapshot),
@@ -752,6 +754,7 @@ fn a_received_snapshot_whose_marker_is_durable_is_put_in_place_at_start() {
     assert!(s.install_snapshot(info.meta, Some(&hs(2, 8))).is_err());
     drop(s);
     fs.crash(1);
+    // Test only: an in-memory file system, which has no faults unless set.
     let (_, r) = open(&fs).unwrap();
     assert_eq!(r.found, Found::Intact);
     assert_eq!(r.snapshot.map(|s| s.meta), Some(info.meta));
@@ -782,6 +785,7 @@ fn received_snapshots_the_node_no_longer_needs_go_with_the_next_compaction() {
 fn a_segment_cut_back_to_nothing_gets_the_hard_state_so_compaction_cannot_lose_it() {
     let fs = MemFs::new();
     let mut s = written(&fs, 10, 1 << 20);
+    // Test only: an in-memory file system, which has no faults unless set.
     s.append(Some(&hs(3, 10)), &[]).unwrap();
     // An install whose new segment fails its fsync: cut back to nothing.
     let info = received(&fs, 20, 3);
@@ -790,12 +794,14 @@ fn a_segment_cut_back_to_nothing_gets_the_hard_state_so_compaction_cannot_lose_i
     let mut reopen = opts(1 << 20);
     reopen.cut_back = s.cut_back();
     drop(s);
+    // Test only: an in-memory file system, which has no faults unless set.
     let (mut s, r) = Storage::open(fs.clone(), &dir(), reopen).unwrap();
     assert_eq!(r.hard_state, hs(3, 10));
     // A local snapshot at 10 compacts the segment that held the hard state.
     save(&mut s, &fs, 10, 1);
     drop(s);
     fs.crash(1);
+    // Test only: an in-memory file system, which has no faults unless set.
     let (_, r) = open(&fs).unwrap();
     assert_eq!(r.found, Found::Intact, "{r:?}");
     assert_eq!(r.hard_state, hs(3, 10), "term, vote and commit survive");
