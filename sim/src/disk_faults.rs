@@ -11,8 +11,8 @@
 //! | disk full until space is freed | no |
 //!
 //! A node counts as damaged from the fault until it reports itself a voter
-//! again; a node that is down counts if its disk would bring it back
-//! recovering (damaged, or empty after it never wrote anything).
+//! again, and while its disk would bring it back recovering (damaged, or
+//! empty after it never wrote anything), whether it is up or down.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -57,8 +57,13 @@ impl DiskNemesis {
             .marks
             .get(&id)
             .is_some_and(|&at| checker.standing_since(id, at) != Some(Standing::Voter));
-        let down_and_doomed = cluster.is_down(id) && cluster.disk(id).is_some_and(would_recover);
-        unrepaired || checker.not_voters().contains(&id) || down_and_doomed
+        // Up or down: a node whose disk says it is recovering would come
+        // back so from any restart, even if it reported itself a voter (it
+        // may have, with the write that records it failing, e.g. on a full
+        // disk: seed 2108 with SIM_FAULTS=Disk,CrashAtDiskOp,KillAny,
+        // RestartAll,TransferLeader,Heal replaced a second disk then).
+        let doomed = cluster.disk(id).is_some_and(would_recover);
+        unrepaired || checker.not_voters().contains(&id) || doomed
     }
 
     /// Whether `victim` may be damaged without damaging a majority.
