@@ -6,6 +6,7 @@
 //! wal-00000000000000000001.log   records (see kv_engine::storage::record)
 //! wal-00000000000000000002.log   ... rotated at segment_size_bytes
 //! snap-00000000000000012345.snap the state machine at index 12345
+//! snap-00000000000000012400.recv one received from a leader, not yet installed
 //! *.damaged                      files set aside by a repair, for forensics
 //! ```
 //!
@@ -13,15 +14,21 @@
 //! - one `append` is one write and one fdatasync (group commit); within a
 //!   write the hard state goes first, so no entry outlives the hard state
 //!   written with it (which may mark the node recovering);
-//! - each new segment starts with the current hard state, so dropping old
-//!   segments never drops the hard state;
+//! - each segment starts with the current hard state (a new one, or one
+//!   cut back to nothing, gets it at open), so dropping old segments never
+//!   drops the hard state;
 //! - snapshot files are written by `crate::snapshots` (temp file, fsync,
 //!   rename, directory fsync); only once one is durable does `compact`
 //!   remove the segments it covers;
+//! - a snapshot received from a leader stays `.recv` until `install_snapshot`
+//!   has made its marker durable (a new segment that opens with it), and
+//!   only then becomes `.snap`: every `.snap` was taken here or is vouched
+//!   for by the WAL, so a fallback from a damaged newer snapshot to an older
+//!   one always meets the marker of any install in between;
 //! - a failed write or fsync is never followed by an acknowledgement of
-//!   what it covered and never retried as if it had worked: the segment is
-//!   cut back to its last fsync and the error ends this storage's life (the
-//!   node reopens it from disk);
+//!   what it covered and never retried as if it had worked: the segment
+//!   (or a new one whose rotation failed) is cut back to its last fsync and
+//!   the error ends this storage's life (the node reopens it from disk);
 //! - opening (`open.rs`) checks the dir's identity, makes every file it
 //!   relies on durable, cuts a torn tail, and repairs damage by setting it
 //!   aside and marking the node recovering (policy in
