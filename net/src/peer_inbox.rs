@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use kv_proto::raft::Message;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// The largest budget: a semaphore takes at most `u32::MAX` permits at once.
 const MAX_BUDGET: usize = u32::MAX as usize;
@@ -41,23 +41,26 @@ pub struct Closed;
 /// The sending side, one clone per peer connection.
 #[derive(Debug, Clone)]
 pub struct InboxSender {
-    tx: mpsc::Sender<(Message, u32)>,
+    tx: mpsc::Sender<(Message, OwnedSemaphorePermit)>,
     budget: Arc<Semaphore>,
     max: usize,
 }
 
 impl InboxSender {
-    /// Queues `msg`, charged `bytes`, once both a slot and the bytes are free.
+    /// Queues `msg`, charged `bytes`, once both a slot and the bytes are
+    /// free. The charge travels with the message as a permit, so it is
+    /// given back however the message goes: taken by the core, dropped with
+    /// the queue, or with this future if it is cancelled.
     pub async fn send(&self, msg: Message, bytes: usize) -> Result<(), Closed> {
         // `max` fits in a u32 (see `channel`), so the cast cannot truncate.
         let charge = bytes.clamp(1, self.max) as u32;
-        let permit = self.budget.acquire_many(charge).await.map_err(|_| Closed)?;
-        permit.forget();
-        if self.tx.send((msg, charge)).await.is_err() {
-            self.budget.add_permits(charge as usize);
-            return Err(Closed);
-        }
-        Ok(())
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(charge)
+            .await
+            .map_err(|_| Closed)?;
+        self.tx.send((msg, permit)).await.map_err(|_| Closed)
     }
 
     /// Bytes charged to messages queued now.
@@ -69,23 +72,27 @@ impl InboxSender {
 /// The core's side.
 #[derive(Debug)]
 pub struct Inbox {
-    rx: mpsc::Receiver<(Message, u32)>,
+    rx: mpsc::Receiver<(Message, OwnedSemaphorePermit)>,
     budget: Arc<Semaphore>,
 }
 
 impl Inbox {
     /// The next message, its charge given back.
     pub async fn recv(&mut self) -> Option<Message> {
-        let (msg, charge) = self.rx.recv().await?;
-        self.budget.add_permits(charge as usize);
-        Some(msg)
+        self.rx.recv().await.map(|(msg, _charge)| msg)
     }
 
     /// The next message if one is queued, its charge given back.
     pub fn try_recv(&mut self) -> Result<Message, mpsc::error::TryRecvError> {
-        let (msg, charge) = self.rx.try_recv()?;
-        self.budget.add_permits(charge as usize);
-        Ok(msg)
+        self.rx.try_recv().map(|(msg, _charge)| msg)
+    }
+}
+
+impl Drop for Inbox {
+    /// The core has stopped: a connection waiting for room is told so at
+    /// once, instead of waiting for charges no one will give back.
+    fn drop(&mut self) {
+        self.budget.close();
     }
 }
 
@@ -146,6 +153,36 @@ mod tests {
         // Test only: channels the test owns; a failure is the finding.
         assert_eq!(rx.recv().await.unwrap().term, 2);
         assert_eq!(tx.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_room_is_released_when_the_core_stops() {
+        let (tx, rx) = channel(100, 1000);
+        // Test only: channels the test owns; a failure is the finding.
+        tx.send(msg(1), 1000).await.unwrap();
+        let sender = tx.clone();
+        let waiting = tokio::spawn(async move { sender.send(msg(2), 10).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the inbox is full");
+        drop(rx);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        // Test only: the task the test spawned; a failure is the finding.
+        assert_eq!(outcome.unwrap().unwrap(), Err(Closed));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_send_gives_its_charge_back() {
+        let (tx, _rx) = channel(1, 1000);
+        // Test only: channels the test owns; a failure is the finding.
+        tx.send(msg(1), 100).await.unwrap();
+        // The one slot is taken: this send waits for it, holding 300 bytes.
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), tx.send(msg(2), 300)).await;
+        assert!(cancelled.is_err(), "it waited");
+        assert_eq!(
+            tx.queued_bytes(),
+            100,
+            "the cancelled send's charge is back"
+        );
     }
 
     #[tokio::test]
