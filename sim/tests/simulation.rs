@@ -29,14 +29,18 @@ fn replay_hint(seed: u64, test: &str, faults: Option<&str>) -> String {
 /// The nemesis faults `SIM_FAULTS` names (comma-separated, as a mix prints
 /// them), if set: a sweep with only those, to see what each finds alone.
 fn only_faults() -> Option<Vec<Fault>> {
-    let names = std::env::var("SIM_FAULTS").ok()?;
-    let kinds = names
+    std::env::var("SIM_FAULTS")
+        .ok()
+        .map(|names| faults_named(&names))
+}
+
+/// The faults a comma-separated list names (as a mix prints them); a name
+/// that is no fault stops the test rather than run a weaker mix.
+fn faults_named(names: &str) -> Vec<Fault> {
+    names
         .split(',')
-        .map(|n| {
-            FaultMix::kind_named(n).unwrap_or_else(|| panic!("SIM_FAULTS: no fault named {n:?}"))
-        })
-        .collect();
-    Some(kinds)
+        .map(|n| FaultMix::kind_named(n).unwrap_or_else(|| panic!("no fault named {n:?}")))
+        .collect()
 }
 
 async fn sweep_one(nodes: u64, test: &str) {
@@ -119,16 +123,7 @@ fn seeds_that_once_failed_pass() {
             let rt =
                 madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
             let mut scenario = Scenario::standard(nodes);
-            scenario.only_faults = faults.map(|names| {
-                names
-                    .split(',')
-                    .map(|n| {
-                        FaultMix::kind_named(n).unwrap_or_else(|| {
-                            panic!("SEEDS_THAT_ONCE_FAILED: no fault named {n:?}")
-                        })
-                    })
-                    .collect()
-            });
+            scenario.only_faults = faults.map(faults_named);
             rt.block_on(run(scenario)).map(|_| ())
         })
         .join()
