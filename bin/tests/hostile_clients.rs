@@ -47,12 +47,23 @@ fn get(key: &str) -> Op {
     })
 }
 
-/// Stores `value` under `key` through the leader over the binary protocol.
-fn store(leader: SocketAddr, key: &str, value: &[u8]) {
-    let mut s = binary::connect(leader);
-    s.write_all(&frame(1, set(key, value))).unwrap();
-    let answer = binary::recv(&mut s).unwrap();
-    assert!(matches!(answer.result, Some(R::Ok(_))), "{answer:?}");
+/// Stores `value` under `key` through the leader over the binary protocol
+/// and returns the leader's id. On a loaded machine the first leader may
+/// lose its term before answering; a SET is idempotent, so it is sent
+/// again through whichever node leads then.
+fn store(c: &Cluster, key: &str, value: &[u8]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader_id = c.leader(Duration::from_secs(10));
+        let mut s = binary::connect(c.client(leader_id));
+        s.write_all(&frame(1, set(key, value))).unwrap();
+        let answer = binary::recv(&mut s);
+        match answer.as_ref().and_then(|a| a.result.as_ref()) {
+            Some(R::Ok(_)) => return leader_id,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => panic!("{answer:?}"),
+        }
+    }
 }
 
 #[test]
@@ -62,10 +73,9 @@ fn a_client_that_never_reads_its_answers_is_disconnected_and_blocks_no_one() {
         3,
         &["--max-answer-bytes", "262144", "--write-timeout-ms", "1000"],
     );
-    let leader = c.client(c.leader(Duration::from_secs(10)));
     let value = vec![b'v'; 400 << 10];
-    store(leader, "big", &value);
-    store(leader, "small", b"1");
+    store(&c, "big", &value);
+    let leader = c.client(store(&c, "small", b"1"));
 
     // 200 GETs of 400 KiB each (80 MB of answers), never read.
     let mut hog = binary::connect(leader);
@@ -221,13 +231,13 @@ fn a_redis_client_echoing_without_reading_is_held_to_the_request_budget() {
 #[test]
 fn a_pipeline_of_large_reads_through_a_follower_is_relayed_not_hoarded() {
     let c = Cluster::start("relay", 3, &["--write-timeout-ms", "30000"]);
-    let leader_id = c.leader(Duration::from_secs(10));
-    let follower_id = (1..=3).find(|&id| id != leader_id).unwrap();
     let value = vec![b'r'; (512 << 10) - 64];
     let keys: Vec<String> = (0..4).map(|i| format!("big{i}")).collect();
+    let mut leader_id = 0;
     for key in &keys {
-        store(c.client(leader_id), key, &value);
+        leader_id = store(&c, key, &value);
     }
+    let follower_id = (1..=3).find(|&id| id != leader_id).unwrap();
     let pid = c.pid(follower_id).unwrap();
     let idle_kib = proc_status_kib(pid, "VmRSS").unwrap();
 
@@ -382,11 +392,10 @@ fn a_flood_of_connections_big_values_and_unread_pipelines_stays_within_its_memor
     .map(|(f, v)| [f.to_string(), v.to_string()]);
     let flags: Vec<&str> = flags.iter().flatten().map(String::as_str).collect();
     let mut c = Cluster::start("flood", 3, &flags);
-    let leader_id = c.leader(Duration::from_secs(10));
-    let leader = c.client(leader_id);
     let value = vec![b'f'; FLOOD_VALUE - 64];
-    store(leader, "big", &value);
-    store(leader, "small", b"1");
+    store(&c, "big", &value);
+    let leader_id = store(&c, "small", b"1");
+    let leader = c.client(leader_id);
     let pid = c.pid(leader_id).unwrap();
     let idle_kib = proc_status_kib(pid, "VmRSS").unwrap();
 
