@@ -54,12 +54,14 @@ pub fn render(dir: &Path, i: &Inspection) -> (String, i32) {
     }
     match i.snapshot {
         Some(s) => {
+            let file = i
+                .snapshot_file
+                .clone()
+                .unwrap_or_else(|| snapshot_name(s.index));
             let _ = writeln!(
                 out,
-                "snapshot         index {} term {} ({})",
-                s.index,
-                s.term,
-                snapshot_name(s.index)
+                "snapshot         index {} term {} ({file})",
+                s.index, s.term,
             );
         }
         None => {

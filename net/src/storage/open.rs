@@ -276,10 +276,14 @@ fn scan<F: FileSystem>(
 ) -> Result<(Recovery, Option<KvStore>), StorageError> {
     let mut bad = Vec::new();
     let mut unfinished = Vec::new();
+    let mut bad_received = Vec::new();
     let mut candidates = candidates(listing).into_iter();
     loop {
-        let chosen =
-            newest_valid_snapshot(fs, dir, &mut candidates, &mut bad, &mut unfinished, build);
+        let mut invalid = Invalid {
+            in_place: &mut bad,
+            received: &mut bad_received,
+        };
+        let chosen = newest_valid_snapshot(fs, dir, &mut candidates, &mut invalid, build);
         let picked = chosen.as_ref().map(|(c, info, _)| (*c, *info));
         let state = chosen.and_then(|(_, _, state)| state);
         let snapshot = picked.map(|(_, info)| info);
@@ -305,6 +309,11 @@ fn scan<F: FileSystem>(
                 .map(Candidate::name),
         );
         let mut recovery = Recovery::new(snapshot, bad, unfinished, wal, listing.repair_marker);
+        // A received file is renamed only once complete and synced: one
+        // that does not check out was damaged on this disk. It goes, but a
+        // copy is kept, as of any other damaged file.
+        recovery.evidence.extend(bad_received.iter().cloned());
+        recovery.remove.extend(bad_received);
         if received {
             recovery.put_in_place = snapshot.map(|s| s.meta.index);
         }
@@ -312,17 +321,24 @@ fn scan<F: FileSystem>(
     }
 }
 
+/// Snapshot files that did not check out.
+struct Invalid<'a> {
+    /// Files in place, by index, and why.
+    in_place: &'a mut Vec<(u64, String)>,
+    /// Received files, by name (a received file the WAL witnesses is never
+    /// lost by going: its marker then makes it damage).
+    received: &'a mut Vec<String>,
+}
+
 /// The newest snapshot among `candidates` that checks out, and (if `build`)
 /// the state machine rebuilt from it in the same pass, so a large snapshot
-/// is read once at start, not twice. Files in place that do not check out
-/// go to `bad`; received ones to `unfinished` (a received file the WAL
-/// witnesses is never lost that way: the marker then makes it damage).
+/// is read once at start, not twice. Those that do not check out on the way
+/// go to `invalid`.
 fn newest_valid_snapshot<F: FileSystem>(
     fs: &F,
     dir: &Path,
     candidates: &mut impl Iterator<Item = Candidate>,
-    bad: &mut Vec<(u64, String)>,
-    unfinished: &mut Vec<String>,
+    invalid: &mut Invalid<'_>,
     build: bool,
 ) -> Option<(Candidate, SnapshotInfo, Option<KvStore>)> {
     for candidate in candidates {
@@ -342,8 +358,8 @@ fn newest_valid_snapshot<F: FileSystem>(
             Err(reason) => {
                 tracing::error!(file = %path.display(), %reason, "invalid snapshot; trying an older one");
                 match candidate {
-                    Candidate::InPlace(_) => bad.push((index, reason)),
-                    Candidate::Received(_) => unfinished.push(candidate.name()),
+                    Candidate::InPlace(_) => invalid.in_place.push((index, reason)),
+                    Candidate::Received(_) => invalid.received.push(candidate.name()),
                 }
             }
         }
@@ -512,6 +528,10 @@ pub struct Inspection {
     pub segment_bytes: Vec<(u64, u64)>,
     /// The snapshot recovery would use.
     pub snapshot: Option<SnapshotMeta>,
+    /// The file it is in now: a received snapshot whose install the WAL
+    /// records is still under its received name until the next start puts
+    /// it in place.
+    pub snapshot_file: Option<String>,
     /// Snapshot files that do not check out, and why.
     pub bad_snapshots: Vec<(u64, String)>,
     /// What a start would find: intact, empty or damaged.
@@ -572,6 +592,10 @@ pub fn inspect<F: FileSystem>(fs: &F, dir: &Path) -> Result<Inspection, StorageE
         in_use,
         segment_bytes,
         snapshot: recovery.snapshot.map(|s| s.meta),
+        snapshot_file: recovery.snapshot.map(|s| match recovery.put_in_place {
+            Some(index) if index == s.meta.index => received_name(index),
+            _ => snapshot_name(s.meta.index),
+        }),
         bad_snapshots,
         found: recovery.found,
         damage: recovery.damage.clone(),

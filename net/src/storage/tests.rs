@@ -762,6 +762,54 @@ fn a_received_snapshot_whose_marker_is_durable_is_put_in_place_at_start() {
     assert!(fs.read(&dir().join(snapshot_name(8))).is_ok(), "in place");
 }
 
+/// `kv-server check` names the file a snapshot is in now: a witnessed
+/// install not yet put in place is still under its received name.
+#[test]
+fn inspection_names_a_received_snapshot_by_the_file_it_is_in_until_put_in_place() {
+    let fs = MemFs::new();
+    let mut s = written(&fs, 5, 1 << 20);
+    let info = received(&fs, 8, 2);
+    fs.fail_next(DiskOp::Rename, 1);
+    assert!(s.install_snapshot(info.meta, Some(&hs(2, 8))).is_err());
+    drop(s);
+    fs.crash(1);
+    // Test only: an in-memory file system, which has no faults unless set.
+    let seen = inspect(&fs, &dir()).unwrap();
+    assert_eq!(seen.snapshot, Some(info.meta));
+    assert_eq!(seen.snapshot_file, Some(received_name(8)));
+    // Test only: an in-memory file system, which has no faults unless set.
+    open(&fs).unwrap();
+    // Test only: an in-memory file system, which has no faults unless set.
+    let seen = inspect(&fs, &dir()).unwrap();
+    assert_eq!(seen.snapshot_file, Some(snapshot_name(8)));
+}
+
+/// A received file is renamed to its received name only once complete and
+/// synced, so one that does not check out was damaged on this disk: it
+/// goes, and a copy is kept as of any damaged file.
+#[test]
+fn a_received_snapshot_that_does_not_check_out_is_set_aside_with_a_copy() {
+    let fs = MemFs::new();
+    let mut s = written(&fs, 5, 1 << 20);
+    let info = received(&fs, 8, 2);
+    fs.fail_next(DiskOp::Rename, 1);
+    assert!(s.install_snapshot(info.meta, Some(&hs(2, 8))).is_err());
+    drop(s);
+    fs.crash(1);
+    // Test only: an in-memory file system, which has no faults unless set.
+    fs.corrupt(&dir().join(received_name(8)), 40, 0).unwrap();
+    // Test only: an in-memory file system, which has no faults unless set.
+    let (_, r) = open(&fs).unwrap();
+    // The WAL records the install, so losing the file is damage.
+    assert_eq!(r.found, Found::Damaged);
+    assert!(fs.read(&dir().join(received_name(8))).is_err(), "removed");
+    assert!(
+        fs.read(&dir().join(format!("{}{DAMAGED_SUFFIX}", received_name(8))))
+            .is_ok(),
+        "a copy kept"
+    );
+}
+
 #[test]
 fn received_snapshots_the_node_no_longer_needs_go_with_the_next_compaction() {
     let fs = MemFs::new();
