@@ -10,7 +10,10 @@
 //!   (each chunk is acknowledged only once written, so a leader never
 //!   outruns this disk).
 //!
-//! Every result goes back to the core task on one channel.
+//! Every result goes back to the core task on one channel. Once the core
+//! stops reading it (its life ended), each task finishes the file work in
+//! hand and takes no more; the supervisor waits for that before the next
+//! life opens the data dir, so no write of one life lands in the next.
 
 use std::path::PathBuf;
 
@@ -56,12 +59,27 @@ pub(crate) struct SnapshotTasks {
 /// Chunks queued per task: flow control keeps far fewer in flight.
 const QUEUE: usize = 64;
 
-/// Starts the three tasks on `dir`; they end when their queues are dropped.
+/// The three tasks, to wait for at the end of a life.
+pub(crate) struct SnapshotJoin(Vec<tokio::task::JoinHandle<()>>);
+
+impl SnapshotJoin {
+    /// Waits until every task has ended: call once the core has dropped
+    /// its queues and the done channel (then each ends after the file
+    /// work in hand).
+    pub(crate) async fn join(self) {
+        for task in self.0 {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the three tasks on `dir`; they end when their queues or the done
+/// channel are dropped.
 pub(crate) fn spawn<F: FileSystem>(
     fs: F,
     dir: PathBuf,
     disk: SimDisk,
-) -> (SnapshotTasks, mpsc::Receiver<SnapshotDone>) {
+) -> (SnapshotTasks, mpsc::Receiver<SnapshotDone>, SnapshotJoin) {
     let (done_tx, done_rx) = mpsc::channel(3 * QUEUE);
     let (save, save_rx) = mpsc::channel(1);
     let (send, send_rx) = mpsc::channel(QUEUE);
@@ -71,9 +89,11 @@ pub(crate) fn spawn<F: FileSystem>(
         dir: dir.clone(),
         disk,
     };
-    tokio::spawn(saver(files(disk.clone()), save_rx, done_tx.clone()));
-    tokio::spawn(sender(files(disk.clone()), send_rx, done_tx.clone()));
-    tokio::spawn(receiver(files(disk), receive_rx, done_tx));
+    let tasks = vec![
+        tokio::spawn(saver(files(disk.clone()), save_rx, done_tx.clone())),
+        tokio::spawn(sender(files(disk.clone()), send_rx, done_tx.clone())),
+        tokio::spawn(receiver(files(disk), receive_rx, done_tx)),
+    ];
     (
         SnapshotTasks {
             save,
@@ -81,7 +101,18 @@ pub(crate) fn spawn<F: FileSystem>(
             receive,
         },
         done_rx,
+        SnapshotJoin(tasks),
     )
+}
+
+/// The next job from `jobs`, or None once the queue or the core's end of
+/// `done` is gone (a life that ended wants no more file work).
+async fn next_job<T>(jobs: &mut mpsc::Receiver<T>, done: &mpsc::Sender<SnapshotDone>) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = done.closed() => None,
+        job = jobs.recv() => job,
+    }
 }
 
 /// What each snapshot task works on.
@@ -97,7 +128,7 @@ async fn saver<F: FileSystem>(
     mut jobs: mpsc::Receiver<(SnapshotMeta, KvSnapshot)>,
     done: mpsc::Sender<SnapshotDone>,
 ) {
-    while let Some((meta, captured)) = jobs.recv().await {
+    while let Some((meta, captured)) = next_job(&mut jobs, &done).await {
         let (fs, dir) = (files.fs.clone(), files.dir.clone());
         let result = off_task(move || write_snapshot(&fs, &dir, meta, &captured)).await;
         let report = match result {
@@ -125,9 +156,12 @@ async fn sender<F: FileSystem>(
         while let Ok(chunk) = jobs.try_recv() {
             pending.push(chunk);
         }
+        if done.is_closed() {
+            return;
+        }
         let chunk = match pending.pop() {
             Some(chunk) => chunk,
-            None => match jobs.recv().await {
+            None => match next_job(&mut jobs, &done).await {
                 Some(chunk) => chunk,
                 None => return,
             },
@@ -174,7 +208,7 @@ async fn receiver<F: FileSystem>(
     done: mpsc::Sender<SnapshotDone>,
 ) {
     let mut file: Option<SnapshotFileOut<F>> = None;
-    while let Some(chunk) = jobs.recv().await {
+    while let Some(chunk) = next_job(&mut jobs, &done).await {
         let (fs, dir) = (files.fs.clone(), files.dir.clone());
         // The chunk is written, and the whole file read back after the last.
         let read_back = if chunk.done { chunk.offset } else { 0 };
@@ -310,6 +344,50 @@ mod tests {
         // Offset 0 of the same snapshot starts it over too (in place).
         receive_all(&fs, &dir, vec![chunk(20, 0), chunk(20, 0)]);
         assert_eq!(fs.files_in(&dir).len(), 1);
+    }
+
+    /// A life ends when its core drops the done channel. The tasks take no
+    /// more work from then on, and joining them waits for the work in hand:
+    /// after the join nothing of that life is written any more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_life_that_ended_takes_no_more_snapshot_work_and_its_join_waits_for_the_rest() {
+        use kv_proto::command::{command::Op, Command, Set};
+        let (fs, dir) = (MemFs::new(), PathBuf::from("/node"));
+        // Test only: an in-memory file system, which has no faults unless set.
+        fs.create_dir_all(&dir).unwrap();
+        let mut kv = KvStore::new();
+        for i in 0..20_000 {
+            kv.apply(&Command {
+                op: Some(Op::Set(Set {
+                    key: bytes::Bytes::from(format!("key{i:06}")),
+                    value: bytes::Bytes::from(vec![b'v'; 100]),
+                })),
+                ..Default::default()
+            });
+        }
+        let disk = SimDisk::new(std::time::Duration::ZERO, 0, 1);
+        let (tasks, done_rx, join) = spawn(fs.clone(), dir.clone(), disk);
+        let meta = SnapshotMeta { index: 5, term: 1 };
+        // Test only: the saver's queue, open while `tasks` lives.
+        tasks.save.send((meta, kv.capture())).await.unwrap();
+        drop(done_rx);
+        for offset in [0, 10] {
+            // Test only: the receiver's queue, open while `tasks` lives.
+            tasks.receive.send(chunk(9, offset)).await.unwrap();
+        }
+        let joined = tokio::time::timeout(std::time::Duration::from_secs(30), join.join()).await;
+        assert!(joined.is_ok(), "the tasks outlived their life's end");
+        let after_join = fs.files_in(&dir);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(fs.files_in(&dir), after_join, "written after the join");
+        let names: Vec<String> = after_join.iter().map(|p| p.display().to_string()).collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.ends_with(TEMP_SUFFIX) && !n.contains(&received_name(9))),
+            "{names:?}"
+        );
+        drop(tasks);
     }
 
     #[test]

@@ -145,13 +145,15 @@ async fn live<F: FileSystem>(
         inputs.board.clone(),
         inputs.metrics.clone(),
     );
-    let (snapshots, snapshot_done_rx) =
+    let (snapshots, snapshot_done_rx, snapshot_join) =
         snapshot_task::spawn(fs.clone(), cfg.data_dir.clone(), disk);
     let task = CoreTask::new(cfg, core, kv, transport, storage_tx, snapshots, inputs);
     let ended = task.run(inputs, storage_done_rx, snapshot_done_rx).await;
     // The storage task ends once the core drops its queue; it holds the
-    // data dir's lock until then.
+    // data dir's lock until then. The snapshot tasks end after the file
+    // work in hand: the next life must not find them still writing.
     let _ = storage_join.await;
+    snapshot_join.join().await;
     ended
 }
 
