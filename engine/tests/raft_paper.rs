@@ -1036,6 +1036,86 @@ fn the_log_kept_for_a_slow_transfer_is_bounded_in_bytes() {
     );
 }
 
+/// Commits 10 entries with the acknowledgements of `voters` and returns
+/// the last index.
+fn commit_with(c: &mut RaftCore, voters: &[u64]) -> u64 {
+    for i in 0..10 {
+        c.propose(Bytes::from(format!("x{i}"))).unwrap();
+    }
+    let _ = ready_and_persist(c);
+    let last = c.log().last_index();
+    for &v in voters {
+        c.step(ack(v, 1, last));
+    }
+    let _ = ready_and_persist(c);
+    assert_eq!(c.log().applied(), last);
+    last
+}
+
+/// §7, two needs at once: a transfer whose log has grown past
+/// `max_log_kept_for_transfer_bytes` gives way, but a younger need within
+/// the budget (a live follower whose match lags behind the snapshot) is
+/// still met: the log starts after it, not after the last snapshot.
+#[test]
+fn a_need_within_the_byte_budget_is_met_when_an_older_transfer_is_past_it() {
+    let mut cfg = config(1, 5);
+    // Rounds of 10 entries of 2 bytes: 660 bytes each with the cost per
+    // entry (64); two rounds fit, three not.
+    cfg.max_log_kept_for_transfer_bytes = 1_500;
+    let mut c = RaftCore::new(cfg, Restored::default()).unwrap();
+    tick_until(&mut c, Role::Candidate);
+    let _ = ready_and_persist(&mut c);
+    c.step(vote(2, 1, 1, true));
+    c.step(vote(3, 1, 1, true));
+    assert_eq!(c.role(), Role::Leader);
+    let _ = ready_and_persist(&mut c);
+    for p in 2..=4 {
+        c.step(ack(p, 1, 1));
+    }
+    let _ = ready_and_persist(&mut c);
+    // Nodes 3 and 4 make the majority; 2 and 5 fall silent.
+    followers_fall_silent(&mut c);
+    let first = commit_with(&mut c, &[3, 4]);
+    let older = compact_at(&mut c, first);
+    let reject = AppendEntriesResponse {
+        success: false,
+        conflict_index: 2,
+        rejected_index: first,
+        ..Default::default()
+    };
+    c.step(msg(2, 1, 1, Body::AppendEntriesResponse(reject)));
+    let rd = ready_and_persist(&mut c);
+    assert!(
+        rd.snapshot_chunks_out
+            .iter()
+            .any(|ch| ch.to == 2 && ch.meta == older),
+        "node 2 is sent the snapshot: {:?}",
+        rd.snapshot_chunks_out
+    );
+
+    let second = commit_with(&mut c, &[3, 4]);
+    compact_at(&mut c, second);
+    let third = commit_with(&mut c, &[3, 4]);
+    compact_at(&mut c, third);
+    assert_eq!(
+        c.log().first_index(),
+        first + 1,
+        "two rounds kept for node 2"
+    );
+
+    // Node 5 comes back, its match at `second`; the log after `first` now
+    // weighs three rounds, after `second` two.
+    let fourth = commit_with(&mut c, &[3, 4]);
+    c.step(ack(5, 1, second));
+    let _ = ready_and_persist(&mut c);
+    compact_at(&mut c, fourth);
+    assert_eq!(
+        c.log().first_index(),
+        second + 1,
+        "node 5's need is met though node 2's is past the budget"
+    );
+}
+
 /// Flow control in bytes: proposals are refused while too many payload
 /// bytes wait to be committed, and taken again once they are; one entry
 /// larger than the whole budget still gets in when nothing waits.
