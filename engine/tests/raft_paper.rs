@@ -880,10 +880,17 @@ fn snapshot_sent_to_node_2(c: &mut RaftCore) -> (u64, SnapshotMeta) {
     followers_fall_silent(c);
     let first = commit_with_node_3(c, 10);
     let older = compact_at(c, first);
+    node_2_is_sent(c, older);
+    (first, older)
+}
+
+/// Node 2, which has nothing but the no-op, rejects an append after
+/// `snapshot`: the leader starts sending it `snapshot`.
+fn node_2_is_sent(c: &mut RaftCore, snapshot: SnapshotMeta) {
     let reject = AppendEntriesResponse {
         success: false,
         conflict_index: 2,
-        rejected_index: first,
+        rejected_index: snapshot.index,
         ..Default::default()
     };
     c.step(msg(2, 1, 1, Body::AppendEntriesResponse(reject)));
@@ -891,11 +898,10 @@ fn snapshot_sent_to_node_2(c: &mut RaftCore) -> (u64, SnapshotMeta) {
     assert!(
         rd.snapshot_chunks_out
             .iter()
-            .any(|ch| ch.to == 2 && ch.meta == older),
+            .any(|ch| ch.to == 2 && ch.meta == snapshot),
         "{:?}",
         rd.snapshot_chunks_out
     );
-    (first, older)
 }
 
 /// Ticks the leader through 20 election timeouts without a word from its
@@ -1077,21 +1083,7 @@ fn a_need_within_the_byte_budget_is_met_when_an_older_transfer_is_past_it() {
     followers_fall_silent(&mut c);
     let first = commit_with(&mut c, &[3, 4]);
     let older = compact_at(&mut c, first);
-    let reject = AppendEntriesResponse {
-        success: false,
-        conflict_index: 2,
-        rejected_index: first,
-        ..Default::default()
-    };
-    c.step(msg(2, 1, 1, Body::AppendEntriesResponse(reject)));
-    let rd = ready_and_persist(&mut c);
-    assert!(
-        rd.snapshot_chunks_out
-            .iter()
-            .any(|ch| ch.to == 2 && ch.meta == older),
-        "node 2 is sent the snapshot: {:?}",
-        rd.snapshot_chunks_out
-    );
+    node_2_is_sent(&mut c, older);
 
     let second = commit_with(&mut c, &[3, 4]);
     compact_at(&mut c, second);

@@ -744,16 +744,22 @@ fn a_received_snapshot_the_wal_never_recorded_is_never_trusted_wherever_the_wal_
     }
 }
 
-#[test]
-fn a_received_snapshot_whose_marker_is_durable_is_put_in_place_at_start() {
+/// Entries 1..=5, then the install of a snapshot at 8 received from a
+/// leader: its marker is durable, and the machine dies at the rename.
+fn install_cut_short_at_its_rename() -> (MemFs, SnapshotInfo) {
     let fs = MemFs::new();
     let mut s = written(&fs, 5, 1 << 20);
     let info = received(&fs, 8, 2);
-    // The marker is durable, then the machine dies at the rename.
     fs.fail_next(DiskOp::Rename, 1);
     assert!(s.install_snapshot(info.meta, Some(&hs(2, 8))).is_err());
     drop(s);
     fs.crash(1);
+    (fs, info)
+}
+
+#[test]
+fn a_received_snapshot_whose_marker_is_durable_is_put_in_place_at_start() {
+    let (fs, info) = install_cut_short_at_its_rename();
     // Test only: an in-memory file system, which has no faults unless set.
     let (_, r) = open(&fs).unwrap();
     assert_eq!(r.found, Found::Intact);
@@ -766,13 +772,7 @@ fn a_received_snapshot_whose_marker_is_durable_is_put_in_place_at_start() {
 /// install not yet put in place is still under its received name.
 #[test]
 fn inspection_names_a_received_snapshot_by_the_file_it_is_in_until_put_in_place() {
-    let fs = MemFs::new();
-    let mut s = written(&fs, 5, 1 << 20);
-    let info = received(&fs, 8, 2);
-    fs.fail_next(DiskOp::Rename, 1);
-    assert!(s.install_snapshot(info.meta, Some(&hs(2, 8))).is_err());
-    drop(s);
-    fs.crash(1);
+    let (fs, info) = install_cut_short_at_its_rename();
     // Test only: an in-memory file system, which has no faults unless set.
     let seen = inspect(&fs, &dir()).unwrap();
     assert_eq!(seen.snapshot, Some(info.meta));
@@ -789,13 +789,7 @@ fn inspection_names_a_received_snapshot_by_the_file_it_is_in_until_put_in_place(
 /// goes, and a copy is kept as of any damaged file.
 #[test]
 fn a_received_snapshot_that_does_not_check_out_is_set_aside_with_a_copy() {
-    let fs = MemFs::new();
-    let mut s = written(&fs, 5, 1 << 20);
-    let info = received(&fs, 8, 2);
-    fs.fail_next(DiskOp::Rename, 1);
-    assert!(s.install_snapshot(info.meta, Some(&hs(2, 8))).is_err());
-    drop(s);
-    fs.crash(1);
+    let (fs, _) = install_cut_short_at_its_rename();
     // Test only: an in-memory file system, which has no faults unless set.
     fs.corrupt(&dir().join(received_name(8)), 40, 0).unwrap();
     // Test only: an in-memory file system, which has no faults unless set.
