@@ -179,7 +179,9 @@ fn transfer_leader_hands_over_to_the_member_named() {
 
 #[test]
 fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
-    // Elections take 2-4 s here: a hand-over is told apart from a timeout.
+    // Elections take 4-8 s here: a hand-over (well under 3 s even on a
+    // loaded machine, shutdown and fsyncs included) is told apart from a
+    // timeout.
     let mut c = Cluster::start(
         "ops-sigterm",
         3,
@@ -187,7 +189,7 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
             "--tick-ms",
             "100",
             "--election-ticks",
-            "20",
+            "40",
             "--heartbeat-ticks",
             "2",
         ],
@@ -200,7 +202,7 @@ fn a_leader_stopped_with_sigterm_hands_over_before_it_exits() {
     let took = stopped.elapsed();
     assert_ne!(next, leader);
     assert!(
-        took < Duration::from_millis(1500),
+        took < Duration::from_secs(3),
         "a new leader {took:?} after SIGTERM: handed over, not elected after a timeout"
     );
     assert!(
