@@ -71,6 +71,12 @@ pub fn render(dir: &Path, i: &Inspection) -> (String, i32) {
     for (index, why) in &i.bad_snapshots {
         let _ = writeln!(out, "bad snapshot     {}: {why}", snapshot_name(*index));
     }
+    for name in &i.bad_received {
+        let _ = writeln!(
+            out,
+            "bad snapshot     {name}: received, does not check out (a start sets it aside)"
+        );
+    }
     let bytes: u64 = i.segment_bytes.iter().map(|(_, b)| b).sum();
     let range = match (i.segment_bytes.first(), i.segment_bytes.last()) {
         (Some((first, _)), Some((last, _))) => {

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kv_net::client::retry::{text_verdict, Verdict};
+
 /// A cluster of kv-server processes.
 pub struct Cluster {
     pub dir: PathBuf,
@@ -208,24 +210,21 @@ impl Cluster {
     /// leader may change under a test on a loaded machine; a DEL or CAS
     /// sent twice could answer differently, so theirs is returned as is).
     pub fn request(&self, line: &str) -> String {
-        use kv_net::client::retry::{text_verdict, Verdict};
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             let leader = self.leader(Duration::from_secs(10));
-            if let Some(r) = try_request(self.client(leader), line) {
-                let verdict = match r.strip_prefix("ERR ") {
-                    Some(msg) => text_verdict(msg),
-                    None if r.starts_with("REDIRECT") => Verdict::Retry {
-                        why: "redirect",
-                        elsewhere: true,
-                    },
-                    None => Verdict::Final,
-                };
-                match verdict {
+            match ask(self.client(leader), line) {
+                Asked::Answered(r) => match verdict_on(&r) {
                     Verdict::Final => return r,
                     Verdict::Unknown(_) if !safe_to_repeat(line) => return r,
                     Verdict::Retry { .. } | Verdict::Unknown(_) => {}
-                }
+                },
+                Asked::NotSent => {}
+                Asked::Unanswered if safe_to_repeat(line) => {}
+                Asked::Unanswered => panic!(
+                    "{line:?} sent, no answer: outcome unknown; logs in {}",
+                    self.dir.display()
+                ),
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -233,12 +232,26 @@ impl Cluster {
     }
 }
 
+/// What the product's own retry rules say of text answer `r`.
+fn verdict_on(r: &str) -> Verdict {
+    match r.strip_prefix("ERR ") {
+        Some(msg) => text_verdict(msg),
+        None if r.starts_with("REDIRECT") => Verdict::Retry {
+            why: "redirect",
+            elsewhere: true,
+        },
+        None => Verdict::Final,
+    }
+}
+
 /// Whether sending `line` twice leaves the store and the answer as sending
 /// it once: plain writes of a value, reads, and writes in a session (the
-/// store answers a repeat with the first answer).
+/// store answers a repeat with the first answer while it keeps it, and
+/// these tests' answers are small enough to be kept). Not SESSION: each
+/// opens another session.
 fn safe_to_repeat(line: &str) -> bool {
     let word = line.split(' ').next().unwrap_or_default();
-    word.starts_with('@') || ["SET", "MSET", "GET", "MGET", "PING", "SESSION"].contains(&word)
+    word.starts_with('@') || ["SET", "MSET", "GET", "PING"].contains(&word)
 }
 
 impl Drop for Cluster {
@@ -267,16 +280,38 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// One request on a fresh connection; None if the node is unreachable or silent.
 pub fn try_request(addr: SocketAddr, line: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(6))).ok()?;
-    s.write_all(format!("{line}\n").as_bytes()).ok()?;
+    match ask(addr, line) {
+        Asked::Answered(answer) => Some(answer),
+        Asked::NotSent | Asked::Unanswered => None,
+    }
+}
+
+/// How one request on a fresh connection went.
+pub enum Asked {
+    /// No connection, or the line could not be written: nothing happened.
+    NotSent,
+    /// Sent, but no answer came (the node may or may not have acted on it).
+    Unanswered,
+    /// The answer line.
+    Answered(String),
+}
+
+/// Sends `line` on a fresh connection and reads one answer line.
+pub fn ask(addr: SocketAddr, line: &str) -> Asked {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return Asked::NotSent;
+    };
+    if s.set_read_timeout(Some(Duration::from_secs(6))).is_err()
+        || s.write_all(format!("{line}\n").as_bytes()).is_err()
+    {
+        return Asked::NotSent;
+    }
     let mut r = BufReader::new(s);
     let mut resp = String::new();
-    r.read_line(&mut resp).ok()?;
-    if resp.is_empty() {
-        return None;
+    match r.read_line(&mut resp) {
+        Ok(n) if n > 0 => Asked::Answered(resp.trim_end().to_string()),
+        _ => Asked::Unanswered,
     }
-    Some(resp.trim_end().to_string())
 }
 
 /// A connection kept open for several requests.

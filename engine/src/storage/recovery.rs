@@ -382,6 +382,10 @@ pub struct Recovery {
     pub remove: Vec<String>,
     /// Snapshot files that did not check out, and why.
     pub bad_snapshots: Vec<(u64, String)>,
+    /// Received snapshot files (`received_name`) that did not check out:
+    /// set aside like damage, though the WAL decides whether losing them
+    /// is.
+    pub bad_received: Vec<String>,
     /// A received snapshot whose install the WAL witnesses, to be put in
     /// place (renamed from `received_name` to `snapshot_name`): the crash
     /// came between its marker and the rename.
@@ -452,6 +456,7 @@ impl Recovery {
             evidence,
             remove,
             bad_snapshots,
+            bad_received: Vec::new(),
             put_in_place: None,
             damage,
             found,
@@ -476,6 +481,7 @@ impl Recovery {
             evidence: names.clone(),
             remove: names,
             bad_snapshots: Vec::new(),
+            bad_received: Vec::new(),
             put_in_place: None,
             damage: vec![cause],
             found: Found::Damaged,

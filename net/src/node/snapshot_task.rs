@@ -105,6 +105,16 @@ pub(crate) fn spawn<F: FileSystem>(
     )
 }
 
+/// Runs `wait` (the simulated disk's time) unless the core's end of `done`
+/// goes first; false then (the life ended: the work is of no use).
+async fn until_closed(done: &mpsc::Sender<SnapshotDone>, wait: impl std::future::Future) -> bool {
+    tokio::select! {
+        biased;
+        _ = done.closed() => false,
+        _ = wait => true,
+    }
+}
+
 /// The next job from `jobs`, or None once the queue or the core's end of
 /// `done` is gone (a life that ended wants no more file work).
 async fn next_job<T>(jobs: &mut mpsc::Receiver<T>, done: &mpsc::Sender<SnapshotDone>) -> Option<T> {
@@ -133,7 +143,9 @@ async fn saver<F: FileSystem>(
         let result = off_task(move || write_snapshot(&fs, &dir, meta, &captured)).await;
         let report = match result {
             Ok(info) => {
-                files.disk.transfer(info.size).await;
+                if !until_closed(&done, files.disk.transfer(info.size)).await {
+                    return;
+                }
                 SnapshotDone::Saved(info)
             }
             Err(e) => SnapshotDone::SaveFailed(e),
@@ -168,7 +180,9 @@ async fn sender<F: FileSystem>(
         };
         let (fs, dir) = (files.fs.clone(), files.dir.clone());
         let (meta, offset, len) = (chunk.meta, chunk.offset, chunk.len);
-        files.disk.transfer(len).await;
+        if !until_closed(&done, files.disk.transfer(len)).await {
+            return;
+        }
         let read = off_task(move || read_chunk(&fs, &dir, meta, offset, len)).await;
         let report = match read {
             Ok(data) => SnapshotDone::Chunk(chunk.message(data)),
@@ -212,10 +226,10 @@ async fn receiver<F: FileSystem>(
         let (fs, dir) = (files.fs.clone(), files.dir.clone());
         // The chunk is written, and the whole file read back after the last.
         let read_back = if chunk.done { chunk.offset } else { 0 };
-        files
-            .disk
-            .transfer(chunk.data.len() as u64 + read_back)
-            .await;
+        let transfer = files.disk.transfer(chunk.data.len() as u64 + read_back);
+        if !until_closed(&done, transfer).await {
+            return;
+        }
         let current = file.take();
         let (kept, report) = off_task(move || receive(&fs, &dir, current, chunk)).await;
         file = kept;
@@ -372,8 +386,9 @@ mod tests {
         tasks.save.send((meta, kv.capture())).await.unwrap();
         drop(done_rx);
         for offset in [0, 10] {
-            // Test only: the receiver's queue, open while `tasks` lives.
-            tasks.receive.send(chunk(9, offset)).await.unwrap();
+            // Refused once the receiver has seen the end and gone; taken
+            // and never worked on otherwise. Either shows what is asked.
+            let _ = tasks.receive.send(chunk(9, offset)).await;
         }
         let joined = tokio::time::timeout(std::time::Duration::from_secs(30), join.join()).await;
         assert!(joined.is_ok(), "the tasks outlived their life's end");

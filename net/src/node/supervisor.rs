@@ -149,11 +149,12 @@ async fn live<F: FileSystem>(
         snapshot_task::spawn(fs.clone(), cfg.data_dir.clone(), disk);
     let task = CoreTask::new(cfg, core, kv, transport, storage_tx, snapshots, inputs);
     let ended = task.run(inputs, storage_done_rx, snapshot_done_rx).await;
-    // The storage task ends once the core drops its queue; it holds the
-    // data dir's lock until then. The snapshot tasks end after the file
-    // work in hand: the next life must not find them still writing.
-    let _ = storage_join.await;
+    // The snapshot tasks end after the file work in hand: the next life
+    // must not find them still writing. The storage task ends once the
+    // core drops its queue; it holds the data dir's lock until then, so it
+    // goes last (no other process may take the dir while this one writes).
     snapshot_join.join().await;
+    let _ = storage_join.await;
     ended
 }
 

@@ -313,7 +313,8 @@ fn scan<F: FileSystem>(
         // that does not check out was damaged on this disk. It goes, but a
         // copy is kept, as of any other damaged file.
         recovery.evidence.extend(bad_received.iter().cloned());
-        recovery.remove.extend(bad_received);
+        recovery.remove.extend(bad_received.iter().cloned());
+        recovery.bad_received = bad_received;
         if received {
             recovery.put_in_place = snapshot.map(|s| s.meta.index);
         }
@@ -534,6 +535,9 @@ pub struct Inspection {
     pub snapshot_file: Option<String>,
     /// Snapshot files that do not check out, and why.
     pub bad_snapshots: Vec<(u64, String)>,
+    /// Received snapshot files that do not check out (a start sets them
+    /// aside).
+    pub bad_received: Vec<String>,
     /// What a start would find: intact, empty or damaged.
     pub found: Found,
     /// What is damaged.
@@ -597,6 +601,7 @@ pub fn inspect<F: FileSystem>(fs: &F, dir: &Path) -> Result<Inspection, StorageE
             _ => snapshot_name(s.meta.index),
         }),
         bad_snapshots,
+        bad_received: recovery.bad_received.clone(),
         found: recovery.found,
         damage: recovery.damage.clone(),
         hard_state: recovery.log.hard_state,

@@ -793,6 +793,9 @@ fn a_received_snapshot_that_does_not_check_out_is_set_aside_with_a_copy() {
     // Test only: an in-memory file system, which has no faults unless set.
     fs.corrupt(&dir().join(received_name(8)), 40, 0).unwrap();
     // Test only: an in-memory file system, which has no faults unless set.
+    let seen = inspect(&fs, &dir()).unwrap();
+    assert_eq!(seen.bad_received, vec![received_name(8)], "check names it");
+    // Test only: an in-memory file system, which has no faults unless set.
     let (_, r) = open(&fs).unwrap();
     // The WAL records the install, so losing the file is damage.
     assert_eq!(r.found, Found::Damaged);
