@@ -382,9 +382,8 @@ pub struct Recovery {
     pub remove: Vec<String>,
     /// Snapshot files that did not check out, and why.
     pub bad_snapshots: Vec<(u64, String)>,
-    /// Received snapshot files (`received_name`) that did not check out:
-    /// set aside like damage, though the WAL decides whether losing them
-    /// is.
+    /// Received snapshot files that did not check out (see
+    /// `SnapshotFindings::bad_received`).
     pub bad_received: Vec<String>,
     /// A received snapshot whose install the WAL witnesses, to be put in
     /// place (renamed from `received_name` to `snapshot_name`): the crash
@@ -396,16 +395,34 @@ pub struct Recovery {
     pub found: Found,
 }
 
+/// What reading the snapshot files found besides the one chosen.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotFindings {
+    /// Files in place (`snapshot_name`) that did not check out, and why.
+    pub bad: Vec<(u64, String)>,
+    /// Received files (`received_name`) that did not check out. One is
+    /// renamed to that name only once complete and synced, so it was
+    /// damaged on this disk: it goes, a copy kept (whether losing it is
+    /// damage, the WAL's install marker decides).
+    pub bad_received: Vec<String>,
+    /// Received files of installs that never finished or are not needed.
+    pub unfinished: Vec<String>,
+}
+
 impl Recovery {
     /// Puts together the snapshot choice, the WAL scan, and what else was
     /// found (bad snapshots, an interrupted repair).
     pub fn new(
         snapshot: Option<SnapshotInfo>,
-        bad_snapshots: Vec<(u64, String)>,
-        unfinished: Vec<String>,
+        files: SnapshotFindings,
         scan: WalScan,
         repair_marker: bool,
     ) -> Self {
+        let SnapshotFindings {
+            bad: bad_snapshots,
+            bad_received,
+            unfinished,
+        } = files;
         let mut damage = Vec::new();
         if repair_marker {
             damage.push(Damage {
@@ -431,6 +448,8 @@ impl Recovery {
             evidence.push(snapshot_name(*index));
             remove.push(snapshot_name(*index));
         }
+        evidence.extend(bad_received.iter().cloned());
+        remove.extend(bad_received.iter().cloned());
         if let (Some((seq, _)), Some(_)) = (scan.cut, &scan.damage) {
             evidence.push(segment_name(seq));
         }
@@ -456,7 +475,7 @@ impl Recovery {
             evidence,
             remove,
             bad_snapshots,
-            bad_received: Vec::new(),
+            bad_received,
             put_in_place: None,
             damage,
             found,
@@ -549,7 +568,7 @@ mod tests {
         for (i, (seq, bytes)) in segments.iter().enumerate() {
             scan.feed(*seq, bytes, i + 1 == segments.len());
         }
-        Recovery::new(None, Vec::new(), Vec::new(), scan, false)
+        Recovery::new(None, SnapshotFindings::default(), scan, false)
     }
 
     #[test]
@@ -653,7 +672,7 @@ mod tests {
     fn an_interrupted_repair_is_damage_even_over_a_clean_wal() {
         let mut scan = WalScan::new(None);
         scan.feed(1, &segment(hs(1, 1, 0), 1, 2, 1), true);
-        let r = Recovery::new(None, Vec::new(), Vec::new(), scan, true);
+        let r = Recovery::new(None, SnapshotFindings::default(), scan, true);
         assert_eq!(r.found, Found::Damaged);
         assert_eq!(r.damage[0].file, REPAIR_MARKER);
     }

@@ -105,23 +105,17 @@ pub(crate) fn spawn<F: FileSystem>(
     )
 }
 
-/// Runs `wait` (the simulated disk's time) unless the core's end of `done`
-/// goes first; false then (the life ended: the work is of no use).
-async fn until_closed(done: &mpsc::Sender<SnapshotDone>, wait: impl std::future::Future) -> bool {
-    tokio::select! {
-        biased;
-        _ = done.closed() => false,
-        _ = wait => true,
-    }
-}
-
-/// The next job from `jobs`, or None once the queue or the core's end of
-/// `done` is gone (a life that ended wants no more file work).
-async fn next_job<T>(jobs: &mut mpsc::Receiver<T>, done: &mpsc::Sender<SnapshotDone>) -> Option<T> {
+/// Awaits `step` (the next job, or the simulated disk's time) unless the
+/// core's end of `done` is gone first: None then, as the life ended and
+/// wants no more file work.
+async fn unless_ended<T>(
+    done: &mpsc::Sender<SnapshotDone>,
+    step: impl std::future::Future<Output = T>,
+) -> Option<T> {
     tokio::select! {
         biased;
         _ = done.closed() => None,
-        job = jobs.recv() => job,
+        out = step => Some(out),
     }
 }
 
@@ -138,12 +132,15 @@ async fn saver<F: FileSystem>(
     mut jobs: mpsc::Receiver<(SnapshotMeta, KvSnapshot)>,
     done: mpsc::Sender<SnapshotDone>,
 ) {
-    while let Some((meta, captured)) = next_job(&mut jobs, &done).await {
+    while let Some((meta, captured)) = unless_ended(&done, jobs.recv()).await.flatten() {
         let (fs, dir) = (files.fs.clone(), files.dir.clone());
         let result = off_task(move || write_snapshot(&fs, &dir, meta, &captured)).await;
         let report = match result {
             Ok(info) => {
-                if !until_closed(&done, files.disk.transfer(info.size)).await {
+                if unless_ended(&done, files.disk.transfer(info.size))
+                    .await
+                    .is_none()
+                {
                     return;
                 }
                 SnapshotDone::Saved(info)
@@ -168,19 +165,19 @@ async fn sender<F: FileSystem>(
         while let Ok(chunk) = jobs.try_recv() {
             pending.push(chunk);
         }
-        if done.is_closed() {
-            return;
-        }
         let chunk = match pending.pop() {
             Some(chunk) => chunk,
-            None => match next_job(&mut jobs, &done).await {
+            None => match unless_ended(&done, jobs.recv()).await.flatten() {
                 Some(chunk) => chunk,
                 None => return,
             },
         };
         let (fs, dir) = (files.fs.clone(), files.dir.clone());
         let (meta, offset, len) = (chunk.meta, chunk.offset, chunk.len);
-        if !until_closed(&done, files.disk.transfer(len)).await {
+        if unless_ended(&done, files.disk.transfer(len))
+            .await
+            .is_none()
+        {
             return;
         }
         let read = off_task(move || read_chunk(&fs, &dir, meta, offset, len)).await;
@@ -222,12 +219,12 @@ async fn receiver<F: FileSystem>(
     done: mpsc::Sender<SnapshotDone>,
 ) {
     let mut file: Option<SnapshotFileOut<F>> = None;
-    while let Some(chunk) = next_job(&mut jobs, &done).await {
+    while let Some(chunk) = unless_ended(&done, jobs.recv()).await.flatten() {
         let (fs, dir) = (files.fs.clone(), files.dir.clone());
         // The chunk is written, and the whole file read back after the last.
         let read_back = if chunk.done { chunk.offset } else { 0 };
         let transfer = files.disk.transfer(chunk.data.len() as u64 + read_back);
-        if !until_closed(&done, transfer).await {
+        if unless_ended(&done, transfer).await.is_none() {
             return;
         }
         let current = file.take();

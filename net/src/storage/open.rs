@@ -15,8 +15,8 @@ use kv_engine::storage::meta::{
 use kv_engine::storage::record::encode_hard_state;
 use kv_engine::storage::recovery::{
     check_identity, check_snapshot_file, received_name, segment_name, snapshot_name,
-    unfinished_install, Damage, DirListing, IdentityCheck, KeptSegment, Recovery, WalScan,
-    DAMAGED_SUFFIX, META_FILE, REPAIR_MARKER, TEMP_SUFFIX,
+    unfinished_install, Damage, DirListing, IdentityCheck, KeptSegment, Recovery, SnapshotFindings,
+    WalScan, DAMAGED_SUFFIX, META_FILE, REPAIR_MARKER, TEMP_SUFFIX,
 };
 use kv_proto::raft::{HardState, SnapshotMeta};
 
@@ -274,16 +274,10 @@ fn scan<F: FileSystem>(
     listing: &DirListing,
     build: bool,
 ) -> Result<(Recovery, Option<KvStore>), StorageError> {
-    let mut bad = Vec::new();
-    let mut unfinished = Vec::new();
-    let mut bad_received = Vec::new();
+    let mut found = SnapshotFindings::default();
     let mut candidates = candidates(listing).into_iter();
     loop {
-        let mut invalid = Invalid {
-            in_place: &mut bad,
-            received: &mut bad_received,
-        };
-        let chosen = newest_valid_snapshot(fs, dir, &mut candidates, &mut invalid, build);
+        let chosen = newest_valid_snapshot(fs, dir, &mut candidates, &mut found, build);
         let picked = chosen.as_ref().map(|(c, info, _)| (*c, *info));
         let state = chosen.and_then(|(_, _, state)| state);
         let snapshot = picked.map(|(_, info)| info);
@@ -297,24 +291,18 @@ fn scan<F: FileSystem>(
                 index = s.meta.index,
                 "dropping a snapshot whose install from the leader never finished"
             );
-            unfinished.push(c.name());
+            found.unfinished.push(c.name());
             continue;
         }
         // Received files not chosen are leftovers of installs that never
         // finished or were not needed.
-        unfinished.extend(
+        found.unfinished.extend(
             candidates
                 .by_ref()
                 .filter(|c| matches!(c, Candidate::Received(_)))
                 .map(Candidate::name),
         );
-        let mut recovery = Recovery::new(snapshot, bad, unfinished, wal, listing.repair_marker);
-        // A received file is renamed only once complete and synced: one
-        // that does not check out was damaged on this disk. It goes, but a
-        // copy is kept, as of any other damaged file.
-        recovery.evidence.extend(bad_received.iter().cloned());
-        recovery.remove.extend(bad_received.iter().cloned());
-        recovery.bad_received = bad_received;
+        let mut recovery = Recovery::new(snapshot, found, wal, listing.repair_marker);
         if received {
             recovery.put_in_place = snapshot.map(|s| s.meta.index);
         }
@@ -322,24 +310,15 @@ fn scan<F: FileSystem>(
     }
 }
 
-/// Snapshot files that did not check out.
-struct Invalid<'a> {
-    /// Files in place, by index, and why.
-    in_place: &'a mut Vec<(u64, String)>,
-    /// Received files, by name (a received file the WAL witnesses is never
-    /// lost by going: its marker then makes it damage).
-    received: &'a mut Vec<String>,
-}
-
 /// The newest snapshot among `candidates` that checks out, and (if `build`)
 /// the state machine rebuilt from it in the same pass, so a large snapshot
 /// is read once at start, not twice. Those that do not check out on the way
-/// go to `invalid`.
+/// go to `found`.
 fn newest_valid_snapshot<F: FileSystem>(
     fs: &F,
     dir: &Path,
     candidates: &mut impl Iterator<Item = Candidate>,
-    invalid: &mut Invalid<'_>,
+    found: &mut SnapshotFindings,
     build: bool,
 ) -> Option<(Candidate, SnapshotInfo, Option<KvStore>)> {
     for candidate in candidates {
@@ -359,8 +338,8 @@ fn newest_valid_snapshot<F: FileSystem>(
             Err(reason) => {
                 tracing::error!(file = %path.display(), %reason, "invalid snapshot; trying an older one");
                 match candidate {
-                    Candidate::InPlace(_) => invalid.in_place.push((index, reason)),
-                    Candidate::Received(_) => invalid.received.push(candidate.name()),
+                    Candidate::InPlace(_) => found.bad.push((index, reason)),
+                    Candidate::Received(_) => found.bad_received.push(candidate.name()),
                 }
             }
         }
